@@ -1,0 +1,1 @@
+"""flops-fit (package exports are wired up once every module has landed)."""

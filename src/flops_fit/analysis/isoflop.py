@@ -1,0 +1,456 @@
+"""Approach 2 of Hoffmann et al. (2022): IsoFLOP profiles.
+
+For every compute budget, loss is fitted as a parabola in log N near the observed minimum; the vertex gives
+the budget's optimal model size N*, tokens D* and loss L*. Power laws N_opt = k C^a, D_opt = k' C^b and
+L_opt = E + k'' C^c are then fitted across budgets. Budgets whose minimum is not bracketed by the sampled
+sizes (edge), with too few sizes, or with a flat or concave profile are flagged and left out of the laws.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flops_fit.analysis._validate import positive_arrays
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.outliers import exclude_outliers
+from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, fit_power_law
+from flops_fit.runs import runs_from_arrays
+
+logger = logging.getLogger(__name__)
+
+#: Fewer sizes than this in a budget cannot define a parabola.
+MIN_POINTS_PER_BUDGET = 3
+#: A profile whose fitted loss varies by less than this fraction across the sampled sizes is flat.
+FLAT_RELATIVE_DEPTH = 1e-3
+#: Only sizes within this factor of the lowest-loss size (either side) enter a budget's parabola.
+PROFILE_WINDOW = 8.0
+#: The L_opt law gets an irreducible-loss offset when at least this many budgets are usable.
+MIN_BUDGETS_FOR_OFFSET = 4
+
+FLAG_EDGE_SMALL = "edge_small"  # minimum at the smallest sampled size: extend the sweep to smaller models
+FLAG_EDGE_LARGE = "edge_large"  # minimum at the largest sampled size: extend the sweep to larger models
+FLAG_TOO_FEW = "too_few_points"
+FLAG_FLAT = "flat"
+FLAG_CONCAVE = "no_curvature"
+
+
+@dataclass(frozen=True)
+class ProfileFit:
+    """The parabola loss = c2 x^2 + c1 x + c0 with x = ln N, fitted on sizes in [n_lo, n_hi]."""
+
+    coef: tuple[float, float, float]
+    n_lo: float
+    n_hi: float
+    optimal_params: float
+    optimal_loss: float
+    flags: tuple[str, ...]
+
+
+def fit_profile(num_params: np.ndarray, loss: np.ndarray, window: float = PROFILE_WINDOW) -> ProfileFit:
+    """Fit one IsoFLOP profile (one budget): vertex of a parabola of loss in ln N near the observed minimum.
+
+    A parabola is a local approximation of the profile, which is asymmetric far from its minimum, so only
+    sizes within a factor ``window`` of the lowest-loss size enter the fit (at least its 3 nearest sizes).
+    If the parabola is not convex, the size farthest from the minimum is dropped until it is (3 sizes at
+    least). The minimum is flagged ``edge_small`` / ``edge_large`` when the lowest observed loss or the
+    vertex sits at or beyond the smallest / largest sampled size: the sweep does not bracket the optimum.
+    """
+    order = np.argsort(num_params)
+    n, l = np.asarray(num_params, float)[order], np.asarray(loss, float)[order]
+    x = np.log(n)
+    flags: list[str] = []
+    i_min = int(np.argmin(l))
+    if np.unique(x).size < MIN_POINTS_PER_BUDGET:
+        return ProfileFit((math.nan,) * 3, n[0], n[-1], n[i_min], l[i_min], (FLAG_TOO_FEW,))
+    near = np.abs(x - x[i_min]) <= math.log(window) + 1e-12
+    nearest3 = np.sort(np.argsort(np.abs(x - x[i_min]), kind="stable")[:MIN_POINTS_PER_BUDGET])
+    lo = min(int(np.flatnonzero(near)[0]), int(nearest3[0]))
+    hi = max(int(np.flatnonzero(near)[-1]), int(nearest3[-1])) + 1  # window [lo, hi)
+    coef = None
+    while True:
+        xs, ls = x[lo:hi], l[lo:hi]
+        if np.unique(xs).size >= 3:
+            c = np.polyfit(xs - x[i_min], ls, 2)
+            if c[0] > 0:
+                coef = c
+                break
+        if hi - lo <= 3:
+            break
+        # drop the end farther from the observed minimum
+        if x[i_min] - x[lo] >= x[hi - 1] - x[i_min]:
+            lo += 1
+        else:
+            hi -= 1
+    if coef is None:
+        flags.append(FLAG_CONCAVE)
+        vertex, l_star = x[i_min], l[i_min]
+        coef_abs = (math.nan,) * 3
+    else:
+        c2, c1, c0 = coef
+        shift = x[i_min]
+        vertex = shift - c1 / (2 * c2)
+        l_star = c0 - c1**2 / (4 * c2)
+        # coefficients in absolute x = ln N
+        coef_abs = (c2, c1 - 2 * c2 * shift, c0 - c1 * shift + c2 * shift**2)
+        fitted = np.polyval(coef, x[lo:hi] - shift)
+        if (fitted.max() - l_star) / abs(l_star) < FLAT_RELATIVE_DEPTH:
+            flags.append(FLAG_FLAT)
+    if i_min == 0 or vertex <= x[0]:
+        flags.append(FLAG_EDGE_SMALL)
+    elif i_min == n.size - 1 or vertex >= x[-1]:
+        flags.append(FLAG_EDGE_LARGE)
+    if not x[0] <= vertex <= x[-1]:
+        # never extrapolate a parabola: report the best observed run (the budget is flagged anyway)
+        vertex, l_star = x[i_min], l[i_min]
+    return ProfileFit(
+        coef=tuple(float(v) for v in coef_abs),
+        n_lo=float(n[lo]),
+        n_hi=float(n[hi - 1]),
+        optimal_params=float(math.exp(vertex)),
+        optimal_loss=float(l_star),
+        flags=tuple(flags),
+    )
+
+
+def _tokens_at(n: np.ndarray, d: np.ndarray, n_star: float) -> float:
+    """D at N = n_star along this budget's (N, D) relation, interpolated in log-log (exact for C = k N D)."""
+    if np.unique(n).size < 2:
+        return float(np.exp(np.mean(np.log(d)) - (math.log(n_star) - np.mean(np.log(n)))))
+    slope, icpt = np.polyfit(np.log(n), np.log(d), 1)
+    return float(math.exp(icpt + slope * math.log(n_star)))
+
+
+def budget_minima(
+    N: np.ndarray, D: np.ndarray, L: np.ndarray, C: np.ndarray, budget_rtol: float = DEFAULT_BUDGET_RTOL
+) -> pd.DataFrame:
+    """One row per budget bucket: its optimum and flags (see :func:`fit_profile`)."""
+    labels, centers = bucket_budgets(C, rtol=budget_rtol)
+    rows = []
+    for k, center in enumerate(centers):
+        m = labels == k
+        prof = fit_profile(N[m], L[m])
+        rows.append(
+            {
+                "compute_budget": float(center),
+                "optimal_params": prof.optimal_params,
+                "optimal_tokens": _tokens_at(N[m], D[m], prof.optimal_params),
+                "optimal_loss": prof.optimal_loss,
+                "n_points": int(m.sum()),
+                "flags": ",".join(prof.flags),
+                "used": not prof.flags,
+                "coef": prof.coef,
+                "fit_n_lo": prof.n_lo,
+                "fit_n_hi": prof.n_hi,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _ci(samples: np.ndarray) -> tuple[float, float] | None:
+    s = samples[np.isfinite(samples)]
+    if s.size < 2:
+        return None
+    lo, hi = np.percentile(s, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)])
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True, eq=False)
+class IsoFLOPFit:
+    """Result of Approach 2. ``a``, ``b``: exponents of N_opt ∝ C^a and D_opt ∝ C^b."""
+
+    n_opt_fit: PowerLawFit
+    d_opt_fit: PowerLawFit
+    l_opt_fit: PowerLawFit
+    minima: pd.DataFrame
+    excluded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    budget_rtol: float = DEFAULT_BUDGET_RTOL
+    samples: np.ndarray | None = None  # bootstrap draws: columns ln k_N, a, ln k_D, b, L_opt(C) params
+
+    approach = "isoflop"
+
+    @property
+    def a(self) -> float:
+        return self.n_opt_fit.a
+
+    @property
+    def b(self) -> float:
+        return self.d_opt_fit.a
+
+    @property
+    def a_ci(self) -> tuple[float, float] | None:
+        return self.n_opt_fit.a_ci
+
+    @property
+    def b_ci(self) -> tuple[float, float] | None:
+        return self.d_opt_fit.a_ci
+
+    def optimal(self, C: Any) -> dict[str, Any]:
+        """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs), with 95% intervals."""
+        c = np.asarray(C, dtype=float)
+        n, d, l = self.n_opt_fit.predict(c), self.d_opt_fit.predict(c), self.l_opt_fit.predict(c)
+        if self.samples is not None and len(self.samples):
+            s = self.samples
+            lc = np.log(c)[..., None]
+            n_draw = np.exp(s[:, 0] + s[:, 1] * lc)
+            d_draw = np.exp(s[:, 2] + s[:, 3] * lc)
+            l_draw = s[:, 4] + np.exp(s[:, 5] + s[:, 6] * lc)
+            n_ci = _vector_ci(n_draw)
+            d_ci = _vector_ci(d_draw)
+            l_ci = _vector_ci(l_draw)
+        else:
+            n_ci = self.n_opt_fit.predict_interval(c)
+            d_ci = self.d_opt_fit.predict_interval(c)
+            l_ci = self.l_opt_fit.predict_interval(c)
+        return optimum_record(c, n, d, l, n_ci, d_ci, l_ci)
+
+    def to_dict(self) -> dict[str, Any]:
+        minima = self.minima.copy()
+        minima["coef"] = [list(c) for c in minima["coef"]]
+        return {
+            "approach": self.approach,
+            "a": self.a,
+            "b": self.b,
+            "n_opt_fit": self.n_opt_fit.to_dict(),
+            "d_opt_fit": self.d_opt_fit.to_dict(),
+            "l_opt_fit": self.l_opt_fit.to_dict(),
+            "minima": minima.to_dict(orient="records"),
+            "excluded": self.excluded.drop(columns=[c for c in ("curve",) if c in self.excluded]).to_dict(
+                orient="records"
+            ),
+            "budget_rtol": self.budget_rtol,
+            "samples": None if self.samples is None else self.samples.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> IsoFLOPFit:
+        minima = pd.DataFrame.from_records(d.get("minima", []))
+        if "coef" in minima:
+            minima["coef"] = [tuple(c) for c in minima["coef"]]
+        samples = d.get("samples")
+        return cls(
+            n_opt_fit=PowerLawFit.from_dict(d["n_opt_fit"]),
+            d_opt_fit=PowerLawFit.from_dict(d["d_opt_fit"]),
+            l_opt_fit=PowerLawFit.from_dict(d["l_opt_fit"]),
+            minima=minima,
+            excluded=pd.DataFrame.from_records(d.get("excluded", [])),
+            budget_rtol=float(d.get("budget_rtol", DEFAULT_BUDGET_RTOL)),
+            samples=None if samples is None else np.asarray(samples, dtype=float),
+        )
+
+    def summary(self) -> str:
+        flagged = self.minima[~self.minima["used"].astype(bool)]
+        lines = [
+            "Approach 2 (IsoFLOP profiles)",
+            f"  budgets used: {int(self.minima['used'].sum())} of {len(self.minima)}",
+            f"  N_opt: {self.n_opt_fit}",
+            f"  D_opt: {self.d_opt_fit}",
+            f"  L_opt: {self.l_opt_fit}",
+            f"  a = {self.a:.4f}{_fmt_ci(self.a_ci)}   b = {self.b:.4f}{_fmt_ci(self.b_ci)}",
+        ]
+        for _, row in flagged.iterrows():
+            lines.append(
+                f"  flagged budget C={row['compute_budget']:.3g}: {row['flags']} ({row['n_points']} runs)"
+            )
+        if len(self.excluded):
+            lines.append(f"  excluded runs: {self.excluded['outlier_reason'].value_counts().to_dict()}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"IsoFLOPFit(a={self.a:.4f}, b={self.b:.4f}, budgets={int(self.minima['used'].sum())})"
+
+
+def _fmt_ci(ci: tuple[float, float] | None) -> str:
+    return "" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _vector_ci(draws: np.ndarray) -> tuple[Any, Any]:
+    lo, hi = np.nanpercentile(draws, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)], axis=-1)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def optimum_record(
+    c: Any, n: Any, d: Any, l: Any, n_ci: Any = None, d_ci: Any = None, l_ci: Any = None
+) -> dict[str, Any]:
+    """The dict every fit's ``optimal(C)`` returns (scalars for scalar C, arrays otherwise)."""
+
+    def conv(v: Any) -> Any:
+        return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
+
+    def conv_ci(ci: Any) -> Any:
+        if ci is None:
+            return None
+        lo, hi = ci
+        if np.ndim(lo) == 0 and not (np.isfinite(lo) and np.isfinite(hi)):
+            return None
+        return (conv(lo), conv(hi))
+
+    return {
+        "compute_budget": conv(c),
+        "optimal_params": conv(n),
+        "optimal_tokens": conv(d),
+        "optimal_loss": conv(l),
+        "tokens_per_param": conv(np.asarray(d) / np.asarray(n)),
+        "optimal_params_ci": conv_ci(n_ci),
+        "optimal_tokens_ci": conv_ci(d_ci),
+        "optimal_loss_ci": conv_ci(l_ci),
+    }
+
+
+def _laws(
+    minima: pd.DataFrame, bootstrap: int = 0, seed: int = 0
+) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
+    used = minima[minima["used"]]
+    c = used["compute_budget"].to_numpy()
+    n_fit = fit_power_law(c, used["optimal_params"].to_numpy(), bootstrap=bootstrap, seed=seed)
+    d_fit = fit_power_law(c, used["optimal_tokens"].to_numpy(), bootstrap=bootstrap, seed=seed)
+    l = used["optimal_loss"].to_numpy()
+    if len(used) >= MIN_BUDGETS_FOR_OFFSET:
+        l_fit = fit_power_law(c, l, offset=True, bootstrap=bootstrap, seed=seed)
+    else:
+        l_fit = fit_power_law(c, l, bootstrap=bootstrap, seed=seed)
+    return n_fit, d_fit, l_fit
+
+
+def fit_isoflop(
+    N: Any,
+    D: Any,
+    L: Any,
+    C: Any = None,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    exclude: bool = True,
+    budget_rtol: float = DEFAULT_BUDGET_RTOL,
+) -> IsoFLOPFit:
+    """Approach 2: per-budget parabola minima, then power laws across budgets.
+
+    Args:
+        N, D, L: parameters, tokens and final loss of each run.
+        C: each run's compute budget in FLOPs (default 6 N D). Budgets within ``budget_rtol`` share a bucket
+            (:func:`flops_fit.analysis.bucketing.bucket_budgets`).
+        bootstrap: resamples (runs drawn with replacement within each budget) for 95% percentile intervals;
+            0 gives regression intervals that ignore the uncertainty of each minimum.
+        exclude: drop runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (reported in
+            ``excluded``).
+    """
+    if int(bootstrap) < 0:
+        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    if C is None:
+        n, d, l = positive_arrays(1, N=N, D=D, L=L)
+        c = 6.0 * n * d
+    else:
+        n, d, l, c = positive_arrays(1, N=N, D=D, L=L, C=C)
+    excluded = pd.DataFrame()
+    if exclude:
+        kept, excluded = exclude_outliers(
+            runs_from_arrays(n, d, l, c), what="fit_isoflop", budget_rtol=budget_rtol
+        )
+        n, d, l, c = (
+            kept[k].to_numpy() for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
+        )
+    minima = budget_minima(n, d, l, c, budget_rtol)
+    if len(minima) < 2:
+        raise ValueError(
+            f"Approach 2 needs runs at 2 or more compute budgets; all {n.size} runs fall in one budget bucket "
+            f"(C ≈ {minima['compute_budget'].iloc[0]:.3g} FLOPs, budgets within {budget_rtol:.0%} are merged). "
+            "Train the sweep at several budgets."
+        )
+    flagged = minima[~minima["used"]]
+    if len(flagged):
+        detail = "; ".join(f"C={r.compute_budget:.3g}: {r.flags}" for r in flagged.itertuples())
+        warnings.warn(
+            f"fit_isoflop: {len(flagged)} budget(s) left out of the power laws ({detail}). "
+            "edge_small/edge_large: extend the sweep to smaller/larger models; too_few_points: train at least "
+            f"{MIN_POINTS_PER_BUDGET} sizes; flat/no_curvature: widen the size span.",
+            stacklevel=2,
+        )
+    n_used = int(minima["used"].sum())
+    if n_used < 2:
+        raise ValueError(
+            f"Approach 2 needs at least 2 budgets with a bracketed minimum, got {n_used} of {len(minima)} "
+            f"(flags: {minima['flags'].tolist()}). Re-plan the sweep so each budget's sizes straddle the optimum."
+        )
+    n_fit, d_fit, l_fit = _laws(minima)
+    samples = None
+    if bootstrap > 0:
+        samples = _bootstrap(n, d, l, c, minima, budget_rtol, int(bootstrap), seed)
+        n_fit, d_fit, l_fit = (
+            with_sample_ci(f, samples, cols)
+            for f, cols in ((n_fit, (0, 1, None)), (d_fit, (2, 3, None)), (l_fit, (5, 6, 4)))
+        )
+    return IsoFLOPFit(n_fit, d_fit, l_fit, minima, excluded, budget_rtol, samples)
+
+
+def with_sample_ci(fit: PowerLawFit, s: np.ndarray, cols: tuple[int, int, int | None]) -> PowerLawFit:
+    """``fit`` with intervals and covariance taken from bootstrap draws ``s`` (columns ln k, a[, offset])."""
+    ik, ia, io = cols
+    k_ci = _ci(np.exp(s[:, ik]))
+    a_ci = _ci(s[:, ia])
+    off_ci = _ci(s[:, io]) if io is not None and fit.offset else fit.offset_ci
+    idx = [ik, ia] if io is None or not fit.offset else [io, ik, ia]
+    good = np.all(np.isfinite(s[:, idx]), axis=1)
+    cov = np.cov(s[good][:, idx].T) if good.sum() > 2 else None
+    return PowerLawFit(
+        k=fit.k,
+        a=fit.a,
+        r_squared=fit.r_squared,
+        k_ci=k_ci,
+        a_ci=a_ci,
+        offset=fit.offset,
+        offset_ci=off_ci,
+        n_points=fit.n_points,
+        cov=None if cov is None else tuple(tuple(float(v) for v in r) for r in cov),
+    )
+
+
+def _bootstrap(
+    n: np.ndarray,
+    d: np.ndarray,
+    l: np.ndarray,
+    c: np.ndarray,
+    minima: pd.DataFrame,
+    rtol: float,
+    reps: int,
+    seed: int,
+) -> np.ndarray:
+    """Resample runs within each budget bucket, redo minima and laws; rows: ln k_N, a, ln k_D, b, E, ln k_L, c_L."""
+    rng = np.random.default_rng(seed)
+    labels, centers = bucket_budgets(c, rtol=rtol)
+    use_offset = bool(minima["used"].sum() >= MIN_BUDGETS_FOR_OFFSET)
+    members = [np.flatnonzero(labels == k) for k in range(len(centers))]
+    out = np.full((reps, 7), np.nan)
+    for r in range(reps):
+        cs, ns, ds, ls = [], [], [], []
+        for k, m in enumerate(members):
+            pick = rng.choice(m, size=m.size, replace=True)
+            prof = fit_profile(n[pick], l[pick])
+            if prof.flags:
+                continue
+            cs.append(centers[k])
+            ns.append(prof.optimal_params)
+            ds.append(_tokens_at(n[pick], d[pick], prof.optimal_params))
+            ls.append(prof.optimal_loss)
+        if len(cs) < 2:
+            continue
+        cs_a = np.asarray(cs)
+        try:
+            nf = fit_power_law(cs_a, ns)
+            df_ = fit_power_law(cs_a, ds)
+            if use_offset and len(cs) >= 3:
+                lf = fit_power_law(cs_a, ls, offset=True)
+            else:
+                lf = fit_power_law(cs_a, ls)
+        except ValueError:
+            continue
+        out[r] = (math.log(nf.k), nf.a, math.log(df_.k), df_.a, lf.offset, math.log(lf.k), lf.a)
+    return out[np.isfinite(out[:, 1])]

@@ -1,0 +1,91 @@
+"""The append-only results ledger (``results.jsonl``): one JSON object per finished experiment.
+
+Writers only ever append a whole line and fsync it; nothing is rewritten. Readers tolerate a torn last
+line (a writer killed mid-append) and skip it with a warning, so a crash never makes the ledger unreadable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _json_default(value: Any) -> Any:
+    """Turn NumPy scalars and arrays into plain JSON values."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+def _sanitize(value: Any) -> Any:
+    """Replace non-finite floats by None so every line is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    return value
+
+
+def encode_record(record: Mapping[str, Any]) -> str:
+    """One ledger line (without the newline): strict JSON, non-finite floats written as null."""
+    return json.dumps(_sanitize(dict(record)), default=_json_default, allow_nan=False, sort_keys=True)
+
+
+def append_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one record as a single line, then flush and fsync so it survives a crash."""
+    line = encode_record(record) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the torn
+        # fragment stays isolated (the reader skips it) and this record parses.
+        if os.fstat(fd).st_size > 0:
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = "\n" + line
+        os.write(fd, line.encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read every complete JSON object from a ``.jsonl`` ledger.
+
+    Blank lines are ignored. A line that does not parse is skipped with a warning (a torn write from a
+    killed process); a non-object line is skipped likewise.
+    """
+    records: list[dict[str, Any]] = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: skipping a line that is not valid JSON (torn write?)", path, lineno)
+                continue
+            if not isinstance(obj, dict):
+                logger.warning("%s:%d: skipping a line that is not a JSON object", path, lineno)
+                continue
+            records.append(obj)
+    return records
+
+
+def finished_ids(records: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Experiment ids that already have a finished (completed, failed or diverged) record."""
+    return {str(r["experiment_id"]) for r in records if "experiment_id" in r and r.get("status")}
