@@ -1,1 +1,51 @@
-"""flops-fit (package exports are wired up once every module has landed)."""
+"""flops-fit: compute-optimal scaling laws for your own model and data.
+
+Plan an IsoFLOP sweep, train every point, fit Chinchilla Approaches 1-3 with uncertainty, and report
+N_opt (parameters), D_opt (tokens) and the expected loss for any compute budget C (FLOPs).
+"""
+
+from flops_fit.analysis import (
+    EnvelopeFit,
+    IsoFLOPFit,
+    ParametricFit,
+    PowerLawFit,
+    ScalingAnalysis,
+    ScalingLawAnalyzer,
+    chinchilla_table,
+    detect_outliers,
+    fit_envelope,
+    fit_isoflop,
+    fit_parametric,
+    fit_power_law,
+)
+from flops_fit.flops import TransformerShape, chinchilla_flops_per_token, count_params
+from flops_fit.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
+from flops_fit.runs import load_runs
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CostEstimate",
+    "EnvelopeFit",
+    "Experiment",
+    "IsoFLOPFit",
+    "ModelSpec",
+    "ParametricFit",
+    "PowerLawFit",
+    "PowerLawLR",
+    "ScalingAnalysis",
+    "ScalingLawAnalyzer",
+    "SweepPlan",
+    "SweepPlanner",
+    "TransformerShape",
+    "__version__",
+    "chinchilla_flops_per_token",
+    "chinchilla_table",
+    "count_params",
+    "detect_outliers",
+    "fit_envelope",
+    "fit_isoflop",
+    "fit_parametric",
+    "fit_power_law",
+    "load_runs",
+]

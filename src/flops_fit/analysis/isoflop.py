@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 MIN_POINTS_PER_BUDGET = 3
 #: A profile whose fitted loss varies by less than this fraction across the sampled sizes is flat.
 FLAT_RELATIVE_DEPTH = 1e-3
+#: Summaries and warnings list flagged budgets one by one up to this many.
+MAX_FLAGS_LISTED = 8
 #: Only sizes within this factor of the lowest-loss size (either side) enter a budget's parabola.
 PROFILE_WINDOW = 8.0
 #: The L_opt law gets an irreducible-loss offset when at least this many budgets are usable.
@@ -246,7 +248,6 @@ class IsoFLOPFit:
         )
 
     def summary(self) -> str:
-        flagged = self.minima[~self.minima["used"].astype(bool)]
         lines = [
             "Approach 2 (IsoFLOP profiles)",
             f"  budgets used: {int(self.minima['used'].sum())} of {len(self.minima)}",
@@ -255,16 +256,24 @@ class IsoFLOPFit:
             f"  L_opt: {self.l_opt_fit}",
             f"  a = {self.a:.4f}{_fmt_ci(self.a_ci)}   b = {self.b:.4f}{_fmt_ci(self.b_ci)}",
         ]
-        for _, row in flagged.iterrows():
-            lines.append(
-                f"  flagged budget C={row['compute_budget']:.3g}: {row['flags']} ({row['n_points']} runs)"
-            )
+        lines += [f"  {line}" for line in describe_flagged(self.minima)]
         if len(self.excluded):
             lines.append(f"  excluded runs: {self.excluded['outlier_reason'].value_counts().to_dict()}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"IsoFLOPFit(a={self.a:.4f}, b={self.b:.4f}, budgets={int(self.minima['used'].sum())})"
+
+
+def describe_flagged(minima: pd.DataFrame) -> list[str]:
+    """One line per flagged budget, or a count per flag when there are more than ``MAX_FLAGS_LISTED``."""
+    flagged = minima[~minima["used"].astype(bool)]
+    if len(flagged) <= MAX_FLAGS_LISTED:
+        return [
+            f"budget C={r.compute_budget:.3g}: {r.flags} ({r.n_points} runs)" for r in flagged.itertuples()
+        ]
+    counts = flagged["flags"].str.split(",").explode().value_counts().to_dict()
+    return [f"{len(flagged)} flagged budgets by flag: {counts} (see .minima)"]
 
 
 def _fmt_ci(ci: tuple[float, float] | None) -> str:
@@ -367,7 +376,7 @@ def fit_isoflop(
         )
     flagged = minima[~minima["used"]]
     if len(flagged):
-        detail = "; ".join(f"C={r.compute_budget:.3g}: {r.flags}" for r in flagged.itertuples())
+        detail = "; ".join(describe_flagged(minima))
         warnings.warn(
             f"fit_isoflop: {len(flagged)} budget(s) left out of the power laws ({detail}). "
             "edge_small/edge_large: extend the sweep to smaller/larger models; too_few_points: train at least "

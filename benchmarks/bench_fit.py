@@ -1,0 +1,211 @@
+"""How fast is the Approach 3 fit, and is it as good as fitting start by start with scipy?
+
+On the 240 Chinchilla points bundled with flops-fit (Hoffmann et al. 2022, Figure 4, as digitised by
+Besiroglu et al. 2024; the five highest losses dropped), this times
+
+* ``fit_parametric``: all 4,500 grid starts optimised as one vectorised batch (plus refinement/polish);
+* the per-start baseline: ``scipy.optimize.minimize(method="L-BFGS-B")`` in a Python loop over a random
+  sample of the same starts, scaled to 4,500 starts, once with an analytic gradient (``jac=True``, the
+  strongest baseline) and once with scipy's default finite-difference gradient (what a plain
+  ``minimize(objective, x0, method="L-BFGS-B")`` does);
+* the bootstrap: 4,000 resamples refitted, warm-started.
+
+It prints the times, the speed-ups and the best objective each side reaches (ours must be no worse).
+BLAS is pinned to one thread for both sides: the comparison is between algorithms on one core, and
+threaded BLAS on tiny matrices only adds contention on a busy machine.
+
+Run (well under a minute on 2 CPU cores; ``--quick`` for a smoke run of a few seconds)::
+
+    python benchmarks/bench_fit.py
+    python benchmarks/bench_fit.py --quick
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # before NumPy is imported
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import scipy  # noqa: E402
+from scipy import optimize  # noqa: E402
+
+import flops_fit  # noqa: E402
+from flops_fit.analysis.parametric import CHINCHILLA_INIT_GRID, fit_parametric  # noqa: E402
+
+HUBER_DELTA = 1e-3
+
+
+def chinchilla_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, D, L): the bundled points without the five highest losses; D = C / (6 N) tokens."""
+    csv = Path(flops_fit.__file__).parent / "data" / "chinchilla_epoch.csv"
+    df = pd.read_csv(csv).sort_values("loss", kind="stable").iloc[:-5]
+    n = df["Model Size"].to_numpy(float)
+    return n, df["Training FLOP"].to_numpy(float) / (6.0 * n), df["loss"].to_numpy(float)
+
+
+def grid_starts() -> np.ndarray:
+    """The 4,500 starts (e, a, b, alpha, beta), in the library's order."""
+    axes = [np.asarray(CHINCHILLA_INIT_GRID[k], dtype=float) for k in ("e", "a", "b", "alpha", "beta")]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 5)
+
+
+def per_start_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray) -> tuple:
+    """Summed Huber loss of log residuals and its gradient for one start, written as a user would."""
+    e, a, b, alpha, beta = theta
+    u = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    top = u.max(axis=0)
+    p = np.exp(u - top)
+    total = p.sum(axis=0)
+    r = top + np.log(total) - log_l
+    psi = np.clip(r, -HUBER_DELTA, HUBER_DELTA)
+    value = np.where(
+        np.abs(r) <= HUBER_DELTA, 0.5 * r * r, HUBER_DELTA * (np.abs(r) - 0.5 * HUBER_DELTA)
+    ).sum()
+    p *= psi / total
+    grad = np.array([p[2].sum(), p[0].sum(), p[1].sum(), -(p[0] @ log_n), -(p[1] @ log_d)])
+    return float(value), grad
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def time_ours(n, d, loss, repeat: int) -> dict:
+    """Best-of-``repeat`` wall and CPU seconds of the full 4,500-start fit."""
+    fit_parametric(n[:20], d[:20], loss[:20], init_grid={k: [v[0]] for k, v in CHINCHILLA_INIT_GRID.items()})
+    best_wall = best_cpu = float("inf")
+    fit = None
+    for _ in range(repeat):
+        w0, c0 = clocks()
+        fit = fit_parametric(n, d, loss)
+        w1, c1 = clocks()
+        best_wall, best_cpu = min(best_wall, w1 - w0), min(best_cpu, c1 - c0)
+    return {"wall": best_wall, "cpu": best_cpu, "objective": fit.objective, "fit": fit}
+
+
+def time_scipy_loop(starts: np.ndarray, n, d, loss, analytic: bool) -> dict:
+    """Per-start scipy L-BFGS-B (default options) over ``starts``; times per start and best objective."""
+    args = (np.log(n), np.log(d), np.log(loss))
+    best = float("inf")
+    n_fail = 0
+    w0, c0 = clocks()
+    for x0 in starts:
+        if analytic:
+            res = optimize.minimize(per_start_objective, x0, args=args, jac=True, method="L-BFGS-B")
+        else:
+            res = optimize.minimize(lambda t: per_start_objective(t, *args)[0], x0, method="L-BFGS-B")
+        n_fail += not res.success
+        if np.isfinite(res.fun):
+            best = min(best, float(res.fun))
+    w1, c1 = clocks()
+    k = len(starts)
+    return {
+        "wall_per_start": (w1 - w0) / k,
+        "cpu_per_start": (c1 - c0) / k,
+        "objective": best,
+        "failed": n_fail,
+    }
+
+
+def time_bootstrap(n, d, loss, resamples: int) -> dict:
+    w0, c0 = clocks()
+    fit = fit_parametric(n, d, loss, bootstrap=resamples, seed=0)
+    w1, c1 = clocks()
+    full = time_ours(n, d, loss, repeat=1)
+    return {
+        "wall": (w1 - w0) - full["wall"],
+        "cpu": (c1 - c0) - full["cpu"],
+        "total_wall": w1 - w0,
+        "fit": fit,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sample, 400 resamples, one repeat")
+    parser.add_argument("--sample", type=int, default=150, help="starts in the per-start scipy loops (150)")
+    parser.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples (4000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repeats of our fit, best time kept (3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the start sample (0)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sample, args.bootstrap, args.repeat = 20, 400, 1
+
+    n, d, loss = chinchilla_points()
+    starts = grid_starts()
+    sample = starts[np.random.default_rng(args.seed).choice(len(starts), args.sample, replace=False)]
+    scale = len(starts) / args.sample
+    print(
+        f"bench_fit  {datetime.date.today()}  {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, NumPy {np.__version__}, SciPy {scipy.__version__}, "
+        f"BLAS threads {os.environ['OPENBLAS_NUM_THREADS']}"
+    )
+    print(
+        f"Chinchilla points: {len(n)}; grid: {len(starts)} starts; scipy loops on {args.sample} of them, x{scale:g}\n"
+    )
+
+    ours = time_ours(n, d, loss, args.repeat)
+    jac = time_scipy_loop(sample, n, d, loss, analytic=True)
+    fd = time_scipy_loop(sample, n, d, loss, analytic=False)
+
+    rows = [
+        ("flops-fit, all starts in one batch", len(starts), ours["wall"], ours["cpu"], ours["objective"]),
+        (
+            "scipy L-BFGS-B loop, analytic gradient",
+            len(starts),
+            jac["wall_per_start"] * len(starts),
+            jac["cpu_per_start"] * len(starts),
+            jac["objective"],
+        ),
+        (
+            "scipy L-BFGS-B loop, finite differences",
+            len(starts),
+            fd["wall_per_start"] * len(starts),
+            fd["cpu_per_start"] * len(starts),
+            fd["objective"],
+        ),
+    ]
+    # ------------------------------------------------------------------------------------------------------
+    # APPROACH 2 TIMING GOES HERE (for the lead): time fit_isoflop on suitable points and append a row,
+    #     rows.append(("Approach 2: fit_isoflop", n_budgets, wall_s, cpu_s, float("nan")))
+    # ------------------------------------------------------------------------------------------------------
+
+    print(f"{'method':44s}{'starts':>8s}{'wall s':>10s}{'cpu s':>10s}{'best objective':>20s}")
+    for name, k, wall, cpu, obj in rows:
+        print(f"{name:44s}{k:>8d}{wall:>10.2f}{cpu:>10.2f}{obj:>20.12e}")
+    print(
+        "  (scipy rows: measured on the sample, times scaled to all starts; best objective over the sample)\n"
+    )
+
+    for label, other in (("analytic-gradient", jac), ("finite-difference", fd)):
+        wall_x = other["wall_per_start"] * len(starts) / ours["wall"]
+        cpu_x = other["cpu_per_start"] * len(starts) / ours["cpu"]
+        print(f"speed-up vs the {label} loop: {wall_x:6.1f}x wall, {cpu_x:6.1f}x CPU   (target >= 100x)")
+    worst = min(jac["objective"], fd["objective"])
+    verdict = "no worse" if ours["objective"] <= worst * (1 + 1e-12) else "WORSE"
+    print(
+        f"best objective: ours {ours['objective']:.12e} vs scipy loops {worst:.12e} -> {verdict} "
+        f"(relative gap {(ours['objective'] - worst) / worst:+.2e}); "
+        f"scipy runs not reporting success: {jac['failed']} + {fd['failed']}\n"
+    )
+
+    boot = time_bootstrap(n, d, loss, args.bootstrap)
+    fit = boot["fit"]
+    print(
+        f"bootstrap, {args.bootstrap} resamples: {boot['wall']:.2f} s wall, {boot['cpu']:.2f} s CPU "
+        f"(whole fit with bootstrap {boot['total_wall']:.2f} s; target < 60 s)"
+    )
+    print(fit.summary())
+
+
+if __name__ == "__main__":
+    main()

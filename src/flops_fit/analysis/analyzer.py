@@ -1,0 +1,236 @@
+"""``ScalingLawAnalyzer``: results file in, ``scaling_laws.json`` and predictions out.
+
+The file-based front end of the analysis (the API of the original flops-fit seeds). The numerical work is
+done by the pure fits in :mod:`flops_fit.analysis`; this class only reads, dispatches and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flops_fit.analysis.approaches import Fit, fit_from_dict, has_curves, resolve_approaches, run_approach
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.isoflop import IsoFLOPFit
+from flops_fit.analysis.power_law import PowerLawFit
+from flops_fit.analysis.power_law import fit_power_law as _fit_power_law
+from flops_fit.runs import completed, load_runs
+
+logger = logging.getLogger(__name__)
+
+SCALING_LAWS_VERSION = 1
+SCALING_LAWS_FILE = "scaling_laws.json"
+
+
+def laws_of(fit: Fit) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
+    """The N_opt(C), D_opt(C), L_opt(C) power laws of any approach's fit."""
+    if hasattr(fit, "n_opt_fit"):
+        return fit.n_opt_fit, fit.d_opt_fit, fit.l_opt_fit
+    return fit.power_laws()
+
+
+@dataclass(frozen=True, eq=False)
+class ScalingAnalysis:
+    """The fitted scaling laws of one analysis.
+
+    ``n_opt_fit``, ``d_opt_fit``, ``l_opt_fit``: the primary approach's laws N_opt(C), D_opt(C), L_opt(C)
+    (C in FLOPs, N in parameters, D in tokens). ``optimal_points``: the best run of each budget bucket (or the
+    IsoFLOP minima). ``optimal_ratio``: median D/N (tokens per parameter) at those points. ``fits``: every
+    approach that was fitted, by name.
+    """
+
+    n_opt_fit: PowerLawFit
+    d_opt_fit: PowerLawFit
+    l_opt_fit: PowerLawFit
+    optimal_points: pd.DataFrame
+    optimal_ratio: float
+    approach: str = "isoflop"
+    fits: dict[str, Fit] = field(default_factory=dict)
+
+    def predict_optimal_size(self, target_compute: float) -> dict[str, Any]:
+        """N_opt, D_opt, expected loss and tokens per parameter at ``target_compute`` FLOPs (with 95% CIs)."""
+        c = float(target_compute)
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"target_compute must be a positive number of FLOPs, got {target_compute!r}")
+        fit = self.fits.get(self.approach)
+        if fit is not None:
+            opt = fit.optimal(c)
+        else:
+            n, d, l = self.n_opt_fit.predict(c), self.d_opt_fit.predict(c), self.l_opt_fit.predict(c)
+            opt = {"optimal_params": n, "optimal_tokens": d, "optimal_loss": l, "tokens_per_param": d / n}
+        return {
+            "target_compute": c,
+            "optimal_params": float(opt["optimal_params"]),
+            "optimal_tokens": float(opt["optimal_tokens"]),
+            "expected_loss": float(opt["optimal_loss"]),
+            "tokens_per_param": float(opt["tokens_per_param"]),
+            "optimal_params_ci": opt.get("optimal_params_ci"),
+            "optimal_tokens_ci": opt.get("optimal_tokens_ci"),
+            "expected_loss_ci": opt.get("optimal_loss_ci"),
+            "approach": self.approach,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCALING_LAWS_VERSION,
+            "approach": self.approach,
+            "n_opt_fit": self.n_opt_fit.to_dict(),
+            "d_opt_fit": self.d_opt_fit.to_dict(),
+            "l_opt_fit": self.l_opt_fit.to_dict(),
+            "optimal_points": _records(self.optimal_points),
+            "optimal_ratio": self.optimal_ratio,
+            "fits": {name: fit.to_dict() for name, fit in self.fits.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScalingAnalysis:
+        version = d.get("version", SCALING_LAWS_VERSION)
+        if version > SCALING_LAWS_VERSION:
+            raise ValueError(f"scaling laws file version {version} is newer than this flops-fit understands")
+        return cls(
+            n_opt_fit=PowerLawFit.from_dict(d["n_opt_fit"]),
+            d_opt_fit=PowerLawFit.from_dict(d["d_opt_fit"]),
+            l_opt_fit=PowerLawFit.from_dict(d["l_opt_fit"]),
+            optimal_points=pd.DataFrame.from_records(d.get("optimal_points", [])),
+            optimal_ratio=float(d.get("optimal_ratio", math.nan)),
+            approach=str(d.get("approach", "isoflop")),
+            fits={name: fit_from_dict(fd) for name, fd in (d.get("fits") or {}).items()},
+        )
+
+    def summary(self) -> str:
+        parts = [f"Scaling laws (primary approach: {self.approach})"]
+        parts += [fit.summary() for fit in self.fits.values()]
+        parts.append(f"Median tokens per parameter at the per-budget optima: {self.optimal_ratio:.1f}")
+        return "\n\n".join(parts)
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = df.copy()
+    for col in out.columns:
+        if out[col].map(lambda v: isinstance(v, tuple)).any():
+            out[col] = out[col].map(list)
+    return json.loads(out.to_json(orient="records"))
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, allow_nan=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ScalingLawAnalyzer:
+    """Fit scaling laws to a results file and write ``output_dir/scaling_laws.json``.
+
+    ``approach``: ``"isoflop"`` (Approach 2, the default), ``"parametric"`` (3), ``"envelope"`` (1) or
+    ``"all"``; the first one named is the primary approach whose laws the analysis reports.
+    """
+
+    def __init__(
+        self,
+        results_path: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
+        approach: str | Sequence[str] = "isoflop",
+        *,
+        columns: Mapping[str, str] | None = None,
+        bootstrap: int = 0,
+        seed: int = 0,
+        exclude_outliers: bool = True,
+        budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    ) -> None:
+        self.approaches = resolve_approaches(approach)
+        if int(bootstrap) < 0:
+            raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+        self.results_path = Path(results_path)
+        self.output_dir = Path(output_dir)
+        self.approach = self.approaches[0]
+        self.columns = dict(columns) if columns else None
+        self.bootstrap = int(bootstrap)
+        self.seed = int(seed)
+        self.exclude_outliers = bool(exclude_outliers)
+        self.budget_rtol = float(budget_rtol)
+
+    @property
+    def scaling_laws_path(self) -> Path:
+        return self.output_dir / SCALING_LAWS_FILE
+
+    def load_results(self) -> pd.DataFrame:
+        """The completed runs of the results file (.json, .jsonl, .csv or .parquet) as a runs table."""
+        return completed(load_runs(self.results_path, columns=self.columns))
+
+    def find_optimal_per_budget(self, df: pd.DataFrame) -> pd.DataFrame:
+        """One row per budget bucket: the run with the lowest final loss (buckets as in the fits)."""
+        if df.empty:
+            raise ValueError("no completed runs to analyse")
+        labels, centers = bucket_budgets(df["compute_budget"].to_numpy(float), rtol=self.budget_rtol)
+        work = df.assign(_bucket=labels).dropna(subset=["final_loss"])
+        best = work.loc[work.groupby("_bucket")["final_loss"].idxmin()].copy()
+        best["budget_bucket"] = centers[best["_bucket"].to_numpy()]
+        return best.drop(columns=["_bucket"]).sort_values("compute_budget").reset_index(drop=True)
+
+    def fit_power_law(self, x: Any, y: Any) -> PowerLawFit:
+        """y = k x^a by least squares in log space (see :func:`flops_fit.analysis.fit_power_law`)."""
+        return _fit_power_law(x, y)
+
+    def analyze(self) -> ScalingAnalysis:
+        """Fit every requested approach, write ``scaling_laws.json`` atomically and return the analysis."""
+        runs = load_runs(self.results_path, columns=self.columns)
+        fits: dict[str, Fit] = {}
+        for name in self.approaches:
+            if name == "envelope" and len(self.approaches) > 1 and not has_curves(runs):
+                logger.info("skipping Approach 1 (envelope): the runs carry no loss curves")
+                continue
+            fits[name] = run_approach(
+                name, runs, bootstrap=self.bootstrap, seed=self.seed, exclude=self.exclude_outliers
+            )
+        primary = self.approach if self.approach in fits else next(iter(fits))
+        n_fit, d_fit, l_fit = laws_of(fits[primary])
+        iso = fits.get("isoflop")
+        if isinstance(iso, IsoFLOPFit):
+            points = iso.minima[iso.minima["used"]].reset_index(drop=True)
+        else:
+            points = self.find_optimal_per_budget(completed(runs)).rename(
+                columns={
+                    "num_params": "optimal_params",
+                    "num_tokens": "optimal_tokens",
+                    "final_loss": "optimal_loss",
+                }
+            )
+            points = points.drop(columns=[c for c in ("curve",) if c in points])
+        ratio = (
+            float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
+        )
+        analysis = ScalingAnalysis(n_fit, d_fit, l_fit, points, ratio, primary, fits)
+        write_json_atomic(self.scaling_laws_path, analysis.to_dict())
+        logger.info("wrote %s", self.scaling_laws_path)
+        return analysis
+
+    def load_analysis(self) -> ScalingAnalysis:
+        """Read ``scaling_laws.json`` back (run :meth:`analyze` first)."""
+        if not self.scaling_laws_path.is_file():
+            raise FileNotFoundError(f"{self.scaling_laws_path} does not exist; run analyze() first")
+        with open(self.scaling_laws_path, encoding="utf-8") as fh:
+            return ScalingAnalysis.from_dict(json.load(fh))
+
+    def predict(self, target_compute: float) -> dict[str, Any]:
+        """Prediction at ``target_compute`` FLOPs from the saved laws (rebuilt through ``from_dict``)."""
+        return self.load_analysis().predict_optimal_size(target_compute)

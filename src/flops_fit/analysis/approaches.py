@@ -1,0 +1,91 @@
+"""The three approaches by name: run one on a runs table, rebuild one from its dict."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
+from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
+from flops_fit.analysis.parametric import ParametricFit, fit_parametric
+from flops_fit.runs import validate_runs
+
+logger = logging.getLogger(__name__)
+
+#: Approach names, in Hoffmann et al.'s numbering (1, 2, 3).
+APPROACHES: tuple[str, ...] = ("envelope", "isoflop", "parametric")
+_ALIASES = {
+    "1": "envelope",
+    "2": "isoflop",
+    "3": "parametric",
+    "approach1": "envelope",
+    "approach2": "isoflop",
+    "approach3": "parametric",
+}
+_FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
+
+Fit = EnvelopeFit | IsoFLOPFit | ParametricFit
+
+
+def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
+    """``"all"`` -> every approach; a name or list of names -> validated canonical names."""
+    names = [approach] if isinstance(approach, str) else list(approach)
+    out: list[str] = []
+    for name in names:
+        key = str(name).strip().lower()
+        if key == "all":
+            out.extend(APPROACHES)
+            continue
+        key = _ALIASES.get(key, key)
+        if key not in APPROACHES:
+            raise ValueError(f"unknown approach {name!r}; use one of {[*APPROACHES, 'all']}")
+        out.append(key)
+    if not out:
+        raise ValueError(f"approach must name at least one of {[*APPROACHES, 'all']}")
+    return list(dict.fromkeys(out))
+
+
+def has_curves(runs: pd.DataFrame) -> bool:
+    """True when some run carries a non-empty loss curve (Approach 1 needs them)."""
+    return "curve" in runs.columns and bool(
+        runs["curve"].map(lambda c: isinstance(c, (list, tuple)) and len(c) > 0).any()
+    )
+
+
+def run_approach(
+    name: str, runs: pd.DataFrame, *, bootstrap: int = 0, seed: int = 0, exclude: bool = True
+) -> Fit:
+    """Fit approach ``name`` to the completed runs of ``runs`` (outliers handled by the fit itself)."""
+    (name,) = resolve_approaches(name)
+    runs = validate_runs(runs)
+    if name == "envelope":
+        return fit_envelope(runs, bootstrap=bootstrap, seed=seed, exclude=exclude)
+    usable = _array_rows(runs)
+    dropped = len(runs) - int(usable.sum())
+    if dropped:
+        logger.info("%s: %d run(s) not completed or with non-finite values are left out", name, dropped)
+    runs = runs[usable]
+    n, d, l, c = (
+        runs[k].to_numpy(float) for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
+    )
+    if name == "isoflop":
+        return fit_isoflop(n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude)
+    return fit_parametric(n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude)
+
+
+def _array_rows(runs: pd.DataFrame) -> Any:
+    """Completed rows whose C, N, D and loss are all positive and finite."""
+    vals = runs[["num_params", "num_tokens", "final_loss", "compute_budget"]].to_numpy(float)
+    return (runs["status"] == "completed").to_numpy() & (np.isfinite(vals) & (vals > 0)).all(axis=1)
+
+
+def fit_from_dict(d: Mapping[str, Any]) -> Fit:
+    """Rebuild a fit from its ``to_dict()`` (the ``approach`` key says which)."""
+    name = d.get("approach")
+    if name not in _FIT_TYPES:
+        raise ValueError(f"cannot rebuild a fit with approach {name!r}; expected one of {list(_FIT_TYPES)}")
+    return _FIT_TYPES[name].from_dict(d)

@@ -1,0 +1,1006 @@
+"""Chinchilla Approach 3: fit L(N, D) = E + A / N**alpha + B / D**beta to final losses.
+
+The estimator is Hoffmann et al. (2022, "Training Compute-Optimal Large Language Models", Sec. 3.3 and
+App. D) as re-examined by Besiroglu et al. (2024, "Chinchilla Scaling: A replication attempt"): with
+``A = exp(a)``, ``B = exp(b)``, ``E = exp(e)``, minimise over ``(e, a, b, alpha, beta)``
+
+    sum_i  w_i * Huber_delta( LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i ),   delta = 1e-3,
+
+where LSE (log-sum-exp) of the three terms is the log of the predicted loss, with L-BFGS from every
+point of a grid of starts, keeping the best. N is in parameters, D in tokens, L the final loss (nats;
+any positive loss works); the Huber loss acts on natural-log residuals.
+
+All starts are optimised together: the objective and its analytic gradient are evaluated for every
+start in one vectorised pass, and a batched L-BFGS (two-loop recursion, a weak-Wolfe line search per
+start, converged starts leave the batch) drives them. The best starts are then refined with tight
+tolerances and the winner is polished with scipy's L-BFGS-B. The bootstrap refits resampled data, all
+resamples in one batch, warm-started from the distinct optima of the full-data fit.
+
+Compute-optimal allocation under C = 6 N D (Hoffmann et al., Eq. 4):
+``N_opt = G (C/6)^a``, ``D_opt = G^-1 (C/6)^b`` with ``G = (alpha A / (beta B))^(1/(alpha+beta))``,
+``a = beta / (alpha + beta)`` and ``b = alpha / (alpha + beta)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import optimize
+
+from flops_fit.analysis._validate import positive_arrays
+from flops_fit.analysis.outliers import detect_outliers
+from flops_fit.analysis.power_law import PowerLawFit
+from flops_fit.runs import runs_from_arrays
+
+logger = logging.getLogger(__name__)
+
+CI_LEVEL = 0.95
+#: Parameter order of ``ParametricFit.samples`` (and of the internal log-space vector (e, a, b, alpha, beta)).
+PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
+#: Names of the five coordinates an ``init_grid`` mapping must give: E = exp(e), A = exp(a), B = exp(b).
+GRID_KEYS: tuple[str, ...] = ("e", "a", "b", "alpha", "beta")
+#: The grid of Hoffmann et al. as used by Besiroglu et al.: 5 * 6 * 6 * 5 * 5 = 4,500 starts.
+CHINCHILLA_INIT_GRID: Mapping[str, tuple[float, ...]] = MappingProxyType(
+    {
+        "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
+        "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+        "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
+        "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
+        "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
+    }
+)
+MIN_POINTS = 5
+#: Exponents at or below this make the allocation degenerate (G = (alpha A / (beta B))^(1/(alpha+beta))
+#: goes to 0 or infinity): the loss then barely depends on N or on D.
+MIN_EXPONENT = 1e-3
+#: A term changing the predicted loss by less than this fraction of E across the fitted N (or D) range is
+#: not identified by the data (an order of magnitude below the Huber delta of 1e-3 in log loss).
+MIN_TERM_CHANGE = 1e-4
+
+# Optimiser settings. The objective the optimiser sees is the summed Huber loss divided by delta * sum(w),
+# i.e. the weighted mean absolute log residual in the linear part of the Huber loss, so the tolerances do
+# not depend on the number of points, their weights or delta.
+_MEMORY = 10  # L-BFGS correction pairs, as scipy's L-BFGS-B default
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """When one start of the batched L-BFGS stops (see :func:`_lbfgs_batch`)."""
+
+    gtol: float
+    ftol: float
+    ftol_floor: float
+    patience: int
+    max_iter: int
+
+
+# Every grid start: scipy L-BFGS-B's defaults (pgtol 1e-5, factr * eps = 2.2e-9 relative to max(|f|, 1)).
+_GRID_STOP = _Stop(gtol=1e-5, ftol=2.2e-9, ftol_floor=1.0, patience=1, max_iter=1000)
+# Refinement and bootstrap: run to the precision the objective allows. The Huber loss with a small delta is
+# nearly piecewise linear, so L-BFGS can crawl for a few iterations and then speed up again; a start stops
+# only after `patience` consecutive iterations of negligible progress.
+_TIGHT_STOP = _Stop(gtol=1e-10, ftol=1e-14, ftol_floor=0.0, patience=3, max_iter=2000)
+_N_REFINE_BEST = 16  # best grid starts refined with tight tolerances
+_N_REFINE_DISTINCT = 8  # plus the best start of up to this many distinct basins
+_DISTINCT_START = 0.1  # max |difference| in (e, a, b, alpha, beta) for grid end points to count as one basin
+_DISTINCT_OPTIMUM = 1e-3  # ... and for refined optima
+_N_BOOTSTRAP_STARTS = 4  # warm starts per resample: the optimum and up to 3 other distinct optima
+_CONVERGED_GTOL = 1e-5  # final normalised gradient (max-abs) below which a fit is reported as converged
+_CHUNK_ELEMENTS = 65536  # rows x points per vectorised block: keeps the temporaries in cache
+
+# Status codes of the batched optimiser.
+_RUNNING, _GTOL, _FTOL, _LINE_SEARCH, _MAX_ITER, _NON_FINITE = range(6)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Objective
+
+
+class _HuberLogObjective:
+    """Summed weighted Huber loss of log residuals, and its gradient, for many parameter rows at once.
+
+    Rows are log-space parameter vectors ``(e, a, b, alpha, beta)``. The three terms of the model are
+    computed divided by the observed loss, ``t1 = exp(a - alpha log N - log L)`` and so on, so the residual
+    is ``r = log(t1 + t2 + t3)`` with no explicit log-sum-exp shift; a row whose terms overflow gets
+    ``f = inf`` (the line search then backs off), which only happens absurdly far from any fit.
+
+    Rows are processed in blocks of about ``_CHUNK_ELEMENTS`` values through preallocated work arrays
+    (cache-sized, and no large allocation per call), so an instance is not safe to call from several
+    threads at once.
+    """
+
+    def __init__(self, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float) -> None:
+        ones = np.ones_like(log_n)
+        self.delta = float(delta)
+        self.n_points = log_n.size
+        self._m1 = np.stack([ones, log_n, log_l])  # [a, -alpha, -1] @ m1 = a - alpha log N - log L
+        self._m2 = np.stack([ones, log_d, log_l])
+        self._inv_l = np.exp(-log_l)
+        self._g1 = np.stack([ones, -log_n], axis=1)  # d/d(a, alpha) of the first exponent
+        self._g2 = np.stack([ones, -log_d], axis=1)
+        self._chunk = max(8, _CHUNK_ELEMENTS // log_n.size)
+        self._work = np.empty((6, self._chunk, log_n.size))
+
+    def __call__(
+        self, theta: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(f, grad)`` for parameter rows ``theta`` (k, 5).
+
+        ``weights`` is one weight per point (n,), or a table (m, n) of which row ``rows[i]`` weights
+        ``theta[i]`` (bootstrap resamples).
+        """
+        k = theta.shape[0]
+        f = np.empty(k)
+        g = np.empty((k, 5))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for lo in range(0, k, self._chunk):
+                hi = min(lo + self._chunk, k)
+                if weights.ndim == 2:
+                    assert rows is not None
+                    w = np.take(weights, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
+                else:
+                    w = weights
+                self._block(theta[lo:hi], w, f[lo:hi], g[lo:hi])
+        bad = ~np.isfinite(f)
+        if bad.any():
+            f[bad] = np.inf
+            g[bad] = 0.0
+        return f, g
+
+    def _block(self, theta: np.ndarray, w: np.ndarray, f: np.ndarray, grad: np.ndarray) -> None:
+        k = theta.shape[0]
+        t1, t2, s, r, q = (buf[:k] for buf in self._work[:5])
+        p = np.empty((k, 3))
+        p[:, 0], p[:, 1], p[:, 2] = theta[:, 1], -theta[:, 3], -1.0
+        np.matmul(p, self._m1, out=t1)  # a - alpha log N - log L
+        np.exp(t1, out=t1)
+        p[:, 0], p[:, 1] = theta[:, 2], -theta[:, 4]
+        np.matmul(p, self._m2, out=t2)
+        np.exp(t2, out=t2)
+        big_e = np.exp(theta[:, 0])
+        np.multiply.outer(big_e, self._inv_l, out=s)
+        s += t1
+        s += t2  # = L(N, D) / L_observed
+        np.log(s, out=r)  # log residual
+        np.maximum(r, -self.delta, out=q)
+        np.minimum(q, self.delta, out=q)  # Huber'(r) = clip(r, -delta, delta)
+        # Huber(r) = psi (2 r - psi) / 2 in both regimes (psi = Huber'(r)); r is not needed afterwards.
+        r *= 2.0
+        r -= q
+        q *= w
+        np.einsum("ij,ij->i", q, r, out=f)
+        f *= 0.5
+        # dr/d(log term_j) = term_j / L(N, D), so with q = w Huber'(r) / s: df/da = sum q t1,
+        # df/dalpha = -sum q t1 log N (likewise b, beta with t2, log D) and df/de = E sum q / L_observed.
+        q /= s
+        grad[:, 0] = big_e * (q @ self._inv_l)
+        t1 *= q
+        t2 *= q
+        grad[:, [1, 3]] = t1 @ self._g1
+        grad[:, [2, 4]] = t2 @ self._g2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Batched L-BFGS
+
+
+@dataclass
+class _BatchResult:
+    x: np.ndarray  # (k, 5) end points
+    f: np.ndarray  # (k,) objective at x (inf for rows that never had a finite value)
+    grad: np.ndarray  # (k, 5) gradient at x
+    status: np.ndarray  # (k,) one of the _GTOL.. codes
+    n_iter: np.ndarray  # (k,) iterations per row
+    n_eval: int  # row-evaluations of the objective in total
+
+
+def _two_loop(
+    g: np.ndarray,
+    s_hist: np.ndarray,
+    y_hist: np.ndarray,
+    rho: np.ndarray,
+    gamma: np.ndarray,
+    order: Sequence[int],
+) -> np.ndarray:
+    """Return -H g for every row (L-BFGS two-loop recursion); ``order`` lists history slots newest first.
+
+    Slots with ``rho == 0`` (empty, or a skipped update) are no-ops.
+    """
+    q = g.copy()
+    coef = {}
+    for j in order:
+        c = rho[:, j] * np.einsum("ij,ij->i", s_hist[:, j], q)
+        q -= c[:, None] * y_hist[:, j]
+        coef[j] = c
+    q *= gamma[:, None]
+    for j in reversed(order):
+        c = rho[:, j] * np.einsum("ij,ij->i", y_hist[:, j], q)
+        q += (coef[j] - c)[:, None] * s_hist[:, j]
+    return -q
+
+
+def _line_search(
+    evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    rows: np.ndarray,
+    x: np.ndarray,
+    f: np.ndarray,
+    d: np.ndarray,
+    gd: np.ndarray,
+    *,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    max_steps: int = 25,
+    xtol: float = 1e-10,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Weak-Wolfe line search along ``d`` for every row at once (bisection / doubling, Lewis & Overton).
+
+    Each round evaluates only the rows still searching. Returns ``(x_new, f_new, g_new, ok, n_eval)``;
+    ``ok`` is False where no step with sufficient decrease was found (the row has converged to the
+    precision the objective allows, or cannot move); such rows keep ``x``.
+    """
+    k = x.shape[0]
+    t = np.ones(k)
+    lo = np.zeros(k)
+    hi = np.full(k, np.inf)
+    x_new = x.copy()
+    f_new = f.copy()
+    g_new = np.zeros_like(x)
+    ok = np.zeros(k, dtype=bool)
+    # Smallest useful step: moves no coordinate by more than xtol relative to its size.
+    t_min = xtol * (1.0 + np.abs(x).max(axis=1)) / np.maximum(np.abs(d).max(axis=1), 1e-300)
+    live = np.arange(k)
+    n_eval = 0
+    for _ in range(max_steps):
+        if live.size == 0:
+            break
+        tl = t[live]
+        xt = x[live] + tl[:, None] * d[live]
+        ft, gt = evaluate(rows[live], xt)
+        n_eval += live.size
+        armijo = ft <= f[live] + c1 * tl * gd[live]  # False for inf / nan
+        slope = np.einsum("ij,ij->i", gt, d[live])
+        curvature = slope >= c2 * gd[live]
+        # Every point with sufficient decrease is acceptable; keep the latest (largest such step).
+        good = live[armijo]
+        x_new[good], f_new[good], g_new[good] = xt[armijo], ft[armijo], gt[armijo]
+        ok[good] = True
+        done = armijo & curvature
+        # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
+        long_ = ~armijo
+        rl = live[long_]
+        hi[rl] = t[rl]
+        tq = t[rl]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            curv = 2.0 * (ft[long_] - f[rl] - gd[rl] * tq)
+            t_quad = -gd[rl] * tq * tq / curv
+        t_quad = np.where(np.isfinite(t_quad), t_quad, 0.1 * tq)
+        t_quad = np.clip(t_quad, 0.1 * tq, 0.5 * tq)
+        t[rl] = np.where(lo[rl] > 0, 0.5 * (lo[rl] + hi[rl]), t_quad)
+        # Too short (still steep): grow.
+        short = armijo & ~curvature
+        rs = live[short]
+        lo[rs] = t[rs]
+        t[rs] = np.where(np.isfinite(hi[rs]), 0.5 * (lo[rs] + hi[rs]), 2.0 * t[rs])
+        live = live[~done]
+        if live.size:
+            # Stop rows whose bracket collapsed or whose step became negligible.
+            stuck = (np.isfinite(hi[live]) & (hi[live] - lo[live] <= 1e-12 * hi[live])) | (
+                (t[live] < t_min[live]) & (lo[live] == 0)
+            )
+            live = live[~stuck]
+    return x_new, f_new, g_new, ok, n_eval
+
+
+def _lbfgs_batch(
+    x0: np.ndarray,
+    evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+    stop: _Stop,
+) -> _BatchResult:
+    """Minimise ``evaluate`` from every row of ``x0`` at once with L-BFGS.
+
+    ``evaluate(rows, x)`` returns ``(f, grad)`` for parameter rows ``x`` belonging to original rows
+    ``rows`` (so per-row data, e.g. bootstrap weights, can be looked up). A row stops when its gradient
+    max-norm is <= ``stop.gtol``, when ``f`` fell by <= ``stop.ftol * max(|f|, stop.ftol_floor)`` in
+    ``stop.patience`` consecutive iterations, when no step decreases ``f`` any more, or after
+    ``stop.max_iter`` iterations.
+    """
+    gtol = stop.gtol
+    k0, dim = x0.shape
+    every = np.arange(k0)
+    f0, g0 = evaluate(every, x0)
+    out = _BatchResult(
+        x=x0.copy(),
+        f=f0.copy(),
+        grad=g0.copy(),
+        status=np.full(k0, _RUNNING),
+        n_iter=np.zeros(k0, dtype=int),
+        n_eval=k0,
+    )
+    out.status[~np.isfinite(f0)] = _NON_FINITE
+    out.status[np.isfinite(f0) & (np.abs(g0).max(axis=1) <= gtol)] = _GTOL
+    rows = np.flatnonzero(out.status == _RUNNING)
+    x, f, g = x0[rows].copy(), f0[rows].copy(), g0[rows].copy()
+    s_hist = np.zeros((rows.size, _MEMORY, dim))
+    y_hist = np.zeros((rows.size, _MEMORY, dim))
+    rho = np.zeros((rows.size, _MEMORY))
+    gamma = np.zeros(rows.size)  # 0: no curvature pair yet
+    stall = np.zeros(rows.size, dtype=int)
+    for it in range(stop.max_iter):
+        if rows.size == 0:
+            break
+        slot = it % _MEMORY
+        order = [(slot - 1 - j) % _MEMORY for j in range(min(it, _MEMORY))]  # filled slots, newest first
+        fresh = gamma == 0
+        gnorm = np.maximum(np.linalg.norm(g, axis=1), 1e-300)
+        # Without curvature information take a unit-length steepest-descent step, as L-BFGS-B does.
+        d = _two_loop(g, s_hist, y_hist, rho, np.where(fresh, 1.0 / gnorm, gamma), order)
+        gd = np.einsum("ij,ij->i", g, d)
+        uphill = ~(gd < 0)
+        if uphill.any():  # lost descent (numerically): restart those rows from steepest descent
+            d[uphill] = -g[uphill] / gnorm[uphill, None]
+            gd[uphill] = -gnorm[uphill]
+            rho[uphill] = 0.0
+            gamma[uphill] = 0.0
+        x_new, f_new, g_new, ok, n_eval = _line_search(evaluate, rows, x, f, d, gd)
+        out.n_eval += n_eval
+        out.n_iter[rows] += 1
+        # Curvature pair into this iteration's slot (a no-op pair where the update is skipped).
+        s = x_new - x
+        y = g_new - g
+        sy = np.einsum("ij,ij->i", s, y)
+        yy = np.einsum("ij,ij->i", y, y)
+        update = ok & (sy > 1e-10 * yy) & (yy > 0)
+        s_hist[:, slot] = np.where(update[:, None], s, 0.0)
+        y_hist[:, slot] = np.where(update[:, None], y, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho[:, slot] = np.where(update, 1.0 / sy, 0.0)
+            gamma = np.where(update, sy / yy, gamma)
+        decrease = f - f_new
+        small = ok & (
+            decrease <= stop.ftol * np.maximum(np.maximum(np.abs(f), np.abs(f_new)), stop.ftol_floor)
+        )
+        stall = np.where(small, stall + 1, 0)
+        x = np.where(ok[:, None], x_new, x)
+        f = np.where(ok, f_new, f)
+        g = np.where(ok[:, None], g_new, g)
+        status = np.full(rows.size, _RUNNING)
+        status[stall >= stop.patience] = _FTOL
+        status[ok & (np.abs(g).max(axis=1) <= gtol)] = _GTOL
+        # No acceptable step: like L-BFGS-B, drop the curvature memory and retry once from steepest
+        # descent; a row that fails without memory has converged as far as the objective allows.
+        retry = ~ok & (gamma != 0)
+        rho[retry] = 0.0
+        gamma[retry] = 0.0
+        status[~ok & ~retry] = _LINE_SEARCH
+        finished = status != _RUNNING
+        if finished.any():
+            done = rows[finished]
+            out.x[done], out.f[done], out.grad[done], out.status[done] = (
+                x[finished],
+                f[finished],
+                g[finished],
+                status[finished],
+            )
+            keep = ~finished
+            rows, x, f, g, stall, gamma = rows[keep], x[keep], f[keep], g[keep], stall[keep], gamma[keep]
+            s_hist, y_hist, rho = s_hist[keep], y_hist[keep], rho[keep]
+    if rows.size:
+        out.x[rows], out.f[rows], out.grad[rows], out.status[rows] = x, f, g, _MAX_ITER
+    return out
+
+
+def _distinct(x: np.ndarray, order: np.ndarray, tol: float, limit: int) -> list[int]:
+    """Up to ``limit`` indices from ``order`` (best first), each differing from every earlier pick by > ``tol``."""
+    candidates = np.asarray(order)
+    picked: list[int] = []
+    while candidates.size and len(picked) < limit:
+        i = int(candidates[0])
+        picked.append(i)
+        candidates = candidates[np.abs(x[candidates] - x[i]).max(axis=1) > tol]
+    return picked
+
+
+# --------------------------------------------------------------------------------------------------------
+# Result
+
+
+def _ci_pair(v: Any) -> tuple[float, float]:
+    return float(v[0]), float(v[1])
+
+
+def _percentile_ci(draws: np.ndarray, axis: int = 0) -> tuple[Any, Any]:
+    """95% percentile interval along ``axis`` (NaNs ignored); floats for 1-D input, arrays otherwise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, said elsewhere
+        lo, hi = np.nanpercentile(draws, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)], axis=axis)
+    if np.ndim(lo) == 0:
+        return float(lo), float(hi)
+    return lo, hi
+
+
+def _allocation(C: np.ndarray, E: Any, A: Any, B: Any, alpha: Any, beta: Any) -> tuple[Any, Any, Any]:
+    """(N_opt, D_opt, L_opt) at budgets C (FLOPs) under C = 6 N D; NaN where alpha or beta <= MIN_EXPONENT."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        ok = (alpha > MIN_EXPONENT) & (beta > MIN_EXPONENT)
+        al = np.where(ok, alpha, np.nan)
+        be = np.where(ok, beta, np.nan)
+        log_g = (np.log(al) + np.log(A) - np.log(be) - np.log(B)) / (al + be)
+        log_c6 = np.log(C / 6.0)
+        log_n = log_g + log_c6 * (be / (al + be))
+        log_d = -log_g + log_c6 * (al / (al + be))
+        n_opt, d_opt = np.exp(log_n), np.exp(log_d)
+        l_opt = E + A * np.exp(-al * log_n) + B * np.exp(-be * log_d)
+    return n_opt, d_opt, l_opt
+
+
+@dataclass(frozen=True)
+class ParametricFit:
+    """L(N, D) = E + A / N**alpha + B / D**beta (N parameters, D tokens), fitted by Approach 3.
+
+    ``objective`` is the minimised sum of (weighted) Huber losses of natural-log residuals. With a
+    bootstrap, ``ci`` maps ``E, A, B, alpha, beta, a, b`` to 95% percentile intervals and ``samples``
+    holds the refitted ``(E, A, B, alpha, beta)`` of every resample, shape (B, 5); otherwise ``ci`` is
+    empty and ``samples`` is None. ``n_starts`` counts the initial points tried; ``converged`` says the
+    winning optimisation ended at a point where the normalised gradient is at most 1e-5 (scipy's default
+    L-BFGS-B tolerance). ``n_range`` and ``d_range`` are the (min, max) N and D of the fitted points.
+    """
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    objective: float
+    n_points: int
+    huber_delta: float = 1e-3
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)
+    n_starts: int = 0
+    converged: bool = True
+    n_range: tuple[float, float] | None = None
+    d_range: tuple[float, float] | None = None
+    excluded: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False, repr=False)
+    approach: str = field(default="parametric", init=False)
+
+    def __post_init__(self) -> None:
+        if self.samples is not None:
+            samples = np.array(self.samples, dtype=float, copy=True).reshape(-1, len(PARAM_NAMES))
+            samples.setflags(write=False)
+            object.__setattr__(self, "samples", samples)
+
+    @property
+    def a(self) -> float:
+        """Exponent of N_opt ∝ C^a: beta / (alpha + beta)."""
+        return self.beta / (self.alpha + self.beta)
+
+    @property
+    def b(self) -> float:
+        """Exponent of D_opt ∝ C^b: alpha / (alpha + beta)."""
+        return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def G(self) -> float:
+        """(alpha A / (beta B))^(1 / (alpha + beta)): N_opt = G (C/6)^a; NaN for a degenerate fit."""
+        if self.degeneracy is not None:
+            return math.nan
+        return math.exp(
+            (math.log(self.alpha * self.A) - math.log(self.beta * self.B)) / (self.alpha + self.beta)
+        )
+
+    @property
+    def n_bootstrap(self) -> int:
+        """Number of bootstrap resamples behind ``ci`` (0 without a bootstrap)."""
+        return 0 if self.samples is None else int(self.samples.shape[0])
+
+    @property
+    def degeneracy(self) -> str | None:
+        """Why the compute-optimal allocation is undefined for this fit, or None when it is fine.
+
+        Degenerate: an exponent at or below ``MIN_EXPONENT``, or (when the data ranges are known) a term
+        that changes the predicted loss by less than ``MIN_TERM_CHANGE`` (relative to E) across the
+        fitted N or D; either way the loss does not identify how to trade N against D.
+        """
+        terms = (
+            ("alpha", self.alpha, self.A, "N", self.n_range),
+            ("beta", self.beta, self.B, "D", self.d_range),
+        )
+        for name, expo, coef, var, span in terms:
+            fix = (
+                "so G = (alpha A / (beta B))^(1/(alpha+beta)) and the compute-optimal N and D are undefined. "
+                f"Add runs that vary {var} over a wider range at fixed compute, or check the data."
+            )
+            if not expo > MIN_EXPONENT:
+                return f"{name} = {expo:.3g} <= {MIN_EXPONENT:g}: the fitted loss does not fall with {var}, {fix}"
+            if span is not None:
+                change = coef * (span[0] ** -expo - span[1] ** -expo)
+                if not change > MIN_TERM_CHANGE * self.E:
+                    return (
+                        f"the {var} term changes the fitted loss by only {change:.3g} across {var} in "
+                        f"[{span[0]:.3g}, {span[1]:.3g}] (E = {self.E:.3g}): the data do not constrain it, {fix}"
+                    )
+        return None
+
+    def predict_loss(self, N: Any, D: Any) -> Any:
+        """Predicted loss at N parameters and D tokens (broadcasts; scalars in, float out)."""
+        n = np.asarray(N, dtype=float)
+        d = np.asarray(D, dtype=float)
+        loss = self.E + self.A * np.power(n, -self.alpha) + self.B * np.power(d, -self.beta)
+        return float(loss) if np.ndim(loss) == 0 else loss
+
+    def optimal(self, C: Any) -> dict[str, Any]:
+        """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs, C = 6 N D).
+
+        Returns ``compute_budget, optimal_params, optimal_tokens, optimal_loss, tokens_per_param`` and
+        ``optimal_params_ci, optimal_tokens_ci, optimal_loss_ci`` (95% percentile ``(low, high)`` over the
+        bootstrap samples, None without a bootstrap). Floats for scalar C, arrays for array C. A
+        degenerate fit (see :attr:`degeneracy`) warns and gives NaN.
+        """
+        c = np.asarray(C, dtype=float)
+        if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
+            raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}")
+        n, d, loss = _allocation(c, self.E, self.A, self.B, self.alpha, self.beta)
+        if self.degeneracy is not None:
+            warnings.warn(f"optimal(C) is NaN: {self.degeneracy}", UserWarning, stacklevel=2)
+            n = d = loss = np.full_like(c, np.nan)
+        cis: list[Any] = [None, None, None]
+        if self.samples is not None and self.samples.shape[0]:
+            s = self.samples
+            draws = _allocation(c[..., None], s[:, 0], s[:, 1], s[:, 2], s[:, 3], s[:, 4])
+            cis = [_percentile_ci(v, axis=-1) for v in draws]
+
+        def conv(v: Any) -> Any:
+            return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
+
+        return {
+            "compute_budget": conv(c),
+            "optimal_params": conv(n),
+            "optimal_tokens": conv(d),
+            "optimal_loss": conv(loss),
+            "tokens_per_param": conv(d / n),
+            "optimal_params_ci": cis[0],
+            "optimal_tokens_ci": cis[1],
+            "optimal_loss_ci": cis[2],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict; :meth:`from_dict` rebuilds the fit exactly (samples included)."""
+        return {
+            "approach": self.approach,
+            "E": self.E,
+            "A": self.A,
+            "B": self.B,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "objective": self.objective,
+            "n_points": self.n_points,
+            "huber_delta": self.huber_delta,
+            "ci": {k: [lo, hi] for k, (lo, hi) in self.ci.items()},
+            "samples": None if self.samples is None else self.samples.tolist(),
+            "n_starts": self.n_starts,
+            "converged": self.converged,
+            "n_range": None if self.n_range is None else list(self.n_range),
+            "d_range": None if self.d_range is None else list(self.d_range),
+            "excluded": self.excluded.to_dict(orient="records"),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ParametricFit:
+        """Inverse of :meth:`to_dict`."""
+        missing = [k for k in ("E", "A", "B", "alpha", "beta") if k not in d]
+        if missing:
+            raise ValueError(f"a ParametricFit dict needs keys {missing}; got {sorted(d)}")
+        samples = d.get("samples")
+        return cls(
+            E=float(d["E"]),
+            A=float(d["A"]),
+            B=float(d["B"]),
+            alpha=float(d["alpha"]),
+            beta=float(d["beta"]),
+            objective=float(d.get("objective", math.nan)),
+            n_points=int(d.get("n_points", 0)),
+            huber_delta=float(d.get("huber_delta", 1e-3)),
+            ci={str(k): _ci_pair(v) for k, v in (d.get("ci") or {}).items()},
+            samples=None if samples is None else np.asarray(samples, dtype=float),
+            n_starts=int(d.get("n_starts", 0)),
+            converged=bool(d.get("converged", True)),
+            n_range=None if d.get("n_range") is None else _ci_pair(d["n_range"]),
+            d_range=None if d.get("d_range") is None else _ci_pair(d["d_range"]),
+            excluded=pd.DataFrame.from_records(d.get("excluded") or []),
+        )
+
+    def power_laws(self) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
+        """The laws N_opt(C), D_opt(C), L_opt(C) that the closed form implies (C = 6ND, in FLOPs).
+
+        N_opt = G (C/6)^a and D_opt = G^-1 (C/6)^b exactly; along the optimum both loss terms scale as
+        C^(-alpha a) (alpha a = beta b), so L_opt = E + (A G^-alpha + B G^beta) 6^(alpha a) C^(-alpha a).
+        """
+        g, a, b = self.G, self.a, self.b
+        c_exp = self.alpha * a
+        n_law = PowerLawFit(k=g * 6.0**-a, a=a, r_squared=math.nan, a_ci=self.ci.get("a"))
+        d_law = PowerLawFit(k=6.0**-b / g, a=b, r_squared=math.nan, a_ci=self.ci.get("b"))
+        k_l = (self.A * g**-self.alpha + self.B * g**self.beta) * 6.0**c_exp
+        l_law = PowerLawFit(k=k_l, a=-c_exp, r_squared=math.nan, offset=self.E, offset_ci=self.ci.get("E"))
+        return n_law, d_law, l_law
+
+    def summary(self) -> str:
+        """A readable block: the model, estimates with 95% intervals, a, b, objective and method."""
+        width = 78
+        rule, thin = "=" * width, "-" * width
+        boot = (
+            f"{self.n_bootstrap} bootstrap resamples, 95% percentile intervals"
+            if self.n_bootstrap
+            else "none (fit with bootstrap=B for intervals)"
+        )
+        lines = [
+            "Parametric scaling law (Chinchilla Approach 3)".center(width),
+            rule,
+            "Model:        L(N, D) = E + A / N^alpha + B / D^beta   (N params, D tokens)",
+            f"Method:       Huber (delta = {self.huber_delta:g}) on log L, L-BFGS from {self.n_starts} starts",
+            f"Points:       {self.n_points:<10d}  Objective (sum of Huber losses): {self.objective:.6g}",
+            f"Converged:    {'yes' if self.converged else 'NO (treat the estimates with care)'}",
+            f"Uncertainty:  {boot}",
+            thin,
+            f"{'':12s}{'estimate':>14s}{'[0.025':>14s}{'0.975]':>14s}",
+        ]
+
+        def row(label: str, key: str, value: float) -> str:
+            lo, hi = self.ci.get(key, (math.nan, math.nan))
+            if key in self.ci:
+                return f"{label:12s}{value:>14.6g}{lo:>14.6g}{hi:>14.6g}"
+            return f"{label:12s}{value:>14.6g}"
+
+        for name in PARAM_NAMES:
+            lines.append(row(name, name, getattr(self, name)))
+        lines.append(thin)
+        lines.append(row("a", "a", self.a) + "   N_opt ∝ C^a, a = beta/(alpha+beta)")
+        lines.append(row("b", "b", self.b) + "   D_opt ∝ C^b, b = alpha/(alpha+beta)")
+        if self.degeneracy is not None:
+            lines += [thin, "WARNING: degenerate fit. " + self.degeneracy]
+        else:
+            lines.append(f"G = {self.G:.6g}   (N_opt = G (C/6)^a, D_opt = (C/6)^b / G, C = 6ND)")
+        lines.append(rule)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return (
+            f"L(N, D) = {self.E:.4g} + {self.A:.4g} / N^{self.alpha:.4f} + {self.B:.4g} / D^{self.beta:.4f}"
+            f"  (a = {self.a:.4f}, b = {self.b:.4f}, n = {self.n_points})"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Fitting
+
+
+def _grid_starts(init_grid: Any) -> np.ndarray:
+    """The start rows (e, a, b, alpha, beta) of ``init_grid`` ("chinchilla" or a mapping of GRID_KEYS)."""
+    if isinstance(init_grid, str):
+        if init_grid.strip().lower() != "chinchilla":
+            raise ValueError(
+                f"init_grid must be 'chinchilla' or a mapping of {list(GRID_KEYS)} to sequences, got {init_grid!r}"
+            )
+        init_grid = CHINCHILLA_INIT_GRID
+    if not isinstance(init_grid, Mapping):
+        raise ValueError(
+            f"init_grid must be 'chinchilla' or a mapping of {list(GRID_KEYS)} to sequences of start values, "
+            f"got {type(init_grid).__name__}"
+        )
+    keys = set(init_grid)
+    if keys != set(GRID_KEYS):
+        raise ValueError(
+            f"init_grid mapping must have exactly the keys {list(GRID_KEYS)} (E = exp(e), A = exp(a), "
+            f"B = exp(b)); missing {sorted(set(GRID_KEYS) - keys)}, unknown {sorted(map(str, keys - set(GRID_KEYS)))}"
+        )
+    axes = []
+    for key in GRID_KEYS:
+        values = init_grid[key]
+        if isinstance(values, (str, bytes)):
+            raise ValueError(f"init_grid[{key!r}] must be a sequence of numbers, got {values!r}")
+        try:
+            arr = np.asarray(values, dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"init_grid[{key!r}] must be a sequence of numbers, got {values!r}") from None
+        if arr.size == 0 or not np.all(np.isfinite(arr)):
+            raise ValueError(
+                f"init_grid[{key!r}] must be a non-empty sequence of finite numbers, got {values!r}"
+            )
+        axes.append(arr)
+    return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+def _check_weights(weights: Any, n: int) -> np.ndarray:
+    try:
+        w = np.asarray(weights, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be a sequence of {n} non-negative numbers, got {weights!r}") from None
+    if w.size != n:
+        raise ValueError(f"weights must have one value per point ({n}), got {w.size}")
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"weights must be finite and >= 0; weights[{i}] = {w[i]}")
+    return w
+
+
+def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray) -> None:
+    used = w > 0
+    n_used = int(used.sum())
+    if n_used < MIN_POINTS:
+        raise ValueError(
+            f"Approach 3 fits 5 parameters and needs at least {MIN_POINTS} points with positive weight, got {n_used}"
+        )
+    for name, values, what in (("N", n, "model sizes"), ("D", d, "token counts")):
+        distinct = np.unique(values[used]).size
+        if distinct < 2:
+            raise ValueError(
+                f"Approach 3 needs at least 2 distinct {name} ({what}) to separate the N and D terms, "
+                f"got {distinct}; train more than one {'model size' if name == 'N' else 'data size'}"
+            )
+
+
+def _resample_counts(
+    w: np.ndarray, n_boot: int, log_n: np.ndarray, log_d: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """(n_boot, n) multinomial resampling counts of the positive-weight points.
+
+    A resample with fewer than 5 distinct points, or a single distinct N or D, cannot be fitted; such
+    resamples are redrawn (from the same seeded generator, so the result stays deterministic).
+    """
+    used = w > 0
+    n_used = int(used.sum())
+    probs = used / n_used
+    # One-hot maps from points to their distinct N and D values, to count distinct values per resample.
+    one_hot = [
+        np.eye(inv.max() + 1)[inv] for inv in (np.unique(v, return_inverse=True)[1] for v in (log_n, log_d))
+    ]
+
+    def unusable(counts: np.ndarray) -> np.ndarray:
+        present = counts > 0
+        bad = present.sum(axis=1) < MIN_POINTS
+        for hot in one_hot:
+            bad |= ((present @ hot) > 0).sum(axis=1) < 2
+        return bad
+
+    counts = rng.multinomial(n_used, probs, size=n_boot).astype(float)
+    for _ in range(100):
+        bad = np.flatnonzero(unusable(counts))
+        if bad.size == 0:
+            return counts
+        counts[bad] = rng.multinomial(n_used, probs, size=bad.size)
+    raise ValueError(
+        "bootstrap resamples keep having fewer than 5 distinct points or a single N or D; "
+        "the design is too small to bootstrap: add runs or fit without bootstrap"
+    )
+
+
+def _to_params(theta: np.ndarray) -> np.ndarray:
+    """(e, a, b, alpha, beta) rows -> (E, A, B, alpha, beta) rows."""
+    out = np.array(theta, dtype=float, copy=True)
+    out[..., :3] = np.exp(out[..., :3])
+    return out
+
+
+def _fit_clean(
+    N: np.ndarray,
+    D: np.ndarray,
+    L: np.ndarray,
+    w: np.ndarray,
+    *,
+    huber_delta: float,
+    starts: np.ndarray,
+    bootstrap: int,
+    seed: int,
+) -> ParametricFit:
+    """Approach 3 on validated arrays: N, D, L positive finite, w >= 0 with a usable design."""
+    t_start = time.perf_counter()
+    log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
+    objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta)
+    scale = huber_delta * float(w.sum())  # summed Huber / scale ~ weighted mean |log residual|
+
+    def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, g = objective(theta, w)
+        return f / scale, g / scale
+
+    # 1. Every start, with L-BFGS-B's default tolerances.
+    grid = _lbfgs_batch(starts, evaluate, _GRID_STOP)
+    finite = np.flatnonzero(np.isfinite(grid.f))
+    if finite.size == 0:
+        raise ValueError(
+            "no start of init_grid gives a finite objective; use start values near the data's scale"
+        )
+    order = finite[np.argsort(grid.f[finite], kind="stable")]
+    # 2. Refine the best starts and the best start of each distinct basin with tight tolerances.
+    picks = list(
+        dict.fromkeys(
+            [*order[:_N_REFINE_BEST].tolist(), *_distinct(grid.x, order, _DISTINCT_START, _N_REFINE_DISTINCT)]
+        )
+    )
+    refined = _lbfgs_batch(grid.x[picks], evaluate, _TIGHT_STOP)
+    ranked = np.argsort(refined.f, kind="stable")
+    best_theta = refined.x[ranked[0]].copy()
+    best_f = float(refined.f[ranked[0]])
+
+    # 3. Polish the winner with scipy's L-BFGS-B; keep it only if it is lower.
+    def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = evaluate(np.zeros(1, dtype=int), theta[None, :])
+        return float(f[0]), g[0]
+
+    polished = optimize.minimize(
+        single,
+        best_theta,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-12},
+    )
+    if np.isfinite(polished.fun) and polished.fun < best_f:
+        best_theta, best_f = np.asarray(polished.x, dtype=float), float(polished.fun)
+    grad = single(best_theta)[1]
+    converged = bool(np.abs(grad).max() <= _CONVERGED_GTOL)
+    n_near = int((grid.f[finite] <= best_f * (1 + 1e-6)).sum())
+    logger.info(
+        "Approach 3: %d starts (%d iterations, %.1f evaluations per start), %d within 1e-6 of the best; "
+        "objective %.6g; %.2f s",
+        starts.shape[0],
+        int(grid.n_iter.max(initial=0)),
+        grid.n_eval / starts.shape[0],
+        n_near,
+        best_f * scale,
+        time.perf_counter() - t_start,
+    )
+
+    samples = None
+    ci: dict[str, tuple[float, float]] = {}
+    if bootstrap > 0:
+        optima = [best_theta] + [refined.x[i] for i in ranked[1:]]
+        keep = _distinct(np.array(optima), np.arange(len(optima)), _DISTINCT_OPTIMUM, _N_BOOTSTRAP_STARTS)
+        samples = _bootstrap(objective, w, huber_delta, log_n, log_d, np.array(optima)[keep], bootstrap, seed)
+        params = _to_params(samples)
+        draws = {name: params[:, i] for i, name in enumerate(PARAM_NAMES)}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws["a"] = params[:, 4] / (params[:, 3] + params[:, 4])
+            draws["b"] = params[:, 3] / (params[:, 3] + params[:, 4])
+        ci = {name: _percentile_ci(v) for name, v in draws.items()}
+        samples = params
+
+    E, A, B = (math.exp(v) for v in best_theta[:3])
+    used = w > 0
+    fit = ParametricFit(
+        E=E,
+        A=A,
+        B=B,
+        alpha=float(best_theta[3]),
+        beta=float(best_theta[4]),
+        objective=best_f * scale,
+        n_points=int((w > 0).sum()),
+        huber_delta=float(huber_delta),
+        ci=ci,
+        samples=samples,
+        n_starts=int(starts.shape[0]),
+        converged=converged,
+        n_range=(float(N[used].min()), float(N[used].max())),
+        d_range=(float(D[used].min()), float(D[used].max())),
+    )
+    if fit.degeneracy is not None:
+        warnings.warn(f"Approach 3 fit is degenerate: {fit.degeneracy}", UserWarning, stacklevel=3)
+    if not converged:
+        warnings.warn(
+            f"Approach 3 optimum not converged (normalised gradient {np.abs(grad).max():.2g} > {_CONVERGED_GTOL:g}); "
+            "check the data or widen init_grid",
+            UserWarning,
+            stacklevel=3,
+        )
+    return fit
+
+
+def _bootstrap(
+    objective: _HuberLogObjective,
+    w: np.ndarray,
+    huber_delta: float,
+    log_n: np.ndarray,
+    log_d: np.ndarray,
+    warm: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> np.ndarray:
+    """Refit ``n_boot`` resamples at once from each warm start; return the best (e, a, b, alpha, beta) of each."""
+    t_start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    counts = _resample_counts(w, n_boot, log_n, log_d, rng)
+    weights = counts * w  # resampled points keep their own weight
+    scales = huber_delta * weights.sum(axis=1)
+    n_warm = warm.shape[0]  # row i starts from warm[i // n_boot] on resample i % n_boot
+
+    def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        f, g = objective(theta, weights, rows % n_boot)
+        s = scales[rows % n_boot]
+        return f / s, g / s[:, None]
+
+    x0 = np.repeat(warm, n_boot, axis=0)
+    res = _lbfgs_batch(x0, evaluate, _TIGHT_STOP)
+    f = res.f.reshape(n_warm, n_boot)
+    best = np.argmin(f, axis=0)
+    pick = best * n_boot + np.arange(n_boot)
+    not_done = int(np.isin(res.status[pick], (_MAX_ITER, _NON_FINITE)).sum())
+    if not_done:
+        warnings.warn(
+            f"{not_done} of {n_boot} bootstrap refits did not converge; their end points are kept",
+            UserWarning,
+            stacklevel=4,
+        )
+    logger.info(
+        "Approach 3 bootstrap: %d resamples x %d warm starts, %.1f evaluations per refit, %.2f s",
+        n_boot,
+        n_warm,
+        res.n_eval / x0.shape[0],
+        time.perf_counter() - t_start,
+    )
+    return res.x[pick]
+
+
+def fit_parametric(
+    N: Sequence[float] | np.ndarray,
+    D: Sequence[float] | np.ndarray,
+    L: Sequence[float] | np.ndarray,
+    *,
+    huber_delta: float = 1e-3,
+    init_grid: str | Mapping[str, Sequence[float]] = "chinchilla",
+    bootstrap: int = 0,
+    seed: int = 0,
+    weights: Sequence[float] | np.ndarray | None = None,
+    exclude: bool = True,
+) -> ParametricFit:
+    """Fit L(N, D) = E + A / N**alpha + B / D**beta (Chinchilla Approach 3).
+
+    ``N`` parameters, ``D`` training tokens, ``L`` final losses (equal-length, positive, finite). Minimises
+    the sum of ``weights``-weighted Huber(``huber_delta``) losses of log residuals with L-BFGS from every
+    start of ``init_grid`` (``"chinchilla"``: Hoffmann et al.'s 4,500-point grid, or a mapping of
+    ``e, a, b, alpha, beta`` to start values, E = exp(e), A = exp(a), B = exp(b)) and keeps the best.
+    ``bootstrap=B`` refits B resamples of the points (seeded by ``seed``) for 95% percentile intervals.
+
+    ``exclude`` drops runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (duplicates and
+    IsoFLOP-profile outliers, with budgets C = 6ND) before fitting; they are reported in ``excluded``.
+
+    Needs at least 5 points and at least 2 distinct N and 2 distinct D; raises ValueError otherwise.
+    """
+    n, d, loss = positive_arrays(N=N, D=D, L=L)
+    if isinstance(huber_delta, bool) or not isinstance(huber_delta, (int, float, np.floating, np.integer)):
+        raise TypeError(f"huber_delta must be a positive number, got {type(huber_delta).__name__}")
+    if not (math.isfinite(huber_delta) and huber_delta > 0):
+        raise ValueError(
+            f"huber_delta must be a positive finite number (Chinchilla: 1e-3), got {huber_delta}"
+        )
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)):
+        raise TypeError(f"bootstrap must be an int number of resamples, got {type(bootstrap).__name__}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    w = np.ones_like(n) if weights is None else _check_weights(weights, n.size)
+    starts = _grid_starts(init_grid)
+    excluded = pd.DataFrame()
+    if exclude:
+        flagged = detect_outliers(runs_from_arrays(n, d, loss))
+        mask = flagged["outlier"].to_numpy()
+        if mask.any():
+            excluded = flagged[mask].reset_index(drop=True)
+            logger.warning(
+                "fit_parametric: excluded %d run(s) %s (pass exclude=False to keep them)",
+                int(mask.sum()),
+                excluded["outlier_reason"].value_counts().to_dict(),
+            )
+            n, d, loss, w = n[~mask], d[~mask], loss[~mask], w[~mask]
+    _check_design(n, d, w)
+    fit = _fit_clean(
+        n, d, loss, w, huber_delta=float(huber_delta), starts=starts, bootstrap=int(bootstrap), seed=int(seed)
+    )
+    return replace(fit, excluded=excluded) if len(excluded) else fit
