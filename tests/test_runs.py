@@ -139,3 +139,19 @@ def test_load_errors(tmp_path):
 def test_runs_from_arrays_defaults_to_6nd():
     runs = runs_from_arrays([1e8], [2e9], [3.0])
     assert runs["compute_budget"].iloc[0] == pytest.approx(1.2e18)
+
+
+def test_parquet_curves_come_back_as_pairs(tmp_path):
+    df = pd.DataFrame(ROWS[:2])
+    df.loc[0, "curve"] = None
+    path = tmp_path / "r.parquet"
+    df.to_parquet(path)
+    runs = load_runs(path)
+    assert runs["curve"].iloc[1] == [[1e9, 4.0], [8.3e9, 3.0]]
+    assert runs["curve"].iloc[0] is None
+
+
+def test_bad_curve_is_named():
+    frame = pd.DataFrame(ROWS[:1]).assign(curve=[[[1.0, 2.0, 3.0]]])
+    with pytest.raises(ValueError, match="run a: 'curve'"):
+        validate_runs(frame)

@@ -20,11 +20,14 @@ from flops_fit.analysis import (
 )
 from flops_fit.flops import TransformerShape, chinchilla_flops_per_token, count_params
 from flops_fit.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
+from flops_fit.plotting import ScalingVisualizer
 from flops_fit.runs import load_runs
+from flops_fit.training import Callback, TrainConfig, TrainOutcome, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Callback",
     "CostEstimate",
     "EnvelopeFit",
     "Experiment",
@@ -35,8 +38,11 @@ __all__ = [
     "PowerLawLR",
     "ScalingAnalysis",
     "ScalingLawAnalyzer",
+    "ScalingVisualizer",
     "SweepPlan",
     "SweepPlanner",
+    "TrainConfig",
+    "TrainOutcome",
     "TransformerShape",
     "__version__",
     "chinchilla_flops_per_token",
@@ -48,4 +54,5 @@ __all__ = [
     "fit_parametric",
     "fit_power_law",
     "load_runs",
+    "train",
 ]

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from flops_fit._io import atomic_write_json
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.flops import (
     PARAM_COUNTS,
@@ -563,15 +564,7 @@ class SweepPlan:
                 "so a runner can rebuild the models from this plan",
                 self.model.model_path,
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict(), allow_nan=False)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SweepPlan:

@@ -85,7 +85,26 @@ def validate_runs(df: pd.DataFrame) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"column 'status' has unknown value(s) {unknown}; allowed: {list(STATUSES)}")
     out["status"] = status
+    if "curve" in out.columns:
+        out["curve"] = [_as_curve(c, rid) for c, rid in zip(out["curve"], out["experiment_id"], strict=True)]
     return out.reset_index(drop=True)
+
+
+def _as_curve(value: Any, run_id: str) -> list[list[float]] | None:
+    """A curve as a plain list of ``[tokens, loss]`` pairs (Parquet and NumPy give arrays), or None if absent."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    try:
+        arr = np.asarray([np.asarray(p, dtype=float) for p in value], dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"run {run_id}: 'curve' must be a list of (tokens, loss) pairs") from None
+    if arr.size == 0:
+        return []
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(
+            f"run {run_id}: 'curve' must be a list of (tokens, loss) pairs, got shape {arr.shape}"
+        )
+    return arr.tolist()
 
 
 def runs_from_arrays(

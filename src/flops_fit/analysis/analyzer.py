@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit._io import atomic_write_json
 from flops_fit.analysis.approaches import Fit, fit_from_dict, has_curves, resolve_approaches, run_approach
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.isoflop import IsoFLOPFit
@@ -123,19 +123,8 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON to ``path`` via a temporary file and ``os.replace`` (never a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` atomically (see :mod:`flops_fit._io`)."""
+    atomic_write_json(path, data)
 
 
 class ScalingLawAnalyzer:
@@ -200,7 +189,12 @@ class ScalingLawAnalyzer:
                 logger.info("skipping Approach 1 (envelope): the runs carry no loss curves")
                 continue
             fits[name] = run_approach(
-                name, runs, bootstrap=self.bootstrap, seed=self.seed, exclude=self.exclude_outliers
+                name,
+                runs,
+                bootstrap=self.bootstrap,
+                seed=self.seed,
+                exclude=self.exclude_outliers,
+                budget_rtol=self.budget_rtol,
             )
         primary = self.approach if self.approach in fits else next(iter(fits))
         n_fit, d_fit, l_fit = laws_of(fits[primary])

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
@@ -57,13 +58,19 @@ def has_curves(runs: pd.DataFrame) -> bool:
 
 
 def run_approach(
-    name: str, runs: pd.DataFrame, *, bootstrap: int = 0, seed: int = 0, exclude: bool = True
+    name: str,
+    runs: pd.DataFrame,
+    *,
+    bootstrap: int = 0,
+    seed: int = 0,
+    exclude: bool = True,
+    budget_rtol: float = DEFAULT_BUDGET_RTOL,
 ) -> Fit:
     """Fit approach ``name`` to the completed runs of ``runs`` (outliers handled by the fit itself)."""
     (name,) = resolve_approaches(name)
     runs = validate_runs(runs)
     if name == "envelope":
-        return fit_envelope(runs, bootstrap=bootstrap, seed=seed, exclude=exclude)
+        return fit_envelope(runs, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol)
     usable = _array_rows(runs)
     dropped = len(runs) - int(usable.sum())
     if dropped:
@@ -73,8 +80,12 @@ def run_approach(
         runs[k].to_numpy(float) for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
     )
     if name == "isoflop":
-        return fit_isoflop(n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude)
-    return fit_parametric(n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude)
+        return fit_isoflop(
+            n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol
+        )
+    return fit_parametric(
+        n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude, C=c, budget_rtol=budget_rtol
+    )
 
 
 def _array_rows(runs: pd.DataFrame) -> Any:

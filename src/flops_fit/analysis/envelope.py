@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import optimum_record, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import PowerLawFit, fit_power_law
@@ -122,6 +123,7 @@ def fit_envelope(
     exclude: bool = True,
     bootstrap: int = 0,
     seed: int = 0,
+    budget_rtol: float = DEFAULT_BUDGET_RTOL,
 ) -> EnvelopeFit:
     """Approach 1 from per-run loss curves (column ``curve``: list of (tokens, loss) pairs).
 
@@ -138,7 +140,7 @@ def fit_envelope(
         raise ValueError(f"grid_points must be >= 10, got {grid_points}")
     excluded = pd.DataFrame()
     if exclude:
-        df, excluded = exclude_outliers(df, what="fit_envelope")
+        df, excluded = exclude_outliers(df, what="fit_envelope", budget_rtol=budget_rtol)
     else:
         df = df[df["status"] == "completed"].reset_index(drop=True)
 

@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import optimize
 
 from flops_fit.analysis._validate import positive_arrays
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.runs import runs_from_arrays
@@ -958,6 +959,8 @@ def fit_parametric(
     seed: int = 0,
     weights: Sequence[float] | np.ndarray | None = None,
     exclude: bool = True,
+    C: Sequence[float] | np.ndarray | None = None,
+    budget_rtol: float = DEFAULT_BUDGET_RTOL,
 ) -> ParametricFit:
     """Fit L(N, D) = E + A / N**alpha + B / D**beta (Chinchilla Approach 3).
 
@@ -968,7 +971,8 @@ def fit_parametric(
     ``bootstrap=B`` refits B resamples of the points (seeded by ``seed``) for 95% percentile intervals.
 
     ``exclude`` drops runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (duplicates and
-    IsoFLOP-profile outliers, with budgets C = 6ND) before fitting; they are reported in ``excluded``.
+    IsoFLOP-profile outliers; profiles are the runs' budgets ``C`` in FLOPs, default 6ND, grouped within
+    ``budget_rtol``) before fitting; they are reported in ``excluded``. ``C`` plays no other part in the fit.
 
     Needs at least 5 points and at least 2 distinct N and 2 distinct D; raises ValueError otherwise.
     """
@@ -989,7 +993,10 @@ def fit_parametric(
     starts = _grid_starts(init_grid)
     excluded = pd.DataFrame()
     if exclude:
-        flagged = detect_outliers(runs_from_arrays(n, d, loss))
+        budgets = None if C is None else positive_arrays(C=C)[0]
+        if budgets is not None and budgets.size != n.size:
+            raise ValueError(f"C must have one budget per point: got {budgets.size} for {n.size} points")
+        flagged = detect_outliers(runs_from_arrays(n, d, loss, budgets), budget_rtol=budget_rtol)
         mask = flagged["outlier"].to_numpy()
         if mask.any():
             excluded = flagged[mask].reset_index(drop=True)

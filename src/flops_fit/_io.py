@@ -1,0 +1,59 @@
+"""Atomic file writes: the one place that knows how to replace a file without ever leaving half of it.
+
+A temporary file with a unique name is written beside the target (so it is on the same filesystem, with
+the usual umask permissions), flushed and fsynced, moved over the target with :func:`os.replace`, and the
+directory entry is fsynced (best effort). A crash or ``kill -9`` at any moment leaves the old file or the
+new one, never a mix; a failed write leaves no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Make a rename durable (best effort: not every platform can fsync a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(fh)`` on a binary temporary file beside ``path``, then move it over ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, *, allow_nan: bool = True) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically (serialised before the file is touched)."""
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=allow_nan) + "\n")

@@ -1,0 +1,34 @@
+"""Train one experiment for real: :func:`train` with a :class:`TrainConfig` gives a :class:`TrainOutcome`.
+
+The loop handles devices (cuda > mps > cpu), bf16 autocast, ``torch.compile``, seeded resumable data
+order, checkpoints of the run in flight, divergence detection, progress display and data-parallel
+training under ``torchrun``/``accelerate launch``. See docs/training.md.
+"""
+
+from flops_fit.training.callbacks import Callback, ProgressCallback
+from flops_fit.training.checkpoint import load_checkpoint, save_checkpoint
+from flops_fit.training.config import TrainConfig
+from flops_fit.training.data import HOLDOUT_SEED, DataPlan
+from flops_fit.training.device import resolve_device, resolve_precision
+from flops_fit.training.loop import train
+from flops_fit.training.optim import default_param_groups, non_embedding_params
+from flops_fit.training.outcome import RunInfo, TrainOutcome
+from flops_fit.training.schedule import lr_multiplier
+
+__all__ = [
+    "HOLDOUT_SEED",
+    "Callback",
+    "DataPlan",
+    "ProgressCallback",
+    "RunInfo",
+    "TrainConfig",
+    "TrainOutcome",
+    "default_param_groups",
+    "load_checkpoint",
+    "lr_multiplier",
+    "non_embedding_params",
+    "resolve_device",
+    "resolve_precision",
+    "save_checkpoint",
+    "train",
+]

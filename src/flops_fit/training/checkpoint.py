@@ -1,0 +1,123 @@
+"""Checkpoints of the experiment in flight: atomic writes, safe loads, run fingerprints, RNG states.
+
+A checkpoint is one ``torch.save`` file holding plain containers of tensors and numbers (so it loads with
+``weights_only=True``): ``format``, ``fingerprint`` (what the run is), ``step``, ``model``, ``optimizer``,
+``scaler``, ``rng`` (one entry per process), ``data`` (position in the data stream) and ``loop`` (the
+counters and the curve so far). It is written to a temporary file in the same directory, flushed,
+fsynced and moved over the old one with :func:`os.replace`, so a crash or ``kill -9`` leaves either the
+old or the new checkpoint, never a torn one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flops_fit._io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
+    atomic_write(path, lambda fh: torch.save(dict(state), fh))
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, discard_corrupt: bool = True) -> dict[str, Any] | None:
+    """Load a checkpoint with ``weights_only=True``; ``None`` if absent.
+
+    A file that cannot be read, or that lacks the expected keys, is reported with a warning, deleted (when
+    ``discard_corrupt``; only the main process does so) and treated as absent, so the experiment restarts
+    from scratch.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a flops-fit checkpoint of format {CHECKPOINT_FORMAT}")
+        missing = [k for k in ("fingerprint", "step", "model", "optimizer", "rng", "loop") if k not in state]
+        if missing:
+            raise ValueError(f"missing key(s) {missing}")
+    except Exception as exc:
+        logger.warning(
+            "discarding corrupt checkpoint %s (%s: %s); the experiment restarts from scratch",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+        if discard_corrupt:
+            remove_checkpoint(path)
+        return None
+    return state
+
+
+def remove_checkpoint(path: str | os.PathLike[str]) -> None:
+    """Delete a checkpoint and any temporary file a killed writer left beside it."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+def model_signature(model: torch.nn.Module) -> str:
+    """Hash of the names, shapes and dtypes of a model's state (not its values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint(**parts: Any) -> dict[str, Any]:
+    """A JSON-able description of a run; two runs may share a checkpoint only if theirs are equal."""
+    return json.loads(json.dumps(parts, sort_keys=True, default=str))
+
+
+def fingerprint_mismatch(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Keys whose values differ between two fingerprints (empty when they match)."""
+    keys = sorted(set(stored) | set(current))
+    return [k for k in keys if stored.get(k) != current.get(k)]
+
+
+def capture_rng() -> dict[str, Any]:
+    """The RNG states of torch (CPU and every CUDA device), Python ``random`` and NumPy's global RNG."""
+    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global RNG user code may draw from)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`capture_rng` captured (CUDA states only where the devices match)."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            logger.warning(
+                "checkpoint holds %d CUDA RNG states but %d devices are visible; not restoring them",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
