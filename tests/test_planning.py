@@ -568,3 +568,17 @@ def test_rejected_size_value_suggests_a_fix():
         warnings.simplefilter("ignore")
         plan = SweepPlanner(1e9, 1e10, 2, 3, model=ModelSpec(Picky, "width", size_multiple=3)).plan()
     assert all(e.size_value % 3 == 0 for e in plan)
+
+
+def test_from_budgets_plans_exactly_the_given_budgets():
+    from flops_fit import SweepPlanner
+
+    plan = SweepPlanner.from_budgets([3e16, 1e16, 1e17, 1e16], 5).plan()
+    assert plan.compute_budgets == (1e16, 3e16, 1e17)
+    assert plan.config["budgets"] == [1e16, 3e16, 1e17]
+    with pytest.raises(ValueError, match="positive finite"):
+        SweepPlanner.from_budgets([1e16, float("nan")], 5)
+    with pytest.raises(ValueError, match="empty"):
+        SweepPlanner.from_budgets([], 5)
+    with pytest.raises(ValueError, match="agree"):
+        SweepPlanner(1e16, 1e18, 3, 5, budgets=[1e16, 1e17])

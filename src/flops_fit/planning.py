@@ -998,6 +998,24 @@ def _positive_number(name: str, value: Any, *, allow_none: bool = False) -> floa
     return value
 
 
+def _explicit_budgets(budgets: Any) -> list[float]:
+    """Sorted, distinct, positive finite budgets, or a ValueError naming the bad one."""
+    if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
+        raise TypeError(f"budgets must be a list of FLOP values, got {type(budgets).__name__}")
+    values = []
+    for b in budgets:
+        try:
+            v = float(b)
+        except (TypeError, ValueError):
+            raise ValueError(f"budgets must be numbers of FLOPs, got {b!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"budgets must be positive finite FLOP values, got {b!r}")
+        values.append(v)
+    if not values:
+        raise ValueError("budgets is empty; give at least one compute budget in FLOPs, e.g. [1e15, 1e16]")
+    return sorted(set(values))
+
+
 def _positive_int(name: str, value: Any, minimum: int = 1, why: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -1049,7 +1067,18 @@ class SweepPlanner:
         train_config: Mapping[str, Any] | None = None,
         prior: Any = None,
         seed: int = 0,
+        budgets: Sequence[float] | None = None,
     ) -> None:
+        self.budgets = None if budgets is None else _explicit_budgets(budgets)
+        if self.budgets is not None and (
+            not math.isclose(self.budgets[0], float(min_flops), rel_tol=1e-12)
+            or not math.isclose(self.budgets[-1], float(max_flops), rel_tol=1e-12)
+            or len(self.budgets) != num_compute_budgets
+        ):
+            raise ValueError(
+                "budgets must agree with min_flops, max_flops and num_compute_budgets; "
+                "use SweepPlanner.from_budgets(budgets, num_model_sizes, ...) to plan exact budgets"
+            )
         self.min_flops = _positive_number("min_flops", min_flops)
         self.max_flops = _positive_number("max_flops", max_flops)
         if self.max_flops < self.min_flops:
@@ -1138,7 +1167,7 @@ class SweepPlanner:
     #: Keys of :meth:`config` / :meth:`from_config`.
     CONFIG_KEYS: tuple[str, ...] = tuple(
         "min_flops max_flops num_compute_budgets num_model_sizes model flops tokens_per_param size_span "
-        "dataset_tokens lr_rule batch_size tokens_per_sample data_id train_config prior seed".split()
+        "dataset_tokens lr_rule batch_size tokens_per_sample data_id train_config prior seed budgets".split()
     )
 
     def config(self) -> dict[str, Any]:
@@ -1161,7 +1190,14 @@ class SweepPlanner:
             "train_config": self.train_config,
             "prior": None if self.prior is None else _describe(self.prior),
             "seed": self.seed,
+            "budgets": self.budgets,
         }
+
+    @classmethod
+    def from_budgets(cls, budgets: Sequence[float], num_model_sizes: int, **kwargs: Any) -> SweepPlanner:
+        """A planner for exactly these compute budgets (FLOPs) instead of a log-spaced range."""
+        exact = _explicit_budgets(budgets)
+        return cls(exact[0], exact[-1], len(exact), num_model_sizes, budgets=exact, **kwargs)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], **overrides: Any) -> SweepPlanner:
@@ -1198,7 +1234,10 @@ class SweepPlanner:
     # -- planning --------------------------------------------------------------------------------
 
     def compute_budgets(self) -> list[float]:
-        """Budgets (FLOPs) log-spaced from min to max; interior ones rounded to 6 significant digits."""
+        """Budgets (FLOPs): the explicit ``budgets``, else log-spaced from min to max (interior ones
+        rounded to 6 significant digits)."""
+        if self.budgets is not None:
+            return list(self.budgets)
         k = self.num_compute_budgets
         if k == 1:
             return [self.min_flops]
