@@ -998,21 +998,23 @@ def _positive_number(name: str, value: Any, *, allow_none: bool = False) -> floa
     return value
 
 
-def _explicit_budgets(budgets: Any) -> list[float]:
-    """Sorted, distinct, positive finite budgets, or a ValueError naming the bad one."""
+def explicit_budgets(budgets: Any, name: str = "budgets") -> list[float]:
+    """Sorted, distinct, positive finite budgets (FLOPs), or an error naming ``name`` and the bad value."""
+    if isinstance(budgets, (int, float)) and not isinstance(budgets, bool):
+        budgets = [budgets]
     if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
-        raise TypeError(f"budgets must be a list of FLOP values, got {type(budgets).__name__}")
+        raise TypeError(f"{name} must be a list of FLOP values such as [1e15, 3e15, 1e16], got {budgets!r}")
     values = []
     for b in budgets:
         try:
             v = float(b)
         except (TypeError, ValueError):
-            raise ValueError(f"budgets must be numbers of FLOPs, got {b!r}") from None
+            raise ValueError(f"{name} must hold numbers of FLOPs; {b!r} is not a number") from None
         if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"budgets must be positive finite FLOP values, got {b!r}")
+            raise ValueError(f"{name} must be positive finite FLOP values, got {b!r}")
         values.append(v)
     if not values:
-        raise ValueError("budgets is empty; give at least one compute budget in FLOPs, e.g. [1e15, 1e16]")
+        raise ValueError(f"{name} is empty; give at least one compute budget in FLOPs, e.g. [1e15, 1e16]")
     return sorted(set(values))
 
 
@@ -1069,7 +1071,7 @@ class SweepPlanner:
         seed: int = 0,
         budgets: Sequence[float] | None = None,
     ) -> None:
-        self.budgets = None if budgets is None else _explicit_budgets(budgets)
+        self.budgets = None if budgets is None else explicit_budgets(budgets)
         if self.budgets is not None and (
             not math.isclose(self.budgets[0], float(min_flops), rel_tol=1e-12)
             or not math.isclose(self.budgets[-1], float(max_flops), rel_tol=1e-12)
@@ -1196,7 +1198,7 @@ class SweepPlanner:
     @classmethod
     def from_budgets(cls, budgets: Sequence[float], num_model_sizes: int, **kwargs: Any) -> SweepPlanner:
         """A planner for exactly these compute budgets (FLOPs) instead of a log-spaced range."""
-        exact = _explicit_budgets(budgets)
+        exact = explicit_budgets(budgets)
         return cls(exact[0], exact[-1], len(exact), num_model_sizes, budgets=exact, **kwargs)
 
     @classmethod

@@ -1,0 +1,280 @@
+"""``find_optimal``: plan -> train -> analyze -> report in one call.
+
+Everything the call is given is checked before any compute is spent: the budgets, the model class and its
+size parameter and keyword arguments, the dataset, a probe forward/backward of the loss on one batch, and
+the mode, executor and approach names. Re-running with the same ``output_dir`` resumes the sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flops_fit.analysis.approaches import resolve_approaches
+from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
+from flops_fit.training import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+MODES = ("local", "mock", "function")
+EXECUTORS = ("local", "ray")
+DEFAULT_OUTPUT_DIR = "flops_fit_out"
+
+
+def _check_budgets(compute_budgets: Any) -> list[float]:
+    distinct = explicit_budgets(compute_budgets, "compute_budgets")
+    if len(distinct) < 2:
+        raise ValueError(
+            f"compute_budgets needs at least 2 distinct budgets to fit a scaling law, got {distinct}; "
+            "e.g. [1e15, 3e15, 1e16]"
+        )
+    return distinct
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; use one of {list(allowed)}")
+    return str(value)
+
+
+def _first_item(dataset: Any) -> Any:
+    """The first (inputs, targets) item of a Dataset, IterableDataset or DataLoader (batched for loaders)."""
+    if isinstance(dataset, torch.utils.data.DataLoader):
+        return next(iter(dataset)), True
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty; give a Dataset whose items are (inputs, targets)")
+        return dataset[0], False
+    if hasattr(dataset, "__iter__"):
+        try:
+            return next(iter(dataset)), False
+        except StopIteration:
+            raise ValueError("dataset is empty; give a Dataset whose items are (inputs, targets)") from None
+    raise TypeError(
+        f"dataset must be a torch Dataset, IterableDataset or DataLoader of (inputs, targets), got "
+        f"{type(dataset).__name__}"
+    )
+
+
+def _tokens_per_sample(dataset: Any, item: Any, batched: bool) -> int:
+    tps = getattr(dataset, "tokens_per_sample", None)
+    if tps is None and isinstance(dataset, torch.utils.data.DataLoader):
+        tps = getattr(dataset.dataset, "tokens_per_sample", None)
+    if tps is not None:
+        return int(tps)
+    targets = torch.as_tensor(item[1])
+    if batched:
+        return max(1, targets.numel() // max(1, targets.shape[0] if targets.ndim else 1))
+    return max(1, targets.numel())
+
+
+def _check_item(item: Any) -> None:
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
+        raise TypeError(
+            f"dataset items must be (inputs, targets) pairs, got {type(item).__name__}"
+            + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
+        )
+
+
+def _probe_loss(model: nn.Module, item: Any, batched: bool, loss_fn: Callable[..., Any]) -> None:
+    """One forward/backward on one small batch: the loss must be a finite scalar with a gradient."""
+    if batched:
+        inputs, targets = item
+    else:
+        inputs, targets = torch.utils.data.default_collate([item, item])
+    try:
+        loss = loss_fn(model(inputs), targets)
+    except Exception as exc:
+        raise TypeError(
+            f"probe of loss_fn(model(inputs), targets) on one batch failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise TypeError(f"loss_fn must return a scalar tensor, got {shape}; reduce it (e.g. .mean())")
+    if not loss.requires_grad:
+        raise TypeError("loss_fn returned a tensor without a gradient; compute it from the model output")
+    if not torch.isfinite(loss.detach()):
+        raise ValueError(f"loss_fn returned {loss.item()} on the first batch of a freshly built model")
+    loss.backward()
+
+
+def _check_model_kwargs(model_cls: Any, size_param: str, model_kwargs: Mapping[str, Any]) -> None:
+    try:
+        sig = inspect.signature(model_cls)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    names = {p.name for p in params}
+    unknown = sorted(set(model_kwargs) - names)
+    if unknown:
+        raise TypeError(
+            f"model_kwargs has key(s) {unknown} that {getattr(model_cls, '__qualname__', model_cls)} does not "
+            f"accept; its signature is {sig}"
+        )
+    if size_param in model_kwargs:
+        raise TypeError(f"model_kwargs must not contain the size parameter {size_param!r}; the sweep sets it")
+
+
+def find_optimal(
+    model_cls: Callable[..., nn.Module],
+    model_size_param: str,
+    dataset: Any,
+    loss_fn: Callable[..., torch.Tensor] | None,
+    compute_budgets: Sequence[float],
+    *,
+    model_kwargs: Mapping[str, Any] | None = None,
+    eval_dataset: Any = None,
+    num_model_sizes: int = 7,
+    flops: str | Callable[..., float] = "6nd",
+    train: bool = True,
+    mode: str = "local",
+    executor: str = "local",
+    train_config: TrainConfig | None = None,
+    approach: str | Sequence[str] = "all",
+    output_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Any] = (),
+    train_fn: Callable[..., Mapping[str, Any]] | None = None,
+    tokens_per_param: float = 20.0,
+    seed: int = 0,
+    **planner_kwargs: Any,
+) -> Any:
+    """Find the compute-optimal model size, data and loss for your model and data.
+
+    Plans an IsoFLOP sweep over ``compute_budgets`` (FLOPs) with ``num_model_sizes`` sizes of
+    ``model_cls(**{model_size_param: v}, **model_kwargs)`` per budget, trains every point (``mode="local"``,
+    or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
+    the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
+    :class:`flops_fit.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
+    returns the :class:`~flops_fit.planning.SweepPlan` for inspection, cost estimate included in its
+    ``summary()``. Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes.
+    Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
+    """
+    # ---- validate everything before any compute -------------------------------------------------
+    budgets = _check_budgets(compute_budgets)
+    mode = _check_choice("mode", mode, MODES)
+    executor = _check_choice("executor", executor, EXECUTORS)
+    approaches = resolve_approaches(approach)
+    if not callable(model_cls):
+        raise TypeError(f"model_cls must be a class or factory building an nn.Module, got {model_cls!r}")
+    if not isinstance(model_size_param, str) or not model_size_param:
+        raise TypeError(f"model_size_param must name the size keyword of model_cls, got {model_size_param!r}")
+    model_kwargs = dict(model_kwargs or {})
+    _check_model_kwargs(model_cls, model_size_param, model_kwargs)
+    if train_config is None:
+        train_config = TrainConfig(seed=seed)
+    if not isinstance(train_config, TrainConfig):
+        raise TypeError(f"train_config must be a flops_fit.TrainConfig, got {type(train_config).__name__}")
+    if mode == "function" and not callable(train_fn):
+        raise TypeError("mode='function' needs train_fn: a callable experiment -> dict(final_loss=...)")
+    for cb in callbacks:
+        if not hasattr(cb, "on_train_start"):
+            raise TypeError(f"callbacks must be flops_fit.Callback instances, got {type(cb).__name__}")
+    out = Path(output_dir if output_dir is not None else DEFAULT_OUTPUT_DIR).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {str(out)!r} exists and is not a directory; choose another output_dir")
+    ledger = out / "results.jsonl"
+    if not resume and ledger.exists() and ledger.stat().st_size > 0:
+        raise ValueError(
+            f"output_dir {str(out)!r} already holds results; pass resume=True to continue that sweep or choose "
+            "an empty output_dir (finished runs are never deleted)"
+        )
+
+    needs_data = mode == "local"
+    have_data = dataset is not None and loss_fn is not None
+    if needs_data and train and not have_data:
+        logger.info("no dataset/loss_fn given: returning the plan without training")
+        train = False
+    item = batched = None
+    tokens_per_sample = planner_kwargs.pop("tokens_per_sample", None)
+    if dataset is not None:
+        item, batched = _first_item(dataset)
+        _check_item(item)
+        if tokens_per_sample is None:
+            tokens_per_sample = _tokens_per_sample(dataset, item, batched)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable as loss_fn(model(inputs), targets), got {loss_fn!r}")
+
+    spec_keys = {"size_values", "size_multiple", "param_count", "shape_fn", "sample_fn"}
+    spec_kwargs = {k: planner_kwargs.pop(k) for k in list(planner_kwargs) if k in spec_keys}
+    if item is not None and "sample_fn" not in spec_kwargs and not batched:
+        sample = item
+
+        def sample_fn(batch_size: int) -> Any:
+            return torch.utils.data.default_collate([sample] * batch_size)
+
+        spec_kwargs["sample_fn"] = sample_fn
+    spec = ModelSpec(model_cls, model_size_param, model_kwargs, loss_fn=loss_fn, **spec_kwargs)
+    dataset_tokens = planner_kwargs.pop("dataset_tokens", None)
+    if dataset_tokens is None and dataset is not None and hasattr(dataset, "__len__") and not batched:
+        dataset_tokens = len(dataset) * (tokens_per_sample or 1)
+    train_dict = dataclasses.asdict(train_config)
+    planner = SweepPlanner.from_budgets(
+        budgets,
+        num_model_sizes,
+        model=spec,
+        flops=flops,
+        tokens_per_param=tokens_per_param,
+        dataset_tokens=dataset_tokens,
+        batch_size=train_config.batch_size,
+        tokens_per_sample=tokens_per_sample,
+        data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset),
+        train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
+        seed=train_config.seed,
+        **planner_kwargs,
+    )
+    plan = planner.plan()
+    if item is not None and loss_fn is not None:
+        smallest = min(plan.experiments, key=lambda e: e.num_params)
+        _probe_loss(spec.build(smallest.size_value, "cpu"), item, batched, loss_fn)
+    if not train:
+        return plan
+
+    # ---- train ---------------------------------------------------------------------------------
+    from flops_fit.result import Result
+    from flops_fit.training.runner import TrainingRunner
+
+    runner = TrainingRunner(
+        mode=mode,
+        plan=plan,
+        output_dir=out,
+        dataset=dataset,
+        eval_dataset=eval_dataset,
+        loss_fn=loss_fn,
+        train_config=train_config,
+        train_fn=train_fn,
+        seed=seed,
+        callbacks=callbacks,
+        executor=executor,
+    )
+    runs = runner.run_sweep()
+
+    # ---- analyze and report ----------------------------------------------------------------------
+    result = Result.from_runs(runs, approach=approaches, plan=plan, output_dir=out)
+    result.save(out)
+    return result
+
+
+def _jsonable(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, list, tuple, dict))
+
+
+def _data_id(dataset: Any) -> str | None:
+    """A description of the dataset for experiment ids: its ``data_id`` attribute, or type and size."""
+    if dataset is None:
+        return None
+    explicit = getattr(dataset, "data_id", None)
+    if isinstance(explicit, str):
+        return explicit
+    size = len(dataset) if hasattr(dataset, "__len__") else "stream"
+    return f"{type(dataset).__module__}.{type(dataset).__qualname__}[{size}]"

@@ -1,0 +1,242 @@
+"""Hydra stage commands: ``ff-plan``, ``ff-train``, ``ff-analyze``, ``ff-visualize``.
+
+Each reads its YAML from ``flops_fit/conf`` (overridable on the command line, ``key=value``). Every key of a
+config is consumed: :class:`_Config` hands keys out one by one and refuses to finish while any is left
+unread, so a key that nothing reads is an error rather than silently ignored. User objects (model, dataset,
+loss, train_fn) are named by import path with Hydra's ``_target_``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+logger = logging.getLogger("flops_fit")
+
+CONF_DIR = "conf"
+
+
+class ConfigError(ValueError):
+    """A config key that is missing, unknown or of the wrong kind."""
+
+
+class _Config:
+    """A mapping whose keys must all be taken exactly once (``take``); ``done()`` rejects leftovers."""
+
+    def __init__(self, data: Mapping[str, Any], where: str = "") -> None:
+        self._data = dict(data)
+        self._where = where
+
+    def take(self, key: str) -> Any:
+        if key not in self._data:
+            raise ConfigError(f"config key {self._where}{key} is missing")
+        return self._data.pop(key)
+
+    def section(self, key: str) -> _Config:
+        value = self.take(key)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {self._where}{key} must be a mapping, got {value!r}")
+        return _Config(value, f"{self._where}{key}.")
+
+    def done(self) -> None:
+        if self._data:
+            raise ConfigError(f"unknown config key(s) {[self._where + k for k in self._data]}; remove them")
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _instantiate(spec: Any, what: str) -> Any:
+    """Build ``spec`` (a mapping with ``_target_``) with Hydra; None stays None."""
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ConfigError(f"{what} must be null or a mapping with _target_ (an import path), got {spec!r}")
+    return hydra.utils.instantiate(spec)
+
+
+def _import(path: Any, what: str) -> Any:
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise ConfigError(f"{what} must be an import path string, got {path!r}")
+    return hydra.utils.get_method(path)
+
+
+def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
+    """Build the plan that ``ff-plan`` writes (pure: no files written). Returns (plan, plan path)."""
+    from flops_fit.planning import ModelSpec, SweepPlanner
+
+    cfg = _Config(data)
+    compute, sweep, output = cfg.section("compute"), cfg.section("sweep"), cfg.section("output")
+    model_cfg = cfg.take("model")
+    cfg.done()
+    spec = None
+    if model_cfg is not None:
+        m = _Config(model_cfg, "model.")
+        target = m.take("_target_")
+        spec = ModelSpec(
+            _import(target, "model._target_"),
+            m.take("size_param"),
+            m.take("kwargs") or {},
+            size_values=m.take("size_values") if "size_values" in model_cfg else None,
+            size_multiple=m.take("size_multiple") if "size_multiple" in model_cfg else None,
+            param_count=m.take("param_count") if "param_count" in model_cfg else "non_embedding",
+        )
+        m.done()
+    kwargs = {
+        "model": spec,
+        "flops": sweep.take("flops"),
+        "tokens_per_param": sweep.take("tokens_per_param"),
+        "size_span": sweep.take("size_span"),
+        "batch_size": sweep.take("batch_size"),
+        "tokens_per_sample": sweep.take("tokens_per_sample"),
+        "dataset_tokens": sweep.take("dataset_tokens"),
+        "data_id": sweep.take("data_id"),
+        "lr_rule": sweep.take("lr"),
+        "seed": sweep.take("seed"),
+    }
+    num_sizes = sweep.take("num_model_sizes")
+    budgets = compute.take("budgets")
+    min_flops, max_flops, num = (
+        compute.take("min_flops"),
+        compute.take("max_flops"),
+        compute.take("num_budgets"),
+    )
+    out_dir, plan_file = Path(output.take("dir")), output.take("plan_file")
+    for section in (compute, sweep, output):
+        section.done()
+    if isinstance(kwargs["size_span"], list):
+        kwargs["size_span"] = tuple(kwargs["size_span"])
+    if budgets is not None:
+        planner = SweepPlanner.from_budgets(budgets, num_sizes, **kwargs)
+    else:
+        planner = SweepPlanner(min_flops, max_flops, num, num_sizes, **kwargs)
+    return planner.plan(), out_dir / plan_file
+
+
+def _run(stage: Any, cfg: DictConfig) -> None:
+    """Run a stage; configuration errors end the command with status 2 and a one-line message."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    try:
+        stage(_container(cfg))
+    except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _plan_stage(data: Mapping[str, Any]) -> None:
+    plan, path = plan_from_config(data)
+    plan.save(path)
+    print(plan.summary())
+    print(f"\nwrote {path} ({len(plan.experiments)} experiments)")
+
+
+def _train_stage(data: Mapping[str, Any]) -> None:
+    from flops_fit.training import TrainConfig
+    from flops_fit.training.runner import TrainingRunner
+
+    cfg = _Config(data)
+    output = cfg.section("output")
+    out_dir, plan_file = Path(output.take("dir")), output.take("plan_file")
+    output.done()
+    train = TrainConfig(**(cfg.take("train") or {}))
+    runner = TrainingRunner(
+        mode=cfg.take("mode"),
+        sweep_path=out_dir / plan_file,
+        output_dir=out_dir,
+        dataset=_instantiate(cfg.take("dataset"), "dataset"),
+        eval_dataset=_instantiate(cfg.take("eval_dataset"), "eval_dataset"),
+        loss_fn=_instantiate(cfg.take("loss_fn"), "loss_fn"),
+        train_fn=_import(cfg.take("train_fn"), "train_fn"),
+        train_config=train,
+        seed=cfg.take("seed"),
+        device=cfg.take("device"),
+        retry_failed=cfg.take("retry_failed"),
+        progress=cfg.take("progress"),
+    )
+    cfg.done()
+    runs = runner.run_sweep()
+    done = int((runs["status"] == "completed").sum()) if len(runs) else 0
+    print(f"{done} of {len(runs)} finished experiments completed; results in {runner.results_path}")
+
+
+def _analyze_stage(data: Mapping[str, Any]) -> None:
+    from flops_fit._io import atomic_write_text
+    from flops_fit.analysis.analyzer import ScalingLawAnalyzer
+    from flops_fit.analysis.table import chinchilla_table, to_markdown
+
+    cfg = _Config(data)
+    output = cfg.section("output")
+    out_dir = Path(output.take("dir"))
+    output.done()
+    analyzer = ScalingLawAnalyzer(
+        cfg.take("results"),
+        out_dir,
+        approach=cfg.take("approach"),
+        columns=cfg.take("columns"),
+        bootstrap=cfg.take("bootstrap"),
+        seed=cfg.take("seed"),
+        exclude_outliers=cfg.take("exclude_outliers"),
+        budget_rtol=cfg.take("budget_rtol"),
+    )
+    budgets = cfg.take("table_budgets")
+    cfg.done()
+    analysis = analyzer.analyze()
+    if budgets is None:
+        top = float(analyzer.load_results()["compute_budget"].max())
+        budgets = [top * 10**k for k in range(4)]
+    table = to_markdown(chinchilla_table(analysis.fits[analysis.approach], budgets))
+    atomic_write_text(out_dir / "chinchilla_table.md", table + "\n")
+    print(analysis.summary())
+    print()
+    print(table)
+    print(f"\nwrote {analyzer.scaling_laws_path} and {out_dir / 'chinchilla_table.md'}")
+
+
+def _visualize_stage(data: Mapping[str, Any]) -> None:
+    from flops_fit.plotting import ScalingVisualizer
+
+    cfg = _Config(data)
+    output = cfg.section("output")
+    out_dir = Path(output.take("dir"))
+    output.done()
+    viz = ScalingVisualizer.from_files(
+        cfg.take("results"), cfg.take("scaling_laws"), target_budgets=cfg.take("target_budgets")
+    )
+    paths = viz.save_all(out_dir, formats=tuple(cfg.take("formats")), dpi=cfg.take("dpi"))
+    cfg.done()
+    for p in paths:
+        print(f"wrote {p}")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="planner", version_base=None)
+def plan_main(cfg: DictConfig) -> None:
+    """ff-plan: plan an IsoFLOP sweep."""
+    _run(_plan_stage, cfg)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="trainer", version_base=None)
+def train_main(cfg: DictConfig) -> None:
+    """ff-train: run or resume the planned sweep."""
+    _run(_train_stage, cfg)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="analyzer", version_base=None)
+def analyze_main(cfg: DictConfig) -> None:
+    """ff-analyze: fit the scaling laws."""
+    _run(_analyze_stage, cfg)
+
+
+@hydra.main(config_path=CONF_DIR, config_name="visualizer", version_base=None)
+def visualize_main(cfg: DictConfig) -> None:
+    """ff-visualize: draw the figures."""
+    _run(_visualize_stage, cfg)

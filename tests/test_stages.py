@@ -1,0 +1,98 @@
+"""The Hydra stage commands, run as users run them: in subprocesses."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flops_fit.stages import ConfigError, plan_from_config
+
+CONF = Path(__file__).resolve().parents[1] / "src" / "flops_fit" / "conf"
+
+
+def _stage(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = f"import sys; from flops_fit.stages import {name}; sys.argv[0] = {name!r}; {name}()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *overrides], cwd=cwd, capture_output=True, text=True, timeout=240
+    )
+
+
+def test_plan_train_analyze_visualize_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    r = _stage(
+        "plan_main",
+        f"output.dir={out}",
+        "compute.min_flops=1e18",
+        "compute.max_flops=1e20",
+        "sweep.num_model_sizes=5",
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((out / "sweep.json").read_text())
+    budgets = sorted({e["compute_budget"] for e in plan["experiments"]})
+    assert budgets[0] == pytest.approx(1e18) and budgets[-1] == pytest.approx(1e20)
+    assert len(plan["experiments"]) == 15
+    r = _stage("train_main", f"output.dir={out}", "progress=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 15
+    r = _stage("analyze_main", f"output.dir={out}", "approach=[isoflop,parametric]", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    laws = json.loads((out / "scaling_laws.json").read_text())
+    assert laws["approach"] == "isoflop" and set(laws["fits"]) == {"isoflop", "parametric"}
+    assert (out / "chinchilla_table.md").read_text().startswith("| FLOPs")
+    r = _stage("visualize_main", f"output.dir={out}", "formats=[png]", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (out / "isoflop.png").stat().st_size > 1000 and (out / "optimal.png").exists()
+    # re-running the training stage resumes: nothing is trained twice
+    r = _stage("train_main", f"output.dir={out}", "progress=false", cwd=tmp_path)
+    assert r.returncode == 0 and len((out / "results.jsonl").read_text().splitlines()) == 15
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    r = _stage("plan_main", f"output.dir={tmp_path}", "compute.min_flopz=1", cwd=tmp_path)
+    assert r.returncode != 0 and "min_flopz" in (r.stderr + r.stdout)
+    r = _stage("plan_main", f"output.dir={tmp_path}", "+sweep.unused=1", cwd=tmp_path)
+    assert r.returncode == 2 and "sweep.unused" in (r.stderr + r.stdout)
+
+
+def test_bad_values_exit_2_with_the_key_named(tmp_path):
+    r = _stage("plan_main", f"output.dir={tmp_path}", "compute.min_flops=-5", cwd=tmp_path)
+    assert r.returncode == 2 and "min_flops" in r.stderr
+
+
+def test_plan_with_a_model_by_import_path():
+    cfg = yaml.safe_load((CONF / "planner.yaml").read_text())
+    cfg.pop("hydra")
+    cfg["compute"].update(min_flops=1e12, max_flops=1e13, num_budgets=2)
+    cfg["sweep"].update(num_model_sizes=3, tokens_per_sample=32, batch_size=4)
+    cfg["model"] = {
+        "_target_": "flops_fit.examples.gpt.GPT.from_config",
+        "size_param": "d_model",
+        "size_multiple": 32,
+        "kwargs": {"vocab_size": 256, "num_layers": 1, "max_seq_len": 32},
+    }
+    plan, _ = plan_from_config(cfg)
+    assert plan.model.size_param == "d_model"
+    assert all(e.size_value % 32 == 0 for e in plan.experiments)
+    cfg["model"]["unused"] = 1
+    with pytest.raises(ConfigError, match=r"model\.unused"):
+        plan_from_config(cfg)
+
+
+def test_plan_from_config_rejects_unread_keys():
+    cfg = yaml.safe_load((CONF / "planner.yaml").read_text())
+    cfg.pop("hydra")
+    plan, path = plan_from_config(cfg)
+    assert path.name == "sweep.json" and len(plan.experiments) == 12
+    cfg["sweep"]["typo_key"] = 3
+    with pytest.raises(ConfigError, match=r"sweep\.typo_key"):
+        plan_from_config(cfg)
+
+
+def test_console_scripts_installed():
+    assert all(shutil.which(s) for s in ("ff-plan", "ff-train", "ff-analyze", "ff-visualize", "flops-fit"))
