@@ -129,6 +129,35 @@ def time_bootstrap(n, d, loss, resamples: int) -> dict:
     }
 
 
+def time_isoflop(repeat: int) -> dict[str, float]:
+    """Approach 2 on all 15 configurations of Porian et al. (2024): total time per pass, and with bootstrap."""
+    import warnings
+
+    import pandas as pd
+
+    from flops_fit.analysis.isoflop import fit_isoflop
+
+    data = pd.read_csv(
+        Path(__file__).resolve().parents[1] / "tests" / "data" / "porian2024_isoflop_points.csv"
+    )
+    keys = ["source_file", "dataset", "hparams", "warmup", "decay", "param_count", "val"]
+    groups = [g for _, g in data.groupby(keys)]
+    budgets = int(sum(g["flops"].nunique() for g in groups))
+    best: dict[str, float] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for label, boot in (("", 0), ("boot_", 1000)):
+            walls, cpus = [], []
+            for _ in range(1 if boot else repeat):
+                w0, c0 = time.perf_counter(), time.process_time()
+                for g in groups:
+                    fit_isoflop(g["n"], g["t"], g["loss"], g["flops"], bootstrap=boot)
+                walls.append(time.perf_counter() - w0)
+                cpus.append(time.process_time() - c0)
+            best[f"{label}wall"], best[f"{label}cpu"] = min(walls), min(cpus)
+    return {"budgets": budgets, **best}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sample, 400 resamples, one repeat")
@@ -174,10 +203,13 @@ def main(argv: list[str] | None = None) -> None:
             fd["objective"],
         ),
     ]
-    # ------------------------------------------------------------------------------------------------------
-    # APPROACH 2 TIMING GOES HERE (for the lead): time fit_isoflop on suitable points and append a row,
-    #     rows.append(("Approach 2: fit_isoflop", n_budgets, wall_s, cpu_s, float("nan")))
-    # ------------------------------------------------------------------------------------------------------
+    iso = time_isoflop(args.repeat)
+    rows.append(
+        ("Approach 2: fit_isoflop (Porian configs)", iso["budgets"], iso["wall"], iso["cpu"], float("nan"))
+    )
+    rows.append(
+        ("Approach 2: + bootstrap 1,000", iso["budgets"], iso["boot_wall"], iso["boot_cpu"], float("nan"))
+    )
 
     print(f"{'method':44s}{'starts':>8s}{'wall s':>10s}{'cpu s':>10s}{'best objective':>20s}")
     for name, k, wall, cpu, obj in rows:
