@@ -18,9 +18,12 @@ from flops_fit.analysis import (
     fit_parametric,
     fit_power_law,
 )
+from flops_fit.api import find_optimal
 from flops_fit.flops import TransformerShape, chinchilla_flops_per_token, count_params
 from flops_fit.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
 from flops_fit.plotting import ScalingVisualizer
+from flops_fit.report import write_report
+from flops_fit.result import Result
 from flops_fit.runs import load_runs
 from flops_fit.training import Callback, TrainConfig, TrainOutcome, train
 
@@ -36,6 +39,7 @@ __all__ = [
     "ParametricFit",
     "PowerLawFit",
     "PowerLawLR",
+    "Result",
     "ScalingAnalysis",
     "ScalingLawAnalyzer",
     "ScalingVisualizer",
@@ -49,10 +53,12 @@ __all__ = [
     "chinchilla_table",
     "count_params",
     "detect_outliers",
+    "find_optimal",
     "fit_envelope",
     "fit_isoflop",
     "fit_parametric",
     "fit_power_law",
     "load_runs",
     "train",
+    "write_report",
 ]

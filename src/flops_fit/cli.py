@@ -116,6 +116,113 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if fits else 1
 
 
+def _dir_arg(value: str, what: str, must_exist: bool = True) -> Path:
+    path = Path(value).expanduser()
+    if must_exist and not path.is_dir():
+        raise UsageError(f"{what} {value!r} is not a directory; give the sweep's output directory")
+    return path
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Plan an IsoFLOP sweep and write DIR/sweep.json."""
+    from flops_fit.stages import default_config, run_plan
+
+    overrides: dict[str, Any] = {"output.dir": str(_dir_arg(args.out, "--out", must_exist=False))}
+    if args.budgets:
+        overrides["compute.budgets"] = _floats(args.budgets, "--budgets")
+    else:
+        overrides.update(
+            {
+                "compute.min_flops": args.min_flops,
+                "compute.max_flops": args.max_flops,
+                "compute.num_budgets": args.num_budgets,
+            }
+        )
+    overrides.update(
+        {
+            "sweep.num_model_sizes": args.sizes,
+            "sweep.batch_size": args.batch_size,
+            "sweep.tokens_per_sample": args.tokens_per_sample,
+            "sweep.flops": args.flops,
+        }
+    )
+    if args.model:
+        if not args.size_param:
+            raise UsageError("--model needs --size-param (the keyword of the model that sets its size)")
+        try:
+            kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        except json.JSONDecodeError as exc:
+            raise UsageError(
+                f"--model-kwargs must be a JSON object, e.g. '{{\"num_layers\": 4}}': {exc}"
+            ) from None
+        if not isinstance(kwargs, dict):
+            raise UsageError("--model-kwargs must be a JSON object")
+        overrides["model"] = {"_target_": args.model, "size_param": args.size_param, "kwargs": kwargs}
+    run_plan(default_config("planner", overrides))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run or resume the sweep planned in DIR/sweep.json."""
+    from flops_fit.stages import default_config, run_train
+
+    out = _dir_arg(args.dir, "DIR")
+    if not (out / "sweep.json").is_file():
+        raise UsageError(f"{out / 'sweep.json'} not found; run `flops-fit plan --out {out}` first")
+    overrides: dict[str, Any] = {
+        "output.dir": str(out),
+        "mode": args.mode,
+        "device": args.device,
+        "progress": not args.no_progress,
+    }
+    for key in ("dataset", "eval_dataset", "loss_fn"):
+        target = getattr(args, key)
+        if target:
+            overrides[key] = {"_target_": target, **({"_partial_": True} if key == "loss_fn" else {})}
+    if args.train_fn:
+        overrides["train_fn"] = args.train_fn
+    run_train(default_config("trainer", overrides))
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Fit the scaling laws of DIR/results.jsonl; write DIR/scaling_laws.json and the table."""
+    from flops_fit.stages import default_config, run_analyze
+
+    out = _dir_arg(args.dir, "DIR")
+    if args.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    overrides: dict[str, Any] = {
+        "output.dir": str(out),
+        "approach": args.approach,
+        "bootstrap": args.bootstrap,
+        "seed": args.seed,
+    }
+    if args.budgets:
+        overrides["table_budgets"] = _floats(args.budgets, "--budgets")
+    run_analyze(default_config("analyzer", overrides))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw the figures of DIR into DIR."""
+    from flops_fit.stages import default_config, run_visualize
+
+    out = _dir_arg(args.dir, "DIR")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    run_visualize(default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: a real sweep of the GPT example on the bundled text corpus."""
+    from flops_fit.examples.gpt_text import run_demo
+
+    budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    run_demo(out=args.out, budgets=budgets, mock=args.mock, device=args.device, executor=args.executor)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flops-fit",
@@ -157,6 +264,92 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--keep-outliers", action="store_true", help="do not exclude flagged runs from the fits")
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
+
+    def sub_parser(name: str, help_: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            epilog="examples:\n" + examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    demo = sub_parser(
+        "demo",
+        "run the main job: a real GPT sweep on the bundled text, fitted and reported",
+        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 3e12,1e13,3e13\n  flops-fit demo --mock",
+    )
+    demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
+    demo.add_argument("--budgets", help="FLOP budgets, comma separated (default: sized for a 2-core CPU)")
+    demo.add_argument("--executor", default="local", help="local or ray")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
+    demo.set_defaults(func=cmd_demo)
+
+    plan = sub_parser(
+        "plan",
+        "plan an IsoFLOP sweep and write OUT/sweep.json",
+        "  flops-fit plan --min-flops 1e17 --max-flops 1e19 --sizes 7 --out runs/a\n"
+        "  flops-fit plan --budgets 1e12,1e13 --model flops_fit.examples.gpt.GPT.from_config --size-param d_model \\\n"
+        '      --model-kwargs \'{"vocab_size": 4096, "num_layers": 2, "max_seq_len": 128}\' --tokens-per-sample 128',
+    )
+    plan.add_argument("--out", default="outputs", help="output directory")
+    plan.add_argument("--min-flops", type=float, default=1e17, help="smallest budget, FLOPs")
+    plan.add_argument("--max-flops", type=float, default=1e19, help="largest budget, FLOPs")
+    plan.add_argument("--num-budgets", type=int, default=3, help="budgets log-spaced from min to max")
+    plan.add_argument("--budgets", help="explicit FLOP budgets, comma separated (overrides the range)")
+    plan.add_argument("--sizes", type=int, default=7, help="model sizes per budget (>= 3)")
+    plan.add_argument("--flops", default="6nd", help="FLOP convention: 6nd, chinchilla or measured")
+    plan.add_argument("--batch-size", type=int, default=32, help="samples per optimiser step")
+    plan.add_argument(
+        "--tokens-per-sample", type=int, default=None, help="tokens per sample (e.g. seq length)"
+    )
+    plan.add_argument("--model", help="import path of the model class or factory (default: parameter space)")
+    plan.add_argument("--size-param", help="the model keyword that sets its size, e.g. d_model")
+    plan.add_argument("--model-kwargs", help="other model keywords as a JSON object")
+    plan.set_defaults(func=cmd_plan)
+
+    train = sub_parser(
+        "train",
+        "run or resume the sweep planned in DIR",
+        "  flops-fit train runs/a --mode mock\n"
+        "  flops-fit train runs/a --mode local --dataset my_pkg.data.train_set --loss-fn my_pkg.losses.lm_loss",
+    )
+    train.add_argument("dir", help="the sweep's output directory (holds sweep.json)")
+    train.add_argument("--mode", default="mock", help="local, mock or function")
+    train.add_argument("--dataset", help="import path of a function returning the training Dataset")
+    train.add_argument(
+        "--eval-dataset", dest="eval_dataset", help="import path of a function returning the eval set"
+    )
+    train.add_argument("--loss-fn", dest="loss_fn", help="import path of loss_fn(model(inputs), targets)")
+    train.add_argument(
+        "--train-fn", dest="train_fn", help="mode=function: import path of train_fn(experiment)"
+    )
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    train.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    train.set_defaults(func=cmd_train)
+
+    analyze = sub_parser(
+        "analyze",
+        "fit the scaling laws of DIR/results.jsonl",
+        "  flops-fit analyze runs/a\n  flops-fit analyze runs/a --approach parametric --bootstrap 1000",
+    )
+    analyze.add_argument("dir", help="the sweep's output directory (holds results.jsonl)")
+    analyze.add_argument("--approach", default="all", help="isoflop, parametric, envelope or all")
+    analyze.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
+    analyze.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    analyze.add_argument("--budgets", help="FLOP budgets for the table, comma separated")
+    analyze.set_defaults(func=cmd_analyze)
+
+    plot = sub_parser("plot", "draw the figures of DIR into DIR", "  flops-fit plot runs/a --formats png,pdf")
+    plot.add_argument("dir", help="the sweep's output directory (holds results.jsonl and scaling_laws.json)")
+    plot.add_argument("--formats", default="png,svg", help="comma separated: png, svg, pdf")
+    plot.add_argument("--dpi", type=int, default=150, help="resolution of raster formats")
+    plot.set_defaults(func=cmd_plot)
+
+    from flops_fit.report import add_report_parser
+
+    add_report_parser(sub)
     return parser
 
 

@@ -122,6 +122,33 @@ def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
     return planner.plan(), out_dir / plan_file
 
 
+def default_config(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A stage's YAML from ``flops_fit/conf`` with dotted-key ``overrides`` applied and interpolations resolved.
+
+    This is how the ``flops-fit`` subcommands reuse the stage configs without Hydra's command line.
+    """
+    from importlib.resources import files
+
+    cfg = OmegaConf.create((files("flops_fit") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    cfg.pop("hydra", None)
+    OmegaConf.set_struct(cfg, True)
+    for key, value in (overrides or {}).items():
+        try:
+            OmegaConf.update(cfg, key, value, merge=False)
+        except Exception as exc:  # omegaconf raises its own types for unknown keys
+            raise ConfigError(f"cannot set {key}: {exc}") from None
+    return _container(cfg)
+
+
+def run_plan(data: Mapping[str, Any]) -> Any:
+    """Plan and save (``ff-plan`` / ``flops-fit plan``); returns the plan."""
+    plan, path = plan_from_config(data)
+    plan.save(path)
+    print(plan.summary())
+    print(f"\nwrote {path} ({len(plan.experiments)} experiments)")
+    return plan
+
+
 def _run(stage: Any, cfg: DictConfig) -> None:
     """Run a stage; configuration errors end the command with status 2 and a one-line message."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -133,14 +160,7 @@ def _run(stage: Any, cfg: DictConfig) -> None:
         raise SystemExit(2) from None
 
 
-def _plan_stage(data: Mapping[str, Any]) -> None:
-    plan, path = plan_from_config(data)
-    plan.save(path)
-    print(plan.summary())
-    print(f"\nwrote {path} ({len(plan.experiments)} experiments)")
-
-
-def _train_stage(data: Mapping[str, Any]) -> None:
+def run_train(data: Mapping[str, Any]) -> Any:
     from flops_fit.training import TrainConfig
     from flops_fit.training.runner import TrainingRunner
 
@@ -167,9 +187,10 @@ def _train_stage(data: Mapping[str, Any]) -> None:
     runs = runner.run_sweep()
     done = int((runs["status"] == "completed").sum()) if len(runs) else 0
     print(f"{done} of {len(runs)} finished experiments completed; results in {runner.results_path}")
+    return runs
 
 
-def _analyze_stage(data: Mapping[str, Any]) -> None:
+def run_analyze(data: Mapping[str, Any]) -> Any:
     from flops_fit._io import atomic_write_text
     from flops_fit.analysis.analyzer import ScalingLawAnalyzer
     from flops_fit.analysis.table import chinchilla_table, to_markdown
@@ -200,9 +221,10 @@ def _analyze_stage(data: Mapping[str, Any]) -> None:
     print()
     print(table)
     print(f"\nwrote {analyzer.scaling_laws_path} and {out_dir / 'chinchilla_table.md'}")
+    return analysis
 
 
-def _visualize_stage(data: Mapping[str, Any]) -> None:
+def run_visualize(data: Mapping[str, Any]) -> Any:
     from flops_fit.plotting import ScalingVisualizer
 
     cfg = _Config(data)
@@ -216,27 +238,28 @@ def _visualize_stage(data: Mapping[str, Any]) -> None:
     cfg.done()
     for p in paths:
         print(f"wrote {p}")
+    return paths
 
 
 @hydra.main(config_path=CONF_DIR, config_name="planner", version_base=None)
 def plan_main(cfg: DictConfig) -> None:
     """ff-plan: plan an IsoFLOP sweep."""
-    _run(_plan_stage, cfg)
+    _run(run_plan, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="trainer", version_base=None)
 def train_main(cfg: DictConfig) -> None:
     """ff-train: run or resume the planned sweep."""
-    _run(_train_stage, cfg)
+    _run(run_train, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="analyzer", version_base=None)
 def analyze_main(cfg: DictConfig) -> None:
     """ff-analyze: fit the scaling laws."""
-    _run(_analyze_stage, cfg)
+    _run(run_analyze, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="visualizer", version_base=None)
 def visualize_main(cfg: DictConfig) -> None:
     """ff-visualize: draw the figures."""
-    _run(_visualize_stage, cfg)
+    _run(run_visualize, cfg)

@@ -27,6 +27,9 @@ class Callback:
     ``on_interrupt``.
     """
 
+    def on_experiment_start(self, experiment: Any) -> None:
+        """Called by the sweep runner before each experiment (a :class:`flops_fit.planning.Experiment`)."""
+
     def on_train_start(self, info: RunInfo) -> None:
         """Called before the first step (``info.start_step > 0`` when resuming)."""
 
