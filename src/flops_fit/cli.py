@@ -86,6 +86,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
     budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    if args.json and not Path(args.json).expanduser().parent.is_dir():
+        raise UsageError(f"--json {args.json!r}: its folder does not exist; create it or choose another path")
     path, runs = _load_results(args.file, _column_args(args))
     completed = runs[runs["status"] == "completed"]
     print(f"{len(runs)} runs from {path.name} ({len(completed)} completed)")
@@ -118,7 +120,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def _dir_arg(value: str, what: str, must_exist: bool = True) -> Path:
     path = Path(value).expanduser()
-    if must_exist and not path.is_dir():
+    if (must_exist or path.exists()) and not path.is_dir():
         raise UsageError(f"{what} {value!r} is not a directory; give the sweep's output directory")
     return path
 
@@ -147,6 +149,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
         }
     )
     if args.model:
+        from flops_fit.stages import ConfigError, _import
+
+        try:
+            _import(args.model, "--model")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
         if not args.size_param:
             raise UsageError("--model needs --size-param (the keyword of the model that sets its size)")
         try:

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import time
 import warnings
@@ -390,6 +391,31 @@ class ModelSpec:
 # --------------------------------------------------------------------------------------------------
 
 
+#: Experiment ids name files (checkpoints): no path separators, no leading dot, at most 128 characters.
+SAFE_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: (field, accepted JSON kinds, minimum) of every Experiment field except the id, checked when read from a file.
+_EXPERIMENT_FIELD_TYPES: tuple[tuple[str, tuple[str, ...], float | None], ...] = (
+    ("compute_budget", ("int", "float"), 0),
+    ("size_value", ("int", "float", "none"), 0),
+    ("num_params", ("int",), 1),
+    ("num_tokens", ("int",), 1),
+    ("flops_per_token", ("int", "float"), 0),
+    ("epochs", ("int", "float", "none"), 0),
+    ("learning_rate", ("int", "float", "none"), 0),
+    ("batch_size", ("int",), 1),
+    ("tokens_per_sample", ("int",), 1),
+    ("num_steps", ("int",), 1),
+    ("flops", ("str",), None),
+    ("seed", ("int",), 0),
+)
+
+
+def _describe_kinds(kinds: tuple[str, ...], minimum: float | None) -> str:
+    words = {"int": "an integer", "float": "a finite number", "str": "a string", "none": "null"}
+    text = " or ".join(words[k] for k in kinds if not (k == "int" and "float" in kinds))
+    return text if minimum is None else f"{text} >= {minimum:g}"
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One training run of the sweep.
@@ -438,6 +464,9 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Experiment:
+        """Rebuild from :meth:`to_dict` (e.g. a plan file), checking every field's type and the id."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"an experiment record must be a JSON object, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
         missing = [n for n in names if n not in d]
         if missing:
@@ -445,6 +474,27 @@ class Experiment:
         unknown = sorted(set(d) - set(names))
         if unknown:
             raise ValueError(f"experiment record has unknown field(s) {unknown}")
+        eid = d["experiment_id"]
+        if not isinstance(eid, str) or not SAFE_EXPERIMENT_ID.fullmatch(eid):
+            raise ValueError(
+                f"experiment_id {eid!r} is not a safe file name (letters, digits, '.', '_', '-', at most 128, "
+                "not starting with '.'); ids name checkpoint files, so a plan file must not carry path parts"
+            )
+        for name, kinds, minimum in _EXPERIMENT_FIELD_TYPES:
+            value = d[name]
+            if value is None and "none" in kinds:
+                continue
+            ok = not isinstance(value, bool) and (
+                ("int" in kinds and isinstance(value, int))
+                or ("float" in kinds and isinstance(value, float) and math.isfinite(value))
+                or ("str" in kinds and isinstance(value, str))
+            )
+            if ok and minimum is not None and value < minimum:
+                ok = False
+            if not ok:
+                raise ValueError(
+                    f"experiment {eid}: field {name!r} must be {_describe_kinds(kinds, minimum)}, got {value!r}"
+                )
         return cls(**{n: d[n] for n in names})
 
 
@@ -568,21 +618,42 @@ class SweepPlan:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SweepPlan:
+        """Rebuild from :meth:`to_dict`; a malformed plan is a ValueError saying what is wrong.
+
+        The model class stays an import path: nothing is imported until :meth:`ModelSpec.resolve`.
+        """
         if not isinstance(d, Mapping) or "experiments" not in d:
             raise ValueError("a plan must be a JSON object with 'version' and 'experiments'")
         version = d.get("version")
-        if version != PLAN_VERSION:
+        if isinstance(version, bool) or version != PLAN_VERSION:
             raise ValueError(
                 f"plan file version {version!r} is not supported (this flops-fit reads version {PLAN_VERSION})"
             )
-        model = d.get("model")
+        missing = [k for k in ("flops", "param_count") if not isinstance(d.get(k), str)]
+        if missing:
+            raise ValueError(f"a plan needs string field(s) {missing}")
+        experiments, model, config = d["experiments"], d.get("model"), d.get("config")
+        if not isinstance(experiments, list):
+            raise ValueError(f"plan 'experiments' must be a list, got {type(experiments).__name__}")
+        if model is not None and not isinstance(model, Mapping):
+            raise ValueError(f"plan 'model' must be null or an object, got {type(model).__name__}")
+        if config is not None and not isinstance(config, Mapping):
+            raise ValueError(f"plan 'config' must be null or an object, got {type(config).__name__}")
+        optimum = d.get("expected_optimum") or []
+        if not isinstance(optimum, list) or not all(
+            isinstance(p, list)
+            and len(p) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+            for p in optimum
+        ):
+            raise ValueError("plan 'expected_optimum' must be a list of [compute_budget, N] number pairs")
         return cls(
-            experiments=tuple(Experiment.from_dict(e) for e in d["experiments"]),
-            flops=str(d["flops"]),
-            param_count=str(d["param_count"]),
+            experiments=tuple(Experiment.from_dict(e) for e in experiments),
+            flops=d["flops"],
+            param_count=d["param_count"],
             model=None if model is None else ModelSpec.from_dict(model),
-            config=dict(d.get("config") or {}),
-            expected_optimum=tuple((float(c), float(n)) for c, n in d.get("expected_optimum") or ()),
+            config=dict(config or {}),
+            expected_optimum=tuple((float(c), float(n)) for c, n in optimum),
             version=int(version),
         )
 
@@ -592,7 +663,7 @@ class SweepPlan:
         with open(path, encoding="utf-8") as fh:
             try:
                 data = json.load(fh)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path} is not a valid plan file: {exc}") from exc
         return cls.from_dict(data)
 
@@ -1071,18 +1142,18 @@ class SweepPlanner:
         seed: int = 0,
         budgets: Sequence[float] | None = None,
     ) -> None:
+        self.min_flops = _positive_number("min_flops", min_flops)
+        self.max_flops = _positive_number("max_flops", max_flops)
         self.budgets = None if budgets is None else explicit_budgets(budgets)
         if self.budgets is not None and (
-            not math.isclose(self.budgets[0], float(min_flops), rel_tol=1e-12)
-            or not math.isclose(self.budgets[-1], float(max_flops), rel_tol=1e-12)
+            not math.isclose(self.budgets[0], self.min_flops, rel_tol=1e-12)
+            or not math.isclose(self.budgets[-1], self.max_flops, rel_tol=1e-12)
             or len(self.budgets) != num_compute_budgets
         ):
             raise ValueError(
                 "budgets must agree with min_flops, max_flops and num_compute_budgets; "
                 "use SweepPlanner.from_budgets(budgets, num_model_sizes, ...) to plan exact budgets"
             )
-        self.min_flops = _positive_number("min_flops", min_flops)
-        self.max_flops = _positive_number("max_flops", max_flops)
         if self.max_flops < self.min_flops:
             raise ValueError(f"max_flops ({max_flops:.3g}) must be >= min_flops ({min_flops:.3g})")
         self.num_compute_budgets = _positive_int("num_compute_budgets", num_compute_budgets)
@@ -1358,10 +1429,16 @@ class SweepPlanner:
         for c, centre, sizes in groups:
             if len(sizes) < 3:
                 vals = [s[0] if s[0] is not None else s[1] for s in sizes]
+                smallest = min(s[1] for s in sizes)
+                fix = (
+                    f"N* is below the smallest model (N={smallest:.3g}): raise the smallest budget (min_flops) or "
+                    "offer smaller sizes"
+                    if centre < smallest
+                    else "Offer finer sizes (size_values / a smaller size_multiple) or widen size_span"
+                )
                 raise ValueError(
                     f"at C={c:.3g} only {len(sizes)} distinct size(s) {vals} land near the targets around "
-                    f"N*={centre:.3g}; a parabola needs 3. Offer finer sizes (size_values / a smaller "
-                    "size_multiple) or widen size_span"
+                    f"N*={centre:.3g}; a parabola needs 3. {fix}"
                 )
             if len(sizes) < self.num_model_sizes:
                 warnings.warn(

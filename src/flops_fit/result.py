@@ -348,6 +348,13 @@ class Result:
         """
         if self.plan is None or self.plan.model is None or not (math.isfinite(num_params) and num_params > 0):
             return None
+        if not self._cache.get("plan_trusted", True):
+            logger.info(
+                "not importing %s from a saved plan; use Result.load(..., trust_plan=True) to name the closest "
+                "model size",
+                self.plan.model.model_path,
+            )
+            return None
         from flops_fit.planning import _Grid, _Prober  # the planner's own size search, reused
 
         grid = self._cache.get("size_grid")
@@ -837,10 +844,18 @@ class Result:
 
     @classmethod
     def load(
-        cls, directory: str | os.PathLike[str], *, runs: pd.DataFrame | str | os.PathLike[str] | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        runs: pd.DataFrame | str | os.PathLike[str] | None = None,
+        trust_plan: bool = False,
     ) -> Result:
         """Read a directory written by :meth:`save` (or by ``ScalingLawAnalyzer``, then pass ``runs=``:
-        the results file or table the laws were fitted to)."""
+        the results file or table the laws were fitted to).
+
+        A saved plan names its model class by import path; it is imported (to name the closest model size in
+        :meth:`predict`) only with ``trust_plan=True``, so loading a result someone sent you runs no code.
+        """
         d = Path(directory)
         laws_path = d / SCALING_LAWS_FILE
         if not laws_path.is_file():
@@ -882,4 +897,5 @@ class Result:
         )
         if meta.get("backtest"):
             result._cache["backtest"] = pd.DataFrame.from_records(meta["backtest"])
+        result._cache["plan_trusted"] = bool(trust_plan)
         return result

@@ -79,9 +79,13 @@ def validate_runs(df: pd.DataFrame) -> pd.DataFrame:
                 f"column {col!r} must be numeric; {int(bad.sum())} value(s) are not (e.g. {example!r})"
             )
         out[col] = converted.astype(float)
+    missing_id = out["experiment_id"].isna().to_numpy()
     out["experiment_id"] = out["experiment_id"].astype(str)
+    if missing_id.any():
+        logger.info("%d run(s) without an experiment_id are numbered by row", int(missing_id.sum()))
+        out.loc[missing_id, "experiment_id"] = [f"run-{i}" for i in np.flatnonzero(missing_id)]
     status = out["status"].astype(str).str.lower()
-    unknown = sorted(set(status) - set(STATUSES))
+    unknown = sorted({str(v) for v in set(status) - set(STATUSES)})
     if unknown:
         raise ValueError(f"column 'status' has unknown value(s) {unknown}; allowed: {list(STATUSES)}")
     out["status"] = status
@@ -138,7 +142,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         with open(path, encoding="utf-8") as fh:
             try:
                 data = json.load(fh)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of run objects") from exc
         if isinstance(data, Mapping) and isinstance(data.get("runs"), list):
             data = data["runs"]

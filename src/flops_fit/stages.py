@@ -67,7 +67,10 @@ def _import(path: Any, what: str) -> Any:
         return None
     if not isinstance(path, str):
         raise ConfigError(f"{what} must be an import path string, got {path!r}")
-    return hydra.utils.get_method(path)
+    try:
+        return hydra.utils.get_method(path)
+    except Exception as exc:  # Hydra wraps import failures in its own error types
+        raise ConfigError(f"{what} {path!r} cannot be imported: {exc}") from None
 
 
 def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:

@@ -41,3 +41,41 @@ def positive_arrays(min_points: int = 1, **arrays: Any) -> list[np.ndarray]:
     if length is not None and length < min_points:
         raise ValueError(f"Not enough valid points: got {length}, need at least {min_points}")
     return out
+
+
+def check_bootstrap(bootstrap: Any) -> int:
+    """``bootstrap`` as a non-negative int number of resamples, or a TypeError/ValueError naming it."""
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)):
+        raise TypeError(f"bootstrap must be an int number of resamples (0 for none), got {bootstrap!r}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    return int(bootstrap)
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as a non-negative int, or a TypeError/ValueError naming it."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be a non-negative int, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed}")
+    return int(seed)
+
+
+def check_budget_rtol(budget_rtol: Any) -> float:
+    """``budget_rtol`` (relative width of a budget bucket) as a finite float >= 0, or an error naming it."""
+    if isinstance(budget_rtol, bool) or not isinstance(budget_rtol, (int, float, np.integer, np.floating)):
+        raise TypeError(f"budget_rtol must be a number such as 0.05, got {budget_rtol!r}")
+    if not (np.isfinite(budget_rtol) and budget_rtol >= 0):
+        raise ValueError(f"budget_rtol must be a finite number >= 0 (e.g. 0.05), got {budget_rtol}")
+    return float(budget_rtol)
+
+
+def positive_budgets(C: Any) -> np.ndarray:
+    """Compute budget(s) C (FLOPs) as a float array, or a ValueError if any is not positive and finite."""
+    try:
+        c = np.asarray(C, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}") from None
+    if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
+        raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}")
+    return c

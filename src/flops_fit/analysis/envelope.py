@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis._validate import check_bootstrap, check_budget_rtol, check_seed, positive_budgets
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import optimum_record, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
@@ -50,7 +51,7 @@ class EnvelopeFit:
 
     def optimal(self, C: Any) -> dict[str, Any]:
         """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs)."""
-        c = np.asarray(C, dtype=float)
+        c = positive_budgets(C)
         return optimum_record(
             c,
             self.n_opt_fit.predict(c),
@@ -130,6 +131,10 @@ def fit_envelope(
     ``bootstrap`` resamples whole runs (with replacement) and rebuilds the envelope for 95% intervals; without
     it the fit carries no intervals (envelope points are not independent, so regression intervals would lie). Runs flagged by :func:`detect_outliers` are left out unless ``exclude=False``.
     """
+    bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
+    budget_rtol = check_budget_rtol(budget_rtol)
+    if isinstance(grid_points, bool) or not isinstance(grid_points, (int, np.integer)):
+        raise TypeError(f"grid_points must be an int >= 10, got {grid_points!r}")
     df = validate_runs(runs)
     if "curve" not in df.columns or not df["curve"].map(lambda c: c is not None and len(c) > 0).any():
         raise ValueError(

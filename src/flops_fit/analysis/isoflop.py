@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis._validate import positive_arrays
+from flops_fit.analysis._validate import (
+    check_bootstrap,
+    check_budget_rtol,
+    check_seed,
+    positive_arrays,
+    positive_budgets,
+)
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, fit_power_law
@@ -196,7 +202,7 @@ class IsoFLOPFit:
 
     def optimal(self, C: Any) -> dict[str, Any]:
         """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs), with 95% intervals."""
-        c = np.asarray(C, dtype=float)
+        c = positive_budgets(C)
         n, d, l = self.n_opt_fit.predict(c), self.d_opt_fit.predict(c), self.l_opt_fit.predict(c)
         if self.samples is not None and len(self.samples):
             s = self.samples
@@ -352,8 +358,8 @@ def fit_isoflop(
         exclude: drop runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (reported in
             ``excluded``).
     """
-    if int(bootstrap) < 0:
-        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
+    budget_rtol = check_budget_rtol(budget_rtol)
     if C is None:
         n, d, l = positive_arrays(1, N=N, D=D, L=L)
         c = 6.0 * n * d

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from flops_fit.analysis._validate import positive_arrays
+from flops_fit.analysis._validate import check_budget_rtol, positive_arrays
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.analysis.power_law import PowerLawFit
@@ -989,6 +989,7 @@ def fit_parametric(
         raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    budget_rtol = check_budget_rtol(budget_rtol)
     w = np.ones_like(n) if weights is None else _check_weights(weights, n.size)
     starts = _grid_starts(init_grid)
     excluded = pd.DataFrame()

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from flops_fit.analysis._validate import check_bootstrap, check_seed
+
 CI_LEVEL = 0.95
 
 
@@ -111,8 +113,11 @@ class PowerLawFit:
 
 
 def _valid_xy(x: Any, y: Any, need: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-    xa = np.asarray(x, dtype=float).reshape(-1)
-    ya = np.asarray(y, dtype=float).reshape(-1)
+    try:
+        xa = np.asarray(x, dtype=float).reshape(-1)
+        ya = np.asarray(y, dtype=float).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"x and y must be sequences of numbers ({exc})") from None
     if xa.shape != ya.shape:
         raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
     ok = np.isfinite(xa) & np.isfinite(ya) & (xa > 0) & (ya > 0)
@@ -278,8 +283,7 @@ def fit_power_law(
     Non-positive and non-finite points are ignored. Needs at least 2 valid points (3 with an offset) and
     two distinct x values; otherwise raises ``ValueError("Not enough valid points ...")``.
     """
-    if int(bootstrap) < 0:
-        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
     need = 3 if offset else 2
     xv, yv = _valid_xy(x, y, need, "an offset power law" if offset else "a power law")
     if offset:

@@ -36,7 +36,12 @@ def chinchilla_table(fit: OptimalFit, budgets: Sequence[float] | np.ndarray) -> 
 
     Render it with :func:`to_markdown` or :func:`to_latex`.
     """
-    c = np.asarray(budgets, dtype=float).reshape(-1)
+    try:
+        c = np.asarray(budgets, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"budgets must be a non-empty list of positive FLOP values, got {budgets!r}"
+        ) from None
     if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
         raise ValueError(f"budgets must be a non-empty list of positive FLOP values, got {list(c)}")
     if not callable(getattr(fit, "optimal", None)):

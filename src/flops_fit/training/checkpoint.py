@@ -68,7 +68,7 @@ def remove_checkpoint(path: str | os.PathLike[str]) -> None:
     """Delete a checkpoint and any temporary file a killed writer left beside it."""
     path = Path(path)
     path.unlink(missing_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.tmp-*"):
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # temporaries of flops_fit._io.atomic_write
         leftover.unlink(missing_ok=True)
 
 
