@@ -25,7 +25,7 @@ from flops_fit.training import TrainConfig
 logger = logging.getLogger(__name__)
 
 MODES = ("local", "mock", "function")
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local",)
 DEFAULT_OUTPUT_DIR = "flops_fit_out"
 
 
@@ -147,6 +147,7 @@ def find_optimal(
     train_fn: Callable[..., Mapping[str, Any]] | None = None,
     tokens_per_param: float = 20.0,
     seed: int = 0,
+    device: str = "auto",
     **planner_kwargs: Any,
 ) -> Any:
     """Find the compute-optimal model size, data and loss for your model and data.
@@ -255,7 +256,7 @@ def find_optimal(
         train_fn=train_fn,
         seed=seed,
         callbacks=callbacks,
-        executor=executor,
+        device=device,
     )
     runs = runner.run_sweep()
 
