@@ -26,6 +26,7 @@ from flops_fit.report import write_report
 from flops_fit.result import Result
 from flops_fit.runs import load_runs
 from flops_fit.training import Callback, TrainConfig, TrainOutcome, train
+from flops_fit.training.runner import TrainingRunner
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,7 @@ __all__ = [
     "SweepPlanner",
     "TrainConfig",
     "TrainOutcome",
+    "TrainingRunner",
     "TransformerShape",
     "__version__",
     "chinchilla_flops_per_token",

@@ -1,0 +1,59 @@
+"""The example programs and the demo main job, in mock mode (no training: seconds)."""
+
+import pytest
+
+from flops_fit.cli import main
+
+
+def test_demo_mock_writes_everything(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--mock", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Prediction for C =" in text and "| FLOPs" in text
+    for name in (
+        "sweep.json",
+        "results.jsonl",
+        "scaling_laws.json",
+        "chinchilla_table.md",
+        "isoflop.png",
+        "optimal.png",
+        "report.html",
+    ):
+        assert (out / name).is_file(), name
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert main(["demo", "--mock", "--out", str(out)]) == 0  # resumes: nothing new trained
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+
+
+def test_vit_images_mock(tmp_path, capsys):
+    from flops_fit.examples.images import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    from flops_fit.examples.vit_images import main as vit_main
+
+    assert vit_main(["--mock", "--out", str(tmp_path / "vit")]) == 0
+    assert "images" in capsys.readouterr().out
+    assert (tmp_path / "vit" / "report.html").is_file()
+
+
+def test_cli_plan_train_analyze_plot_report(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert (
+        main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "5"]) == 0
+    )
+    assert main(["train", str(out), "--mode", "mock", "--no-progress"]) == 0
+    assert main(["analyze", str(out), "--approach", "isoflop,parametric".split(",")[0]]) == 0
+    assert main(["plot", str(out), "--formats", "png"]) == 0
+    assert main(["report", str(out)]) == 0
+    for name in (
+        "sweep.json",
+        "results.jsonl",
+        "scaling_laws.json",
+        "chinchilla_table.md",
+        "isoflop.png",
+        "report.html",
+    ):
+        assert (out / name).is_file(), name
