@@ -227,6 +227,10 @@ def _offset_least_squares(x: np.ndarray, y: np.ndarray, start: np.ndarray | None
 def _fit_offset(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> PowerLawFit:
     n = x.size
     p = _offset_least_squares(x, y)
+    if p[0] <= 1e-9 * float(y.min()):
+        # The constrained optimum puts the offset at its bound 0: the data show no irreducible term, and the
+        # best fit is the pure power law (whose intervals are well defined, unlike those at a bound).
+        return _fit_pure(x, y, bootstrap, seed)
     lx = np.log(x)
     pred = p[0] + np.exp(p[1] + p[2] * lx)
     sse = float(((y - pred) ** 2).sum())
