@@ -113,3 +113,23 @@ def test_top_level_names():
         "chinchilla_table",
     ):
         assert hasattr(flops_fit, name), name
+
+
+def test_bookkeeping_settings_do_not_change_experiment_ids(tmp_path):
+    def ids(cfg):
+        plan = find_optimal(
+            Wide,
+            "width",
+            _data(),
+            nn.functional.mse_loss,
+            [1e8, 1e9],
+            train=False,
+            num_model_sizes=3,
+            train_config=cfg,
+            output_dir=tmp_path,
+        )
+        return [e.experiment_id for e in plan.experiments]
+
+    base = ids(TrainConfig())
+    assert ids(TrainConfig(checkpoint_every_s=5.0, log_every=3)) == base
+    assert ids(TrainConfig(lr=1e-2)) != base  # the learning rate defines the run

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MODES = ("local", "mock", "function")
 EXECUTORS = ("local",)
 DEFAULT_OUTPUT_DIR = "flops_fit_out"
+#: TrainConfig fields that do not change what a run computes: left out of the experiment ids, so changing
+#: them (e.g. checkpointing more often) still resumes the same sweep.
+BOOKKEEPING_KEYS = frozenset({"checkpoint_every_s", "checkpoint_every_steps", "num_workers", "log_every"})
 
 
 def _check_budgets(compute_budgets: Any) -> list[float]:
@@ -230,7 +233,7 @@ def find_optimal(
         batch_size=train_config.batch_size,
         tokens_per_sample=tokens_per_sample,
         data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset),
-        train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
+        train_config={k: v for k, v in train_dict.items() if _jsonable(v) and k not in BOOKKEEPING_KEYS},
         seed=train_config.seed,
         **planner_kwargs,
     )
