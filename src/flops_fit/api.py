@@ -160,8 +160,10 @@ def find_optimal(
     or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
     the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
     :class:`flops_fit.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
-    returns the :class:`~flops_fit.planning.SweepPlan` for inspection, cost estimate included in its
-    ``summary()``. Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes.
+    returns the :class:`~flops_fit.planning.SweepPlan` for inspection (``plan.summary()``, and
+    ``plan.estimate_cost()`` for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"``
+    (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``).
+    Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes.
     Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
     """
     # ---- validate everything before any compute -------------------------------------------------
