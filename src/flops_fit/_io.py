@@ -30,15 +30,15 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(fh)`` on a binary temporary file beside ``path``, then move it over ``path`` atomically."""
+def atomic_replace(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` with the path of a fresh temporary file beside ``path`` (for writers that want a
+    path, such as a tokenizer's ``save``), fsync it, then move it over ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -46,6 +46,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(fh)`` on a binary temporary file beside ``path``, then move it over ``path`` atomically."""
+
+    def to_file(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return atomic_replace(path, to_file)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:

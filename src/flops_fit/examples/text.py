@@ -28,7 +28,6 @@ import json
 import logging
 import mmap
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from flops_fit._io import atomic_replace
 from flops_fit.examples import DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -76,20 +76,6 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "flops_fit"
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -437,7 +423,7 @@ def load_text_corpus(
         tokenizer = train_tokenizer(resolved.documents(), vocab_size, min_frequency=min_frequency)
         actual_vocab = tokenizer.get_vocab_size()
         dtype = _token_dtype(actual_vocab)
-        _atomic_write(directory / "tokenizer.json", lambda tmp: tokenizer.save(str(tmp)))
+        atomic_replace(directory / "tokenizer.json", lambda tmp: tokenizer.save(str(tmp)))
         counts: dict[str, int] = {}
 
         def write_tokens(tmp: Path) -> None:
@@ -445,7 +431,7 @@ def load_text_corpus(
                 tokenizer, resolved.documents(), tmp, dtype
             )
 
-        _atomic_write(directory / "tokens.bin", write_tokens)
+        atomic_replace(directory / "tokens.bin", write_tokens)
         meta = {
             "source": resolved.description,
             "vocab_size": actual_vocab,
@@ -455,7 +441,7 @@ def load_text_corpus(
             "seconds": round(time.perf_counter() - started, 3),
             "settings": settings,
         }
-        _atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+        atomic_replace(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
         if actual_vocab < vocab_size:
             logger.warning(
                 "BPE stopped at %d tokens (asked for %d): the text has too few frequent pairs",
