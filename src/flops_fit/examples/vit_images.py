@@ -1,6 +1,6 @@
 """Example program: find the compute-optimal Vision Transformer for Fashion-MNIST.
 
-    python -m flops_fit.examples.vit_images [--out DIR] [--budgets 3e10,1e11,3e11] [--mock] [--data-dir DIR]
+    python -m flops_fit.examples.vit_images [--out DIR] [--budgets 2e10,6e10,1.8e11] [--mock] [--data-dir DIR]
 
 A real IsoFLOP sweep of :class:`flops_fit.examples.vit.VisionTransformer` (swept over ``d_model``) on
 Fashion-MNIST (Debian package ``dataset-fashion-mnist``, or any folder with the four IDX files). Here D is
@@ -25,7 +25,7 @@ from flops_fit.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUDGETS = (3e10, 1e11, 3e11)
+DEFAULT_BUDGETS = (2e10, 6e10, 1.8e11)
 MODEL_KWARGS = {"patch_size": 7, "num_layers": 2}
 NUM_MODEL_SIZES = 5
 SIZE_SPAN = 4.0
