@@ -582,3 +582,10 @@ def test_from_budgets_plans_exactly_the_given_budgets():
         SweepPlanner.from_budgets([], 5)
     with pytest.raises(ValueError, match="agree"):
         SweepPlanner(1e16, 1e18, 3, 5, budgets=[1e16, 1e17])
+
+
+def test_model_spec_from_dict_names_missing_keys():
+    from flops_fit.planning import ModelSpec
+
+    with pytest.raises(ValueError, match="model_cls"):
+        ModelSpec.from_dict({"size_param": "width"})

@@ -380,6 +380,9 @@ class ModelSpec:
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise ValueError(f"model spec has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        missing = [k for k in ("model_cls", "size_param") if k not in d]
+        if missing:
+            raise ValueError(f"model spec is missing key(s) {missing}; it needs model_cls and size_param")
         bad = sorted(set(callables) - {"sample_fn", "loss_fn", "shape_fn"})
         if bad:
             raise TypeError(f"unexpected keyword(s) {bad}; only sample_fn, loss_fn and shape_fn may be added")
