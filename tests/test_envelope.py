@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
+from real_data import olmo_ladder_runs
 from synth import TRUE, true_a
 
 
@@ -61,23 +62,7 @@ def test_single_size_is_a_clear_error():
 
 def test_olmo_ladder_envelope(data_dir):
     """Approach 1 on the real OLMo model ladder (C4 loss curves of 190M-3B models)."""
-    df = pd.read_csv(data_dir / "olmo_ladder_c4.csv")
-    df = df[df["run"].str.contains("xC") & ~df["run"].str.contains("rerun")]
-    rows = []
-    for run, g in df.groupby("run"):
-        g = g.sort_values("tokens")
-        rows.append(
-            {
-                "experiment_id": run,
-                "compute_budget": g["training_gflops"].iloc[-1] * 1e9,
-                "num_params": g["n_params"].iloc[0],
-                "num_tokens": g["tokens"].iloc[-1],
-                "final_loss": g["c4_loss"].iloc[-1],
-                "status": "completed",
-                "curve": g[["tokens", "c4_loss"]].to_numpy().tolist(),
-            }
-        )
-    fit = fit_envelope(pd.DataFrame(rows), exclude=False)
+    fit = fit_envelope(olmo_ladder_runs(data_dir), exclude=False)
     # compute-optimal N grows with compute, roughly as the square root (published estimates: 0.46-0.55)
     assert 0.3 < fit.a < 0.75
     assert fit.l_opt_fit.a < 0

@@ -22,6 +22,7 @@ from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.plotting import FIGURES, ScalingVisualizer
 from flops_fit.runs import load_runs, runs_from_arrays
+from real_data import olmo_ladder_runs
 from synth import TRUE, isoflop_sweep
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -395,23 +396,7 @@ def test_real_isoflop_profiles_porian(data_dir):
 
 def test_real_envelope_olmo(data_dir):
     """The OLMo ladder: C4 loss curves of 190M-3B models."""
-    df = pd.read_csv(data_dir / "olmo_ladder_c4.csv")
-    df = df[df["run"].str.contains("xC") & ~df["run"].str.contains("rerun")]
-    rows = []
-    for run, g in df.groupby("run"):
-        g = g.sort_values("tokens")
-        rows.append(
-            {
-                "experiment_id": run,
-                "compute_budget": g["training_gflops"].iloc[-1] * 1e9,
-                "num_params": g["n_params"].iloc[0],
-                "num_tokens": g["tokens"].iloc[-1],
-                "final_loss": g["c4_loss"].iloc[-1],
-                "status": "completed",
-                "curve": g[["tokens", "c4_loss"]].to_numpy().tolist(),
-            }
-        )
-    runs = pd.DataFrame(rows)
+    runs = olmo_ladder_runs(data_dir)
     viz = ScalingVisualizer(runs, fit_envelope(runs, exclude=False))
     fig = viz.plot_envelope()
     ax = fig.axes[0]

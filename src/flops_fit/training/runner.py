@@ -337,6 +337,22 @@ class _SweepProgress:
 # the runner
 
 
+def _untrained_failure(e: Experiment, error: str) -> TrainOutcome:
+    """The outcome of an experiment that failed before its first step (nothing trained, nothing spent)."""
+    return TrainOutcome(
+        status="failed",
+        final_loss=math.nan,
+        train_loss=math.nan,
+        tokens_seen=0,
+        steps=0,
+        flops=0.0,
+        wall_time_s=0.0,
+        tokens_per_s=math.nan,
+        error=error,
+        flops_per_token=e.flops_per_token,
+    )
+
+
 class TrainingRunner:
     """Train every experiment of a sweep plan once, resumably, into an append-only ledger.
 
@@ -900,18 +916,7 @@ class TrainingRunner:
             model = self._build(e, procs.device)
         except Exception as exc:
             logger.exception("building the model of experiment %s failed", e.experiment_id)
-            outcome = TrainOutcome(
-                status="failed",
-                final_loss=math.nan,
-                train_loss=math.nan,
-                tokens_seen=0,
-                steps=0,
-                flops=0.0,
-                wall_time_s=0.0,
-                tokens_per_s=math.nan,
-                error=f"building the model failed: {type(exc).__name__}: {exc}",
-                flops_per_token=e.flops_per_token,
-            )
+            outcome = _untrained_failure(e, f"building the model failed: {type(exc).__name__}: {exc}")
             return self._local_record(e, config, outcome, stamp, procs), 0.0
         meter = _ResumeMeter()
         try:
@@ -934,18 +939,7 @@ class TrainingRunner:
             raise
         except Exception as exc:  # set-up failures inside train(), e.g. out of memory moving the model
             logger.exception("experiment %s failed before training", e.experiment_id)
-            outcome = TrainOutcome(
-                status="failed",
-                final_loss=math.nan,
-                train_loss=math.nan,
-                tokens_seen=0,
-                steps=0,
-                flops=0.0,
-                wall_time_s=0.0,
-                tokens_per_s=math.nan,
-                error=f"{type(exc).__name__}: {exc}",
-                flops_per_token=e.flops_per_token,
-            )
+            outcome = _untrained_failure(e, f"{type(exc).__name__}: {exc}")
         trained = e.flops_per_token * max(outcome.tokens_seen - meter.tokens0, 0)
         return self._local_record(e, config, outcome, stamp, procs), trained
 
