@@ -41,8 +41,11 @@ def atomic_replace(path: str | os.PathLike[str], write: Callable[[Path], Any]) -
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            # errors of write/fsync do not say which file (e.g. "No space left on device"): name it
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     fsync_dir(path.parent)
     return path

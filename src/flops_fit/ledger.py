@@ -43,23 +43,39 @@ def encode_record(record: Mapping[str, Any]) -> str:
 
 
 def append_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
-    """Append one record as a single line, then flush and fsync so it survives a crash."""
-    line = encode_record(record) + "\n"
+    """Append one record as a single line, then flush and fsync so it survives a crash.
+
+    Raises:
+        OSError: the line could not be written (disk full, read-only folder, ...); the message names the
+            ledger. Records already in it are untouched; a partial line, if any, is skipped by readers.
+    """
+    data = (encode_record(record) + "\n").encode("utf-8")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the torn
-        # fragment stays isolated (the reader skips it) and this record parses.
-        if os.fstat(fd).st_size > 0:
-            with open(path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    line = "\n" + line
-        os.write(fd, line.encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            # A previous writer killed mid-line leaves no trailing newline: start on a fresh line so the torn
+            # fragment stays isolated (the reader skips it) and this record parses.
+            if os.fstat(fd).st_size > 0:
+                with open(path, "rb") as fh:
+                    fh.seek(-1, os.SEEK_END)
+                    if fh.read(1) != b"\n":
+                        data = b"\n" + data
+            # os.write may write less than asked (a disk filling up): finish the line or raise, never
+            # return with half a record written.
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        message = (
+            f"could not append a record to the ledger {path} ({exc.strerror or exc}); the records already "
+            "in it are kept: free space or make the folder writable, then run again"
+        )
+        raise (OSError(exc.errno, message) if exc.errno else OSError(message)) from exc
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

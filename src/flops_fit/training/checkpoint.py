@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,20 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
 def load_checkpoint(path: str | os.PathLike[str], *, discard_corrupt: bool = True) -> dict[str, Any] | None:
     """Load a checkpoint with ``weights_only=True``; ``None`` if absent.
 
-    A file that cannot be read, or that lacks the expected keys, is reported with a warning, deleted (when
-    ``discard_corrupt``; only the main process does so) and treated as absent, so the experiment restarts
-    from scratch.
+    A file that cannot be read (truncated, not a zip archive, an entry failing its CRC-32 check), or that
+    lacks the expected keys, is reported with a warning, deleted (when ``discard_corrupt``; only the main
+    process does so) and treated as absent, so the experiment restarts from scratch.
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
+        # torch.load does not check the CRC-32 sums of its zip entries, so a flipped bit in the tensor data
+        # would resume with silently wrong weights: check them first (one extra read of the file).
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise ValueError(f"entry {damaged!r} fails its CRC-32 check")
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"not a flops-fit checkpoint of format {CHECKPOINT_FORMAT}")

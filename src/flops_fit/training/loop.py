@@ -669,7 +669,16 @@ class _Run:
     def _finish(self, status: str, error: str | None, final_loss: float) -> TrainOutcome:
         wall = self._elapsed()
         if self.checkpoint_path is not None and status in ("completed", "diverged") and self.procs.is_main:
-            remove_checkpoint(self.checkpoint_path)
+            try:
+                remove_checkpoint(self.checkpoint_path)
+            except OSError as exc:  # e.g. read-only storage: the run itself is finished and stays so
+                logger.warning(
+                    "could not delete checkpoint %s of the %s run (%s); delete it by hand (the sweep runner "
+                    "removes leftover checkpoints of finished experiments when it starts)",
+                    self.checkpoint_path,
+                    status,
+                    exc,
+                )
         elif status == "failed" and self.checkpoint_path is not None and self.checkpoint_path.exists():
             logger.info(
                 "keeping checkpoint %s of the failed run: a retry resumes from it", self.checkpoint_path
