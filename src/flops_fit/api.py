@@ -21,11 +21,12 @@ from torch import nn
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
+from flops_fit.training.runner import check_executor
 
 logger = logging.getLogger(__name__)
 
 MODES = ("local", "mock", "function")
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")
 DEFAULT_OUTPUT_DIR = "flops_fit_out"
 #: TrainConfig fields that do not change what a run computes: left out of the experiment ids, so changing
 #: them (e.g. checkpointing more often) still resumes the same sweep.
@@ -151,6 +152,10 @@ def find_optimal(
     tokens_per_param: float = 20.0,
     seed: int = 0,
     device: str = "auto",
+    ray_address: str | None = None,
+    resources: Mapping[str, float] | None = None,
+    max_retries: int = 3,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
     **planner_kwargs: Any,
 ) -> Any:
     """Find the compute-optimal model size, data and loss for your model and data.
@@ -162,7 +167,13 @@ def find_optimal(
     :class:`flops_fit.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
     returns the :class:`~flops_fit.planning.SweepPlan` for inspection (``plan.summary()``, and
     ``plan.estimate_cost()`` for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"``
-    (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``).
+    (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``)
+    or ``"ray"`` (each experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see
+    docs/cluster.md): ``ray_address`` names the cluster (default ``RAY_ADDRESS``, else a local one),
+    ``resources`` what each experiment asks for in Ray resource names (default one GPU where the cluster
+    has GPUs, else one CPU) and ``max_retries`` how often an experiment whose worker died is re-run (it
+    resumes from its checkpoint in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be
+    storage all nodes share on a multi-node cluster).
     Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes.
     Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
     """
@@ -170,6 +181,11 @@ def find_optimal(
     budgets = _check_budgets(compute_budgets)
     mode = _check_choice("mode", mode, MODES)
     executor = _check_choice("executor", executor, EXECUTORS)
+    check_executor(executor, ray_address, resources, max_retries, device)
+    if checkpoint_dir is not None and (
+        not isinstance(checkpoint_dir, (str, os.PathLike)) or not str(checkpoint_dir)
+    ):
+        raise TypeError(f"checkpoint_dir must be a folder path, got {checkpoint_dir!r}")
     approaches = resolve_approaches(approach)
     if not callable(model_cls):
         raise TypeError(f"model_cls must be a class or factory building an nn.Module, got {model_cls!r}")
@@ -262,6 +278,11 @@ def find_optimal(
         seed=seed,
         callbacks=callbacks,
         device=device,
+        executor=executor,
+        ray_address=ray_address,
+        resources=resources,
+        max_retries=max_retries,
+        checkpoint_dir=checkpoint_dir,
     )
     runs = runner.run_sweep()
 

@@ -170,9 +170,50 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resources(text: str | None) -> dict[str, float] | None:
+    """``--resources GPU=1,CPU=8`` as a mapping of Ray resource names to amounts."""
+    if text is None:
+        return None
+    out: dict[str, float] = {}
+    for item in text.replace(" ", ",").split(","):
+        if not item:
+            continue
+        name, sep, amount = item.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            out[name] = float(amount)
+        except ValueError:
+            raise UsageError(
+                f"--resources must be NAME=AMOUNT pairs separated by commas, e.g. GPU=1,CPU=8; got {text!r}"
+            ) from None
+    if not out:
+        raise UsageError(f"--resources is empty; give e.g. GPU=1,CPU=8, got {text!r}")
+    return out
+
+
+def _executor_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor flags of ``flops-fit train`` as trainer config overrides."""
+    if args.executor == "ray":
+        from flops_fit.training.ray_executor import require_ray
+
+        try:
+            require_ray()
+        except ImportError as exc:
+            raise UsageError(f"--executor ray: {exc}") from None
+    return {
+        "executor": args.executor,
+        "ray_address": args.ray_address,
+        "resources": _resources(args.resources),
+        "max_retries": args.max_retries,
+        "checkpoint_dir": args.checkpoint_dir,
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume the sweep planned in DIR/sweep.json."""
     from flops_fit.stages import default_config, run_train
+    from flops_fit.training.ray_executor import WorkersLostError
 
     out = _dir_arg(args.dir, "DIR")
     if not (out / "sweep.json").is_file():
@@ -182,6 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "mode": args.mode,
         "device": args.device,
         "progress": not args.no_progress,
+        **_executor_overrides(args),
     }
     for key in ("dataset", "eval_dataset", "loss_fn"):
         target = getattr(args, key)
@@ -189,7 +231,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = {"_target_": target, **({"_partial_": True} if key == "loss_fn" else {})}
     if args.train_fn:
         overrides["train_fn"] = args.train_fn
-    run_train(default_config("trainer", overrides))
+    try:
+        run_train(default_config("trainer", overrides))
+    except WorkersLostError as exc:
+        print(f"flops-fit train: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -227,7 +273,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flops_fit.examples.gpt_text import run_demo
 
     budgets = _floats(args.budgets, "--budgets") if args.budgets else None
-    run_demo(out=args.out, budgets=budgets, mock=args.mock, device=args.device, executor=args.executor)
+    if args.executor == "local" and args.ray_address:
+        raise UsageError("--ray-address needs --executor ray")
+    run_demo(
+        out=args.out,
+        budgets=budgets,
+        mock=args.mock,
+        device=args.device,
+        executor=args.executor,
+        ray_address=args.ray_address,
+    )
     return 0
 
 
@@ -289,7 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
     demo.add_argument("--budgets", help="FLOP budgets, comma separated (default: sized for a 2-core CPU)")
-    demo.add_argument("--executor", default="local", help="local or ray")
+    demo.add_argument("--executor", default="local", help="local or ray (each experiment a Ray task)")
+    demo.add_argument(
+        "--ray-address", dest="ray_address", help="--executor ray: the cluster (default: RAY_ADDRESS)"
+    )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
     demo.set_defaults(func=cmd_demo)
@@ -321,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "run or resume the sweep planned in DIR",
         "  flops-fit train runs/a --mode mock\n"
-        "  flops-fit train runs/a --mode local --dataset my_pkg.data.train_set --loss-fn my_pkg.losses.lm_loss",
+        "  flops-fit train runs/a --mode local --dataset my_pkg.data.train_set --loss-fn my_pkg.losses.lm_loss\n"
+        "  flops-fit train runs/a --mode local --dataset ... --loss-fn ... --executor ray --ray-address auto \\\n"
+        "      --checkpoint-dir /shared/ckpt/a --resources GPU=1,CPU=8",
     )
     train.add_argument("dir", help="the sweep's output directory (holds sweep.json)")
     train.add_argument("--mode", default="mock", help="local, mock or function")
@@ -335,6 +395,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    train.add_argument(
+        "--executor", default="local", help="local (one after another here) or ray (a cluster)"
+    )
+    train.add_argument(
+        "--ray-address",
+        dest="ray_address",
+        help="--executor ray: the cluster, e.g. auto or ray://head:10001 (default: RAY_ADDRESS, else local)",
+    )
+    train.add_argument(
+        "--resources",
+        help="--executor ray: each experiment's request, e.g. GPU=1,CPU=8 (default: 1 GPU or 1 CPU)",
+    )
+    train.add_argument(
+        "--max-retries",
+        dest="max_retries",
+        type=int,
+        default=3,
+        help="--executor ray: re-runs of an experiment whose worker died (it resumes from its checkpoint)",
+    )
+    train.add_argument(
+        "--checkpoint-dir",
+        dest="checkpoint_dir",
+        help="checkpoints of experiments in flight (default DIR/checkpoints; shared storage on a cluster)",
+    )
     train.set_defaults(func=cmd_train)
 
     analyze = sub_parser(

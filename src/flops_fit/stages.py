@@ -172,6 +172,14 @@ def run_train(data: Mapping[str, Any]) -> Any:
     out_dir, plan_file = Path(output.take("dir")), output.take("plan_file")
     output.done()
     train = TrainConfig(**(cfg.take("train") or {}))
+    executor = cfg.take("executor")
+    if executor == "ray":
+        from flops_fit.training.ray_executor import require_ray
+
+        try:
+            require_ray()
+        except ImportError as exc:
+            raise ConfigError(f"executor=ray: {exc}") from None
     runner = TrainingRunner(
         mode=cfg.take("mode"),
         sweep_path=out_dir / plan_file,
@@ -185,6 +193,11 @@ def run_train(data: Mapping[str, Any]) -> Any:
         device=cfg.take("device"),
         retry_failed=cfg.take("retry_failed"),
         progress=cfg.take("progress"),
+        executor=executor,
+        ray_address=cfg.take("ray_address"),
+        resources=cfg.take("resources"),
+        max_retries=cfg.take("max_retries"),
+        checkpoint_dir=cfg.take("checkpoint_dir"),
     )
     cfg.done()
     runs = runner.run_sweep()

@@ -61,9 +61,14 @@ def run_demo(
     mock: bool = False,
     device: str = "auto",
     executor: str = "local",
+    ray_address: str | None = None,
     num_model_sizes: int = NUM_MODEL_SIZES,
 ) -> Any:
-    """Run (or resume) the sweep, fit the laws, write the plots and report into ``out``; return the Result."""
+    """Run (or resume) the sweep, fit the laws, write the plots and report into ``out``; return the Result.
+
+    ``executor="ray"`` runs each experiment as a Ray task (on the cluster at ``ray_address``, default
+    ``RAY_ADDRESS``, else a local one); see docs/cluster.md.
+    """
     from flops_fit.api import find_optimal
     from flops_fit.report import write_report
 
@@ -81,6 +86,7 @@ def run_demo(
         num_model_sizes=num_model_sizes,
         mode="mock" if mock else "local",
         executor=executor,
+        ray_address=ray_address,
         train_config=TRAIN_CONFIG,
         output_dir=out,
         size_multiple=8,
@@ -113,10 +119,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--budgets", help="FLOP budgets, comma separated")
     parser.add_argument("--mock", action="store_true", help="synthetic losses instead of training")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--executor", default="local", help="local or ray (each experiment a Ray task)")
+    parser.add_argument("--ray-address", dest="ray_address", help="--executor ray: the cluster to join")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
-    run_demo(args.out, budgets, mock=args.mock, device=args.device)
+    run_demo(
+        args.out,
+        budgets,
+        mock=args.mock,
+        device=args.device,
+        executor=args.executor,
+        ray_address=args.ray_address,
+    )
     return 0
 
 

@@ -183,6 +183,7 @@ def train(
     flops_per_token: float | None = None,
     progress: bool = True,
     distributed: bool | None = None,
+    keep_checkpoint: bool = False,
 ) -> TrainOutcome:
     """Train ``model`` on ``num_tokens`` tokens of ``dataset`` and report the validation loss.
 
@@ -202,13 +203,16 @@ def train(
         checkpoint_path: where to keep this run's checkpoint (``None``: no checkpoints). An existing,
             matching checkpoint is resumed; one from a different run (its fingerprint: tokens, config,
             seed, model shapes, data sizes) or an unreadable one is discarded with a warning. Completed and
-            diverged runs delete it; failed runs keep it, so a retry resumes.
+            diverged runs delete it (unless ``keep_checkpoint``); failed runs keep it, so a retry resumes.
         flops_per_token: training FLOPs per token for ``TrainOutcome.flops``; ``None`` uses the transformer
             convention ``6 N`` with N the parameters outside ``nn.Embedding`` modules (pass your own count
             for other architectures, e.g. convolutional networks).
         progress: show an experiment-level progress bar (plain log lines when not on a terminal).
         distributed: ``None`` uses Accelerate data parallelism when launched with several processes
             (``WORLD_SIZE > 1``); ``True``/``False`` force or forbid it.
+        keep_checkpoint: keep the checkpoint of a completed or diverged run too; the caller deletes it once
+            the result is safely recorded (the sweep runner does, after its ledger append, so a crash in
+            between costs at most one checkpoint interval of recomputation, not the whole run).
 
     The model is trained in place (on return it holds the trained weights). Torch's global RNG is seeded
     with ``config.seed`` (plus the process rank) before training, so dropout and the like are reproducible.
@@ -261,6 +265,7 @@ def train(
             checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
             flops_per_token=flops_per_token,
             callbacks=[*user_callbacks, ProgressCallback()] if progress else user_callbacks,
+            keep_checkpoint=bool(keep_checkpoint),
         ).run()
 
 
@@ -282,7 +287,9 @@ class _Run:
         checkpoint_path: Path | None,
         flops_per_token: float | None,
         callbacks: list[Callback],
+        keep_checkpoint: bool = False,
     ):
+        self.keep_checkpoint = keep_checkpoint
         self.model = model
         self.loss_fn = loss_fn
         self.config = config
@@ -668,7 +675,8 @@ class _Run:
 
     def _finish(self, status: str, error: str | None, final_loss: float) -> TrainOutcome:
         wall = self._elapsed()
-        if self.checkpoint_path is not None and status in ("completed", "diverged") and self.procs.is_main:
+        finished = status in ("completed", "diverged")
+        if self.checkpoint_path is not None and finished and self.procs.is_main and not self.keep_checkpoint:
             try:
                 remove_checkpoint(self.checkpoint_path)
             except OSError as exc:  # e.g. read-only storage: the run itself is finished and stays so

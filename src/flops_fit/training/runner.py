@@ -11,7 +11,8 @@ each one that is not finished yet, and appends one JSON line per finished experi
     the append-only ledger (:mod:`flops_fit.ledger`); a finished experiment (completed, diverged or
     failed) is never run again, unless ``retry_failed=True`` for failed ones.
 ``checkpoints/<experiment_id>.pt``
-    the experiment in flight (:func:`~flops_fit.training.train` writes, resumes and deletes it).
+    the experiment in flight (:func:`~flops_fit.training.train` writes, resumes and deletes it); the
+    folder can be moved elsewhere with ``checkpoint_dir`` (e.g. storage shared by a cluster's nodes).
 
 Running the same command again after a crash, ``kill -9`` or Ctrl-C continues where it stopped: no
 experiment is lost or recorded twice.
@@ -19,6 +20,10 @@ experiment is lost or recorded twice.
 Modes: ``"local"`` trains with :func:`~flops_fit.training.train`; ``"mock"`` writes synthetic results
 from a Chinchilla law (:class:`~flops_fit.training.mock.MockLaw`) without training; ``"function"`` calls
 your own ``train_fn(experiment) -> {"final_loss": ..., ...}`` (your loop, a cluster job, an API).
+
+Executors: ``"local"`` runs the experiments one after another in this process; ``"ray"`` runs each as a
+Ray task on a cluster (:mod:`flops_fit.training.ray_executor`, docs/cluster.md). Either way this process
+is the only writer of the ledger.
 """
 
 from __future__ import annotations
@@ -55,9 +60,13 @@ from flops_fit.training.outcome import STATUSES, RunInfo, TrainOutcome
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MODES", "TrainingRunner", "latest_records", "load_results"]
+__all__ = ["EXECUTORS", "MODES", "TrainingRunner", "check_executor", "latest_records", "load_results"]
 
 MODES: tuple[str, ...] = ("local", "mock", "function")
+#: Where the experiments run: one after another in this process, or as tasks on a Ray cluster.
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+#: Devices an experiment on a Ray worker can ask for (the worker's GPU is the one Ray assigned to it).
+RAY_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 RESULTS_FILE = "results.jsonl"
 #: A JSON list of run objects written by earlier tools; read (never written) next to the ledger.
 LEGACY_RESULTS_FILE = "results.json"
@@ -177,8 +186,11 @@ class _ExperimentFlops(Callback):
 class _SweepProgress:
     """Sweep-level progress: experiments and FLOPs done, throughput measured in this session, ETA.
 
-    A rich display (sweep bar above the experiment bar) when ``bars`` and stderr is a terminal; otherwise
-    one ``logging`` line when each experiment starts and ends.
+    Several experiments may be in flight at once (the Ray executor); each reports the tokens it has seen,
+    and the ETA is the planned FLOPs left divided by the FLOPs per second trained in this session (finished
+    experiments and the ones in flight together, so it reflects the whole cluster). A rich display (sweep
+    bar above one bar per experiment in flight) when ``bars`` and stderr is a terminal; otherwise one
+    ``logging`` line when each experiment starts and ends, and a heartbeat line while several run.
     """
 
     def __init__(self, plan: SweepPlan, done_ids: set[str], bars: bool, verbose: bool = True):
@@ -193,9 +205,10 @@ class _SweepProgress:
         self.exp_bar: Any = None
         self._task: Any = None
         self._t0 = time.perf_counter()
-        self._session_flops = 0.0  # FLOPs trained by this process in finished experiments
-        self._current_flops = 0.0  # ... and in the experiment in flight
-        self._current_done = 0.0  # planned FLOPs of the experiment in flight already trained
+        self._session_flops = 0.0  # FLOPs trained by this session in finished experiments
+        # experiment id -> (planned FLOPs of it done so far, FLOPs of it trained in this session)
+        self._flight: dict[str, tuple[float, float]] = {}
+        self._remote_bars: dict[str, Any] = {}  # experiment id -> rich task of an experiment on a worker
 
     # -- display ---------------------------------------------------------------------------------------
 
@@ -250,19 +263,28 @@ class _SweepProgress:
 
     # -- numbers ---------------------------------------------------------------------------------------
 
+    @property
+    def running(self) -> int:
+        """Experiments in flight."""
+        return len(self._flight)
+
+    def _flight_done(self) -> float:
+        return math.fsum(done for done, _ in self._flight.values())
+
     def rate(self) -> float:
-        """FLOPs per second trained in this session (NaN before any)."""
+        """FLOPs per second trained in this session, all experiments in flight included (NaN before any)."""
         elapsed = time.perf_counter() - self._t0
-        flops = self._session_flops + self._current_flops
+        flops = self._session_flops + math.fsum(new for _, new in self._flight.values())
         return flops / elapsed if elapsed > 0 and flops > 0 else math.nan
 
     def eta(self) -> float:
-        remaining = max(self.total_flops - self.done_flops - self._current_done, 0.0)
+        """Seconds until every planned FLOP is trained at the session's rate (NaN before any)."""
+        remaining = max(self.total_flops - self.done_flops - self._flight_done(), 0.0)
         rate = self.rate()
         return remaining / rate if math.isfinite(rate) else math.nan
 
     def _fields(self) -> dict[str, str]:
-        done = self.done_flops + self._current_done
+        done = self.done_flops + self._flight_done()
         rate = self.rate()
         return {
             "experiments": f"{self.done}/{self.total}",
@@ -274,14 +296,24 @@ class _SweepProgress:
     def _refresh(self) -> None:
         if self._task is not None:
             self.sweep_bar.update(
-                self._task, completed=self.done_flops + self._current_done, **self._fields()
+                self._task, completed=self.done_flops + self._flight_done(), **self._fields()
             )
+
+    def summary(self) -> str:
+        """One line: experiments and FLOPs done, experiments running, rate and ETA."""
+        rate = self.rate()
+        done = self.done_flops + self._flight_done()
+        return (
+            f"sweep: {self.done}/{self.total} experiments done, {self.running} running, {done:.3g} of "
+            f"{self.total_flops:.3g} FLOPs ({100.0 * done / self.total_flops if self.total_flops > 0 else 100.0:.1f}%), "
+            f"{f'{rate:.3g}' if math.isfinite(rate) else '-'} FLOP/s, ETA {_format_duration(self.eta())}"
+        )
 
     # -- events ----------------------------------------------------------------------------------------
 
     def start(self, index: int, todo: int, e: Experiment) -> list[Callback]:
-        """Log the experiment and return the callbacks that report its progress."""
-        self._current_flops = self._current_done = 0.0
+        """Log the experiment and return the callbacks that report its progress (local executor)."""
+        self._flight[e.experiment_id] = (0.0, 0.0)
         if not self.verbose:
             return []
         logger.info(
@@ -299,16 +331,49 @@ class _SweepProgress:
             return []
         return [ProgressCallback(self.exp_bar, description=e.experiment_id), _ExperimentFlops(self, e)]
 
+    def started_remote(self, e: Experiment, where: str, restarted: bool) -> None:
+        """An experiment began on a worker (again, after a retry, when ``restarted``)."""
+        self._flight.setdefault(e.experiment_id, (0.0, 0.0))
+        if self.verbose:
+            logger.info(
+                "experiment %s %s on %s: C=%.3g FLOPs, N=%s params, D=%s tokens (%d steps)",
+                e.experiment_id,
+                "restarted (its previous worker died)" if restarted else "started",
+                where,
+                e.compute_budget,
+                format_count(e.num_params),
+                format_count(e.num_tokens),
+                e.num_steps,
+            )
+
     def in_flight(self, e: Experiment, tokens: int, new_tokens: int) -> None:
-        self._current_done = min(e.flops_per_token * tokens, e.planned_flops)
-        self._current_flops = e.flops_per_token * max(new_tokens, 0)
+        """Experiment ``e`` has seen ``tokens`` tokens, ``new_tokens`` of them in this session."""
+        previous = self._flight.get(e.experiment_id, (0.0, 0.0))[1]
+        new = max(e.flops_per_token * max(new_tokens, 0), previous)  # a retried run does not undo work
+        self._flight[e.experiment_id] = (min(e.flops_per_token * tokens, e.planned_flops), new)
         self._refresh()
+
+    def remote_progress(self, e: Experiment, tokens: int, tokens0: int, where: str) -> None:
+        """Progress reported by a worker: ``tokens`` seen, ``tokens0`` of them before this attempt."""
+        self.in_flight(e, tokens, tokens - tokens0)
+        if self.exp_bar is None:
+            return
+        task = self._remote_bars.get(e.experiment_id)
+        if task is None:
+            task = self.exp_bar.add_task(
+                f"{e.experiment_id} @ {where}", total=max(e.num_tokens, 1), tokens="0", loss="-", rate="-"
+            )
+            self._remote_bars[e.experiment_id] = task
+        self.exp_bar.update(task, completed=min(tokens, e.num_tokens), tokens=format_count(tokens))
 
     def finish(self, e: Experiment, record: Mapping[str, Any], trained_flops: float) -> None:
         self.done += 1
         self.done_flops += e.planned_flops
-        self._session_flops += trained_flops
-        self._current_flops = self._current_done = 0.0
+        flight = self._flight.pop(e.experiment_id, (0.0, 0.0))[1]
+        self._session_flops += max(trained_flops, flight)
+        task = self._remote_bars.pop(e.experiment_id, None)
+        if task is not None:
+            self.exp_bar.remove_task(task)
         self._refresh()
         if not self.verbose:
             return
@@ -332,9 +397,59 @@ class _SweepProgress:
             _format_duration(self.eta()),
         )
 
+    def forget(self, e: Experiment) -> None:
+        """Drop an experiment that left the flight without a result (cancelled, or its worker lost)."""
+        self._flight.pop(e.experiment_id, None)
+        task = self._remote_bars.pop(e.experiment_id, None)
+        if task is not None:
+            self.exp_bar.remove_task(task)
+        self._refresh()
+
 
 # --------------------------------------------------------------------------------------------------
 # the runner
+
+
+def check_executor(
+    executor: Any, ray_address: Any, resources: Any, max_retries: Any, device: Any = "auto"
+) -> None:
+    """Validate the executor arguments of :class:`TrainingRunner` (and ``find_optimal``) before any work.
+
+    Raises ValueError/TypeError naming the argument, or ImportError when ``executor="ray"`` and Ray is
+    not installed.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {executor!r}")
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise ValueError(
+            f"max_retries must be a non-negative integer (re-runs after a lost worker), got {max_retries!r}"
+        )
+    if ray_address is not None and (not isinstance(ray_address, str) or not ray_address.strip()):
+        raise ValueError(
+            f"ray_address must be a Ray cluster address such as 'auto' or 'ray://head:10001', got {ray_address!r}"
+        )
+    if executor == "local":
+        given = [n for n, v in (("ray_address", ray_address), ("resources", resources)) if v is not None]
+        if given:
+            raise ValueError(
+                f"{' and '.join(given)} only apply to executor='ray'; pass executor='ray' or drop them"
+            )
+        return
+    from flops_fit.training.ray_executor import check_resources, require_ray
+
+    require_ray()
+    check_resources(resources)
+    if launched_world_size() > 1:
+        raise ValueError(
+            f"executor='ray' cannot run under torchrun/accelerate launch (WORLD_SIZE={launched_world_size()}): "
+            "Ray starts one task per experiment itself; run the driver with plain `python` (multi-GPU "
+            "data-parallel experiments go through executor='local' under torchrun)"
+        )
+    if str(device) not in RAY_DEVICES:
+        raise ValueError(
+            f"device={str(device)!r} cannot be used with executor='ray': each worker trains on the GPU "
+            f"Ray assigned to it; pass device as one of {list(RAY_DEVICES)}"
+        )
 
 
 def _untrained_failure(e: Experiment, error: str) -> TrainOutcome:
@@ -388,10 +503,28 @@ class TrainingRunner:
             with ``retry_failed=False`` it is deleted when the failure is recorded.
         mock_law: mock mode: a :class:`MockLaw` or a mapping of its fields (default Hoffmann et al.).
         progress: show progress bars on a terminal (log lines are written either way).
+        executor: ``"local"`` (one experiment after another in this process) or ``"ray"`` (each experiment
+            a Ray task on a cluster, largest first; needs ``pip install "flops-fit[ray]"``). With Ray this
+            process (the driver) still writes ``sweep.json`` and the ledger; workers only train and write
+            checkpoints. ``model``, ``dataset``, ``loss_fn``, ``train_fn`` and ``callbacks`` are sent to the
+            workers (pickled once), so they must be importable there; callbacks run on the workers.
+        ray_address: executor="ray": the cluster to join (``"auto"``, ``"ray://head:10001"``, ``"host:6379"``).
+            Default: the ``RAY_ADDRESS`` environment variable, else the Ray instance this process already
+            started with ``ray.init``, else a new local cluster (shut down when the sweep ends).
+        resources: executor="ray": what each experiment asks Ray for, in Ray resource names, e.g.
+            ``{"GPU": 1, "CPU": 8}`` or ``{"CPU": 4, "memory": 16e9}`` (bytes) or custom resources.
+            Default ``{"GPU": 1}`` when the cluster has GPUs (local/function modes), else ``{"CPU": 1}``.
+        max_retries: executor="ray": how often Ray re-runs an experiment whose worker process or node
+            died (the retry resumes from its checkpoint). Exceptions inside training are not retried: they
+            are recorded as failed runs, as locally.
+        checkpoint_dir: folder of the checkpoints of experiments in flight (default
+            ``output_dir/checkpoints``). With Ray on several nodes it must be storage every node reaches at
+            the same path (NFS, Lustre, a mounted bucket), so that a retry on another node resumes.
 
     Under ``torchrun``/``accelerate launch`` every process runs the same experiments in the same order
     (the main process decides which are pending); each is trained data-parallel and only the main
-    process writes ``sweep.json``, the ledger and checkpoints.
+    process writes ``sweep.json``, the ledger and checkpoints. (``executor="ray"`` is not for a
+    multi-process launch: run the driver with plain ``python``.)
     """
 
     def __init__(
@@ -413,11 +546,26 @@ class TrainingRunner:
         retry_failed: bool = False,
         mock_law: MockLaw | Mapping[str, Any] | None = None,
         progress: bool = True,
+        executor: str = "local",
+        ray_address: str | None = None,
+        resources: Mapping[str, float] | None = None,
+        max_retries: int = 3,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
         self.mode = mode
+        check_executor(executor, ray_address, resources, max_retries, device)
+        self.executor = executor
+        self.ray_address = ray_address
+        self.resources = None if resources is None else {str(k): float(v) for k, v in resources.items()}
+        self.max_retries = max_retries
         self.output_dir = self._output_path(output_dir)
+        self._checkpoint_root = (
+            self.output_dir / CHECKPOINT_DIR
+            if checkpoint_dir is None
+            else self._output_path(checkpoint_dir, "checkpoint_dir")
+        )
         self.plan = self._load_plan(plan, sweep_path)
         self._check_ids()
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -433,7 +581,7 @@ class TrainingRunner:
         self.callbacks = self._check_callbacks(callbacks)
         self.train_fn = train_fn
         self.mock_law = MockLaw.from_value(mock_law) if mode == "mock" else None
-        self._build: Callable[[Experiment, torch.device], nn.Module] | None = None
+        self._model: ModelSpec | Callable[[Any], nn.Module] | None = None
         self.loss_fn = loss_fn
         self.train_config: TrainConfig | None = None
         self._configs: dict[str, TrainConfig] = {}
@@ -476,23 +624,24 @@ class TrainingRunner:
     # -- validation ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _output_path(output_dir: Any) -> Path:
+    def _output_path(output_dir: Any, name: str = "output_dir") -> Path:
         if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir):
-            raise TypeError(f"output_dir must be a folder path, got {output_dir!r}")
+            raise TypeError(f"{name} must be a folder path, got {output_dir!r}")
         path = Path(output_dir).expanduser().resolve()
         if path.exists() and not path.is_dir():
-            raise ValueError(f"output_dir {str(path)!r} is a file; pass a folder for the sweep's results")
+            raise ValueError(f"{name} {str(path)!r} is a file; pass a folder")
         return path
 
     def _make_output_dir(self) -> None:
-        try:
-            (self.output_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ValueError(
-                f"output_dir {str(self.output_dir)!r} cannot be created ({exc}); pass a writable folder"
-            ) from exc
-        if not os.access(self.output_dir, os.W_OK | os.X_OK):
-            raise ValueError(f"output_dir {str(self.output_dir)!r} is not writable; pass a writable folder")
+        for name, path in (("output_dir", self.output_dir), ("checkpoint_dir", self._checkpoint_root)):
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ValueError(
+                    f"{name} {str(path)!r} cannot be created ({exc}); pass a writable folder"
+                ) from exc
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ValueError(f"{name} {str(path)!r} is not writable; pass a writable folder")
 
     def _load_plan(self, plan: Any, sweep_path: Any) -> SweepPlan:
         if plan is not None and sweep_path is not None:
@@ -521,7 +670,7 @@ class TrainingRunner:
 
     def _check_ids(self) -> None:
         seen: set[str] = set()
-        root = (self.output_dir / CHECKPOINT_DIR).resolve()
+        root = self._checkpoint_root.resolve()
         for e in self.plan:
             eid = e.experiment_id
             if not isinstance(eid, str) or not SAFE_EXPERIMENT_ID.fullmatch(eid):
@@ -570,13 +719,11 @@ class TrainingRunner:
                 raise ValueError(
                     "the plan has no size values (planned without a model); pass model=callable(num_params)"
                 )
-            self._build = lambda e, dev: spec.build(e.size_value, dev)
-        elif callable(spec):
-            self._build = lambda e, dev: self._call_factory(spec, e, dev)
-        else:
+        elif not callable(spec):
             raise TypeError(
                 f"model must be a ModelSpec or a callable size_value -> nn.Module, got {type(spec).__name__}"
             )
+        self._model = spec
         if loss_fn is None and self.plan.model is not None:
             loss_fn = self.plan.model.loss_fn
         if not callable(loss_fn):
@@ -594,16 +741,8 @@ class TrainingRunner:
                 self._configs[e.experiment_id] = dataclasses.replace(self.train_config, **changes)
             except ValueError as exc:
                 raise ValueError(f"train_config does not fit experiment {e.experiment_id}: {exc}") from exc
-        if launched_world_size() <= 1:
-            resolve_device(self.device)  # raises for a bad or unavailable device
-
-    @staticmethod
-    def _call_factory(factory: Callable[[Any], nn.Module], e: Experiment, dev: torch.device) -> nn.Module:
-        with dev:
-            model = factory(e.size_value if e.size_value is not None else e.num_params)
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
-        return model
+        if launched_world_size() <= 1 and self.executor == "local":
+            resolve_device(self.device)  # raises for a bad or unavailable device (workers resolve their own)
 
     def _base_config(self, train_config: Any) -> TrainConfig:
         recorded = self.plan.config.get("train_config")
@@ -657,10 +796,11 @@ class TrainingRunner:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.output_dir / CHECKPOINT_DIR
+        """The folder of the checkpoints of experiments in flight (``checkpoint_dir``)."""
+        return self._checkpoint_root
 
     def _checkpoint_path(self, experiment_id: str) -> Path:
-        return self.output_dir / CHECKPOINT_DIR / f"{experiment_id}.pt"
+        return self._checkpoint_root / f"{experiment_id}.pt"
 
     def _finished(self, records: Iterable[Mapping[str, Any]]) -> set[str]:
         done = set()
@@ -713,10 +853,15 @@ class TrainingRunner:
         """Run every experiment not finished yet; return the runs table of the whole ledger.
 
         Raises:
-            KeyboardInterrupt: on Ctrl-C, after ``train`` checkpointed the experiment in flight; nothing
+            KeyboardInterrupt: on Ctrl-C, after ``train`` checkpointed the experiment(s) in flight; nothing
                 partial is written to the ledger. Running again resumes.
+            flops_fit.training.ray_executor.WorkersLostError: executor="ray": some experiments lost their
+                worker more than ``max_retries`` times (after every other experiment finished and was
+                recorded); their checkpoints are kept and running again resumes them.
         """
-        procs = make_processes(None, self.device) if self.mode == "local" else None
+        procs = (
+            make_processes(None, self.device) if self.mode == "local" and self.executor == "local" else None
+        )
         is_main = procs.is_main if procs is not None else int(os.environ.get("RANK", "0")) == 0
         records = load_results(self.output_dir)
         if procs is not None and procs.world_size > 1:
@@ -728,37 +873,99 @@ class TrainingRunner:
                 path = self._checkpoint_path(eid)
                 if path.exists():
                     logger.info("removing the leftover checkpoint of finished experiment %s", eid)
-                    remove_checkpoint(path)
+                    self._remove_checkpoint(eid)
         todo = [e for e in self.plan if e.experiment_id not in finished]
         logger.info(
-            "sweep in %s: %d experiments, %d finished, %d to run (mode=%s)",
+            "sweep in %s: %d experiments, %d finished, %d to run (mode=%s, executor=%s)",
             self.output_dir,
             len(self.plan),
             len(self.plan) - len(todo),
             len(todo),
             self.mode,
+            self.executor,
         )
         if self.mode == "local" and todo:
             self._check_data(todo)
         display = _SweepProgress(self.plan, finished, bars=self.progress and is_main, verbose=is_main)
+        if self.executor == "ray":
+            if todo:
+                from flops_fit.training.ray_executor import RayOptions, run_on_ray
+
+                options = RayOptions(
+                    address=self.ray_address, resources=self.resources, max_retries=self.max_retries
+                )
+
+                def record(e: Experiment, rec: dict[str, Any], trained_flops: float) -> None:
+                    self._record(e, rec, trained_flops, records, display, is_main=True)
+
+                with display:
+                    run_on_ray(
+                        self._job(), todo, self._configs, self._checkpoint_path, options, display, record
+                    )
+            return _runs_frame(records)
+        job = self._job()
         with display:
             for index, e in enumerate(todo, start=1):
                 callbacks = display.start(index, len(todo), e)
                 for cb in self.callbacks:
                     cb.on_experiment_start(e)
                 try:
-                    record, trained_flops = self._run_one(e, callbacks, procs)
+                    rec, trained_flops = job.run(
+                        e,
+                        self._configs.get(e.experiment_id),
+                        self._checkpoint_path(e.experiment_id),
+                        callbacks,
+                        procs,
+                    )
                 except KeyboardInterrupt:
                     message = self._interrupt_message(e, display)
                     logger.warning("%s", message)
                     raise KeyboardInterrupt(message) from None
-                if is_main:
-                    append_record(self.results_path, record)
-                    if record["status"] == "failed" and not self.retry_failed:
-                        remove_checkpoint(self._checkpoint_path(e.experiment_id))
-                records.append(record)
-                display.finish(e, record, trained_flops)
+                self._record(e, rec, trained_flops, records, display, is_main)
         return _runs_frame(records)
+
+    def _record(
+        self,
+        e: Experiment,
+        record: dict[str, Any],
+        trained_flops: float,
+        records: list[dict[str, Any]],
+        display: _SweepProgress,
+        is_main: bool,
+    ) -> None:
+        """Append a finished experiment's record to the ledger (the only place that writes it)."""
+        if is_main:
+            append_record(self.results_path, record)
+            # Only now, with the record safe in the ledger: a crash before this line resumes the run from
+            # its checkpoint instead of training it again from scratch. A failed run's checkpoint stays
+            # for a retry.
+            if record["status"] != "failed" or not self.retry_failed:
+                self._remove_checkpoint(e.experiment_id)
+        records.append(record)
+        display.finish(e, record, trained_flops)
+
+    def _remove_checkpoint(self, experiment_id: str) -> None:
+        """Delete an experiment's checkpoint; storage that refuses (read-only) only gets a warning."""
+        path = self._checkpoint_path(experiment_id)
+        try:
+            remove_checkpoint(path)
+        except OSError as exc:
+            logger.warning("could not delete checkpoint %s (%s); delete it by hand", path, exc)
+
+    def _job(self) -> _ExperimentJob:
+        """What running one experiment needs, in one picklable object (shipped once to Ray workers)."""
+        return _ExperimentJob(
+            mode=self.mode,
+            seed=self.seed,
+            mock_law=self.mock_law,
+            train_fn=self.train_fn,
+            model=self._model,
+            dataset=self.dataset,
+            eval_dataset=self.eval_dataset,
+            loss_fn=self.loss_fn,
+            callbacks=tuple(self.callbacks),
+            device=self.device,
+        )
 
     def _interrupt_message(self, e: Experiment, display: _SweepProgress) -> str:
         saved = self.mode == "local" and self._checkpoint_path(e.experiment_id).exists()
@@ -792,15 +999,58 @@ class TrainingRunner:
                 data_plan.tokens_per_sample,
             )
 
-    def _run_one(self, e: Experiment, callbacks: list[Callback], procs: Any) -> tuple[dict[str, Any], float]:
-        """Run one experiment; return its ledger record and the FLOPs trained in this call."""
-        if self.mode == "mock":
-            return self._run_mock(e), 0.0
-        if self.mode == "function":
-            return self._run_function(e), 0.0
-        return self._run_local(e, callbacks, procs)
 
-    def _base_record(self, e: Experiment) -> dict[str, Any]:
+# --------------------------------------------------------------------------------------------------
+# one experiment (here, or on a Ray worker)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ExperimentJob:
+    """Everything needed to run one experiment of a sweep and build its ledger record.
+
+    The local executor calls :meth:`run` in the driver; the Ray executor pickles the job once and calls
+    :meth:`run` on workers. It never touches the ledger: it returns the record.
+    """
+
+    mode: str
+    seed: int
+    mock_law: MockLaw | None
+    train_fn: Callable[[Experiment], Mapping[str, Any]] | None
+    model: ModelSpec | Callable[[Any], nn.Module] | None
+    dataset: Any
+    eval_dataset: Any
+    loss_fn: Callable[[Any, Any], torch.Tensor] | None
+    callbacks: tuple[Callback, ...]
+    device: str | torch.device
+
+    def run(
+        self,
+        e: Experiment,
+        config: TrainConfig | None,
+        checkpoint_path: Path | None,
+        callbacks: Sequence[Callback],
+        procs: Any,
+    ) -> tuple[dict[str, Any], float]:
+        """Run ``e``; return its ledger record and the FLOPs trained in this call."""
+        if self.mode == "mock":
+            return self.run_mock(e), 0.0
+        if self.mode == "function":
+            return self.run_function(e), 0.0
+        assert config is not None and checkpoint_path is not None
+        return self.run_local(e, config, checkpoint_path, callbacks, procs)
+
+    def build(self, e: Experiment, dev: torch.device) -> nn.Module:
+        """A fresh model for ``e`` on ``dev``."""
+        if isinstance(self.model, ModelSpec):
+            return self.model.build(e.size_value, dev)
+        assert self.model is not None
+        with dev:
+            model = self.model(e.size_value if e.size_value is not None else e.num_params)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model factory returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    def base_record(self, e: Experiment) -> dict[str, Any]:
         return {
             "experiment_id": e.experiment_id,
             "compute_budget": e.compute_budget,
@@ -814,11 +1064,11 @@ class TrainingRunner:
             "mode": self.mode,
         }
 
-    def _run_mock(self, e: Experiment) -> dict[str, Any]:
+    def run_mock(self, e: Experiment) -> dict[str, Any]:
         assert self.mock_law is not None
         sim = self.mock_law.simulate(e.num_params, e.num_tokens, mock_generator(self.seed, e.experiment_id))
         return {
-            **self._base_record(e),
+            **self.base_record(e),
             "num_tokens": e.num_tokens,
             "final_loss": sim["final_loss"],
             "status": "completed",
@@ -831,7 +1081,7 @@ class TrainingRunner:
             "mock_law": self.mock_law.to_dict(),
         }
 
-    def _run_function(self, e: Experiment) -> dict[str, Any]:
+    def run_function(self, e: Experiment) -> dict[str, Any]:
         assert self.train_fn is not None
         start, stamp = time.perf_counter(), _now()
         try:
@@ -840,80 +1090,21 @@ class TrainingRunner:
             logger.debug("train_fn failed", exc_info=True)
             result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         wall = time.perf_counter() - start
-        base = self._base_record(e)
-        record = {**base, **self._check_result(e, result, base)}
+        base = self.base_record(e)
+        record = {**base, **_check_result(e, result, base)}
         record.setdefault("learning_rate", e.learning_rate)
         record.setdefault("wall_time_s", wall)
         record.setdefault("timestamp", stamp)
         return record
 
-    @staticmethod
-    def _check_result(e: Experiment, result: Any, base: Mapping[str, Any]) -> dict[str, Any]:
-        """Validate what ``train_fn`` returned and fill the runs-table columns."""
-        where = f"train_fn({e.experiment_id})"
-        if not isinstance(result, Mapping):
-            raise TypeError(
-                f"{where} must return a dict like {{'final_loss': 2.31}}, got {type(result).__name__}"
-            )
-        out = {str(k): v for k, v in result.items()}
-        if "num_params" in out:  # N stays the plan's (its convention); keep theirs beside it
-            out["reported_num_params"] = out.pop("num_params")
-        for key, value in base.items():
-            if key in out and out[key] != value:
-                raise ValueError(f"{where} returned {key}={out[key]!r}, but the plan says {value!r}")
-        status = out.setdefault("status", "completed")
-        if status not in STATUSES:
-            raise ValueError(f"{where} returned status={status!r}; use one of {list(STATUSES)}")
-        loss = out.get("final_loss")
-        value = _number(loss)
-        if status == "completed":
-            if value is None or not math.isfinite(value):
-                raise ValueError(
-                    f"{where} returned final_loss={loss!r}; a completed run needs a finite number "
-                    "(return status='failed' or 'diverged' with an error otherwise)"
-                )
-            out["final_loss"] = value
-        else:
-            out["final_loss"] = value if value is not None and math.isfinite(value) else None
-            out.setdefault("error", None)
-        tokens = out.get("num_tokens", e.num_tokens)
-        tokens_value = _number(tokens)
-        if tokens_value is None or not math.isfinite(tokens_value) or tokens_value < 0:
-            raise ValueError(f"{where} returned num_tokens={tokens!r}; give the tokens trained (a number)")
-        out["num_tokens"] = tokens_value
-        flops = out.get("actual_flops", e.flops_per_token * tokens_value)
-        flops_value = _number(flops)
-        if flops_value is None or not math.isfinite(flops_value) or flops_value < 0:
-            raise ValueError(f"{where} returned actual_flops={flops!r}; give the FLOPs spent (a number)")
-        out["actual_flops"] = flops_value
-        curve = out.get("curve")
-        if curve is not None:
-            try:
-                out["curve"] = [[float(t), float(v)] for t, v in curve]
-            except (TypeError, ValueError):
-                raise ValueError(
-                    f"{where} returned a curve that is not a list of (tokens, loss) pairs"
-                ) from None
-        out.setdefault("curve", None)
-        out.setdefault("error", None)
-        if out["error"] is not None and not isinstance(out["error"], str):
-            out["error"] = str(out["error"])
-        try:
-            encode_record(out)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{where} returned a value that cannot be written as JSON: {exc}") from exc
-        return out
-
-    def _run_local(
-        self, e: Experiment, callbacks: list[Callback], procs: Any
+    def run_local(
+        self, e: Experiment, config: TrainConfig, path: Path, callbacks: Sequence[Callback], procs: Any
     ) -> tuple[dict[str, Any], float]:
-        assert self._build is not None and self.loss_fn is not None
-        config = self._configs[e.experiment_id]
-        path = self._checkpoint_path(e.experiment_id)
+        assert self.loss_fn is not None
         stamp = _now()
         torch.manual_seed(e.seed)
         try:
-            model = self._build(e, procs.device)
+            model = self.build(e, procs.device)
         except Exception as exc:
             logger.exception("building the model of experiment %s failed", e.experiment_id)
             outcome = _untrained_failure(e, f"building the model failed: {type(exc).__name__}: {exc}")
@@ -932,6 +1123,7 @@ class TrainingRunner:
                 checkpoint_path=path,
                 flops_per_token=e.flops_per_token,
                 progress=False,
+                keep_checkpoint=True,  # deleted by the ledger writer once the record is appended
             )
         except (TypeError, ValueError):
             raise  # a contract violation (data, loss, arguments): fix it, nothing was trained
@@ -947,7 +1139,7 @@ class TrainingRunner:
         self, e: Experiment, config: TrainConfig, outcome: TrainOutcome, stamp: str, procs: Any
     ) -> dict[str, Any]:
         return {
-            **self._base_record(e),
+            **self.base_record(e),
             "num_tokens": outcome.tokens_seen,
             "final_loss": outcome.final_loss,
             "status": outcome.status,
@@ -965,6 +1157,61 @@ class TrainingRunner:
             "world_size": procs.world_size,
             "timestamp": stamp,
         }
+
+
+def _check_result(e: Experiment, result: Any, base: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate what ``train_fn`` returned and fill the runs-table columns."""
+    where = f"train_fn({e.experiment_id})"
+    if not isinstance(result, Mapping):
+        raise TypeError(
+            f"{where} must return a dict like {{'final_loss': 2.31}}, got {type(result).__name__}"
+        )
+    out = {str(k): v for k, v in result.items()}
+    if "num_params" in out:  # N stays the plan's (its convention); keep theirs beside it
+        out["reported_num_params"] = out.pop("num_params")
+    for key, value in base.items():
+        if key in out and out[key] != value:
+            raise ValueError(f"{where} returned {key}={out[key]!r}, but the plan says {value!r}")
+    status = out.setdefault("status", "completed")
+    if status not in STATUSES:
+        raise ValueError(f"{where} returned status={status!r}; use one of {list(STATUSES)}")
+    loss = out.get("final_loss")
+    value = _number(loss)
+    if status == "completed":
+        if value is None or not math.isfinite(value):
+            raise ValueError(
+                f"{where} returned final_loss={loss!r}; a completed run needs a finite number "
+                "(return status='failed' or 'diverged' with an error otherwise)"
+            )
+        out["final_loss"] = value
+    else:
+        out["final_loss"] = value if value is not None and math.isfinite(value) else None
+        out.setdefault("error", None)
+    tokens = out.get("num_tokens", e.num_tokens)
+    tokens_value = _number(tokens)
+    if tokens_value is None or not math.isfinite(tokens_value) or tokens_value < 0:
+        raise ValueError(f"{where} returned num_tokens={tokens!r}; give the tokens trained (a number)")
+    out["num_tokens"] = tokens_value
+    flops = out.get("actual_flops", e.flops_per_token * tokens_value)
+    flops_value = _number(flops)
+    if flops_value is None or not math.isfinite(flops_value) or flops_value < 0:
+        raise ValueError(f"{where} returned actual_flops={flops!r}; give the FLOPs spent (a number)")
+    out["actual_flops"] = flops_value
+    curve = out.get("curve")
+    if curve is not None:
+        try:
+            out["curve"] = [[float(t), float(v)] for t, v in curve]
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} returned a curve that is not a list of (tokens, loss) pairs") from None
+    out.setdefault("curve", None)
+    out.setdefault("error", None)
+    if out["error"] is not None and not isinstance(out["error"], str):
+        out["error"] = str(out["error"])
+    try:
+        encode_record(out)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{where} returned a value that cannot be written as JSON: {exc}") from exc
+    return out
 
 
 class _ResumeMeter(Callback):
