@@ -1,5 +1,8 @@
 """find_optimal, the one call: plan -> train -> analyze -> report."""
 
+import json
+import logging
+
 import torch
 from torch import nn
 
@@ -74,6 +77,30 @@ def test_mock_sweep_end_to_end_and_resume(tmp_path):
     )
     assert (tmp_path / "results.jsonl").read_text().splitlines() == lines  # resumed: nothing re-run
     assert again.predict(1e11)["optimal_params"] == pred["optimal_params"]
+
+
+def test_runs_of_an_earlier_plan_in_the_same_folder_stay_out_of_the_fit(tmp_path, caplog):
+    def sweep(budgets):
+        return find_optimal(
+            Wide,
+            "width",
+            _data(),
+            nn.functional.mse_loss,
+            budgets,
+            mode="mock",
+            num_model_sizes=5,
+            output_dir=tmp_path,
+        )
+
+    first = sweep([1e9, 3e9, 1e10])
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        second = sweep([1e11, 3e11, 1e12])  # same folder, a new plan: the first plan's runs are orphans
+    ledger = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(ledger) == len(first.runs) + len(second.runs)  # nothing deleted from the ledger
+    assert set(second.runs["compute_budget"]) == {1e11, 3e11, 1e12}
+    assert (
+        f"{len(first.runs)} run(s) in {tmp_path / 'results.jsonl'} belong to an earlier plan" in caplog.text
+    )
 
 
 def test_real_local_sweep_on_a_tiny_model(tmp_path):

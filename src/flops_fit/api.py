@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
 from flops_fit.analysis.approaches import resolve_approaches
-from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
+from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
 from flops_fit.training.runner import check_executor
 
@@ -174,7 +175,9 @@ def find_optimal(
     has GPUs, else one CPU) and ``max_retries`` how often an experiment whose worker died is re-run (it
     resumes from its checkpoint in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be
     storage all nodes share on a multi-node cluster).
-    Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes.
+    Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
+    runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (with a
+    warning).
     Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
     """
     # ---- validate everything before any compute -------------------------------------------------
@@ -284,12 +287,28 @@ def find_optimal(
         max_retries=max_retries,
         checkpoint_dir=checkpoint_dir,
     )
-    runs = runner.run_sweep()
+    runs = _plan_runs(runner.run_sweep(), plan, out)
 
     # ---- analyze and report ----------------------------------------------------------------------
     result = Result.from_runs(runs, approach=approaches, plan=plan, output_dir=out)
     result.save(out)
     return result
+
+
+def _plan_runs(runs: pd.DataFrame, plan: SweepPlan, out: Path) -> pd.DataFrame:
+    """The runs of ``plan`` only: a ledger may also hold runs of an earlier plan in the same folder (other
+    budgets, another model or data), which must not enter this plan's fit."""
+    ids = {e.experiment_id for e in plan}
+    outside = ~runs["experiment_id"].isin(ids)
+    if outside.any():
+        logger.warning(
+            "%d run(s) in %s belong to an earlier plan (other budgets, sizes, model, data or settings) and "
+            "are left out of this fit; they stay in the ledger (`flops-fit fit %s` fits every run in it)",
+            int(outside.sum()),
+            out / "results.jsonl",
+            out / "results.jsonl",
+        )
+    return runs.loc[~outside].reset_index(drop=True)
 
 
 def _jsonable(value: Any) -> bool:
