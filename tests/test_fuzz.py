@@ -500,6 +500,63 @@ def test_envelope_is_invariant_to_row_order(perm, seed):
     np.testing.assert_allclose(law_values(shuffled), law_values(base), rtol=1e-9)
 
 
+# Bootstrap intervals: resamples draw rows by position, so each fit sorts its rows canonically first and
+# the same seed gives the same intervals whatever order the rows came in.
+
+
+def ci_values(fit) -> np.ndarray:
+    laws = (fit.n_opt_fit, fit.d_opt_fit, fit.l_opt_fit)
+    return np.array([v for f in laws for name in ("a_ci", "k_ci") for v in (getattr(f, name) or (np.nan,))])
+
+
+@fuzz(5)
+@given(perm=st.permutations(range(54)))
+def test_isoflop_bootstrap_intervals_are_invariant_to_row_order(perm):
+    n, d, l, c = isoflop_sweep(seed=1)
+    p = np.asarray(perm)
+    base = fit_isoflop(n, d, l, c, bootstrap=40, seed=3)
+    shuffled = fit_isoflop(n[p], d[p], l[p], c[p], bootstrap=40, seed=3)
+    assert np.isfinite(ci_values(base)).any()
+    np.testing.assert_allclose(ci_values(shuffled), ci_values(base), rtol=1e-9, equal_nan=True)
+
+
+@fuzz(10)
+@given(data=st.data(), size=st.integers(4, 12))
+def test_power_law_bootstrap_intervals_are_invariant_to_row_order(data, size):
+    x = np.geomspace(1e17, 1e21, size)
+    noise = data.draw(st.lists(st.floats(-0.05, 0.05), min_size=size, max_size=size), label="noise")
+    y = 3e-3 * x**0.5 * np.exp(noise)
+    p = np.asarray(data.draw(st.permutations(range(size)), label="perm"))
+    base, shuffled = (
+        fit_power_law(x, y, bootstrap=60, seed=1),
+        fit_power_law(x[p], y[p], bootstrap=60, seed=1),
+    )
+    assert shuffled.a_ci == pytest.approx(base.a_ci, rel=1e-9) and shuffled.k_ci == pytest.approx(
+        base.k_ci, rel=1e-9
+    )
+
+
+@fuzz(3)
+@given(perm=st.permutations(range(54)))
+def test_parametric_bootstrap_intervals_are_invariant_to_row_order(sweep, perm):
+    n, d, l, _ = sweep
+    p = np.asarray(perm)
+    base = fit_parametric(n, d, l, init_grid=SMALL_GRID, bootstrap=20, seed=2)
+    shuffled = fit_parametric(n[p], d[p], l[p], init_grid=SMALL_GRID, bootstrap=20, seed=2)
+    for name in ("E", "A", "B", "alpha", "beta", "a"):
+        np.testing.assert_allclose(shuffled.ci[name], base.ci[name], rtol=1e-5, err_msg=name)
+
+
+@fuzz(5)
+@given(perm=st.permutations(range(8)), seed=st.integers(0, 3))
+def test_envelope_bootstrap_intervals_are_invariant_to_row_order(perm, seed):
+    runs = envelope_runs(seed)
+    base = fit_envelope(runs, bootstrap=30, seed=4)
+    shuffled = fit_envelope(runs.iloc[list(perm)], bootstrap=30, seed=4)
+    assert np.isfinite(ci_values(base)).any()
+    np.testing.assert_allclose(ci_values(shuffled), ci_values(base), rtol=1e-9, equal_nan=True)
+
+
 # Duplicated rows. A results file can hold the same run twice (a ledger merged with a copy of itself, a
 # retried run written twice). With the default exclude=True the outlier detector flags every exact repeat
 # of an earlier row as "duplicate", so the fit sees the original runs only: it is unchanged, and the copies

@@ -13,6 +13,7 @@ from scipy import optimize, special
 
 import flops_fit
 from flops_fit.analysis import parametric
+from flops_fit.analysis._validate import canonical_order
 from flops_fit.analysis.parametric import CHINCHILLA_INIT_GRID, ParametricFit, fit_parametric
 
 CHINCHILLA_CSV = Path(flops_fit.__file__).parent / "data" / "chinchilla_epoch.csv"
@@ -183,6 +184,8 @@ def test_synthetic_recovery_and_bootstrap_coverage(synthetic_fit):
 def test_bootstrap_refits_are_converged(synthetic_fit):
     """Each resample's refit is a minimum: a tightly converged scipy L-BFGS-B from it does not improve it."""
     n, d, loss = isoflop_design(seed=0)
+    order = canonical_order(n, d, loss)  # the fit sorts its rows before drawing resamples by position
+    n, d, loss = n[order], d[order], loss[order]
     counts = parametric._resample_counts(np.ones(n.size), 400, np.log(n), np.log(d), np.random.default_rng(0))
     for j in range(0, 400, 40):
         theta = np.r_[np.log(synthetic_fit.samples[j, :3]), synthetic_fit.samples[j, 3:]]

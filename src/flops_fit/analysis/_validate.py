@@ -79,3 +79,12 @@ def positive_budgets(C: Any) -> np.ndarray:
     if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
         raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}")
     return c
+
+
+def canonical_order(*columns: np.ndarray) -> np.ndarray:
+    """Indices that sort rows by ``columns`` (the first is the primary key).
+
+    Bootstrap draws pick rows by position, so every fit sorts its rows with this first: its estimates and
+    its intervals then do not depend on the order the rows came in.
+    """
+    return np.lexsort(tuple(reversed(columns)))

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis._validate import check_bootstrap, check_budget_rtol, check_seed, positive_budgets
+from flops_fit.analysis._validate import (
+    canonical_order,
+    check_bootstrap,
+    check_budget_rtol,
+    check_seed,
+    positive_budgets,
+)
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import optimum_record, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
@@ -148,6 +154,8 @@ def fit_envelope(
         df, excluded = exclude_outliers(df, what="fit_envelope", budget_rtol=budget_rtol)
     else:
         df = df[df["status"] == "completed"].reset_index(drop=True)
+    keys = ("num_params", "compute_budget", "num_tokens", "final_loss")
+    df = df.iloc[canonical_order(*(df[k].to_numpy(float, na_value=np.nan) for k in keys))]
 
     runs_c: list[tuple[float, float, np.ndarray, np.ndarray]] = []  # (N, FLOPs per token, log C, log L)
     for row in df.itertuples(index=False):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis._validate import (
+    canonical_order,
     check_bootstrap,
     check_budget_rtol,
     check_seed,
@@ -373,6 +374,8 @@ def fit_isoflop(
         n, d, l, c = (
             kept[k].to_numpy() for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
         )
+    order = canonical_order(c, n, d, l)
+    n, d, l, c = n[order], d[order], l[order], c[order]
     minima = budget_minima(n, d, l, c, budget_rtol)
     if len(minima) < 2:
         raise ValueError(

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from flops_fit.analysis._validate import check_budget_rtol, positive_arrays
+from flops_fit.analysis._validate import canonical_order, check_budget_rtol, positive_arrays
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.analysis.power_law import PowerLawFit
@@ -1007,6 +1007,8 @@ def fit_parametric(
                 excluded["outlier_reason"].value_counts().to_dict(),
             )
             n, d, loss, w = n[~mask], d[~mask], loss[~mask], w[~mask]
+    order = canonical_order(n, d, loss, w)
+    n, d, loss, w = n[order], d[order], loss[order], w[order]
     _check_design(n, d, w)
     fit = _fit_clean(
         n, d, loss, w, huber_delta=float(huber_delta), starts=starts, bootstrap=int(bootstrap), seed=int(seed)

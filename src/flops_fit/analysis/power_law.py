@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from flops_fit.analysis._validate import check_bootstrap, check_seed
+from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_seed
 
 CI_LEVEL = 0.95
 
@@ -290,6 +290,8 @@ def fit_power_law(
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
     need = 3 if offset else 2
     xv, yv = _valid_xy(x, y, need, "an offset power law" if offset else "a power law")
+    order = canonical_order(xv, yv)
+    xv, yv = xv[order], yv[order]
     if offset:
         return _fit_offset(xv, yv, int(bootstrap), seed)
     return _fit_pure(xv, yv, int(bootstrap), seed)
