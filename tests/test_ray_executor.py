@@ -253,7 +253,7 @@ def test_function_mode_worker_killed_once_is_retried(tmp_path, cluster):
 # --- driver interrupted or killed -------------------------------------------------------------------------
 
 
-def _interrupt_when(path: Path, stop: threading.Event, timeout: float = 60.0) -> threading.Thread:
+def _interrupt_when(path: Path, stop: threading.Event, timeout: float = 300.0) -> threading.Thread:
     """Ctrl-C this process as soon as a file appears under ``path``."""
 
     def watch():
