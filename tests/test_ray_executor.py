@@ -269,7 +269,16 @@ def _interrupt_when(path: Path, stop: threading.Event, timeout: float = 300.0) -
     return thread
 
 
-def test_ctrl_c_cancels_the_tasks_keeps_their_checkpoints_and_resumes(tmp_path, cluster):
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a shell starts background jobs (`cmd &`) with SIGINT
+    ignored, and then a Ctrl-C sent to this process would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_cancels_the_tasks_keeps_their_checkpoints_and_resumes(tmp_path, cluster, ctrl_c_raises):
     plan = make_plan((16,), steps=40)
     out = tmp_path / "out"
     stop = threading.Event()
