@@ -37,18 +37,19 @@ import flops_fit.ledger as ledger_mod
 from fault_sweep import INTERVAL, SOAK_CFG, STEPS, OsProxy, soak_plan
 from flops_fit.ledger import read_records
 from flops_fit.training import Callback, TrainingRunner, load_checkpoint
-from test_runner import CFG, CountingLM, Crash, RaiseAt, TinyLM, local_runner, make_plan
+from test_runner import (  # noqa: F401 (one_thread: the same autouse fixture here)
+    CFG,
+    CountingLM,
+    Crash,
+    RaiseAt,
+    TinyLM,
+    local_runner,
+    make_plan,
+    one_thread,
+)
 
 TESTS = Path(__file__).parent
 MOCK_PLAN = make_plan(widths=(8, 16, 24, 32))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def checkpoint_files(out: Path) -> list[str]:

@@ -79,6 +79,20 @@ def remove_checkpoint(path: str | os.PathLike[str]) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def discard_checkpoint(path: str | os.PathLike[str]) -> None:
+    """:func:`remove_checkpoint` for a checkpoint no longer needed: storage that refuses the deletion
+    (read-only, ...) gets a warning instead of an exception, since what it belonged to is done either way."""
+    try:
+        remove_checkpoint(path)
+    except OSError as exc:
+        logger.warning(
+            "could not delete checkpoint %s (%s); delete it by hand (the sweep runner removes leftover "
+            "checkpoints of finished experiments when it starts)",
+            path,
+            exc,
+        )
+
+
 def model_signature(model: torch.nn.Module) -> str:
     """Hash of the names, shapes and dtypes of a model's state (not its values)."""
     digest = hashlib.sha256()

@@ -21,11 +21,11 @@ from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng,
+    discard_checkpoint,
     fingerprint,
     fingerprint_mismatch,
     load_checkpoint,
     model_signature,
-    remove_checkpoint,
     restore_rng,
     save_checkpoint,
 )
@@ -677,16 +677,7 @@ class _Run:
         wall = self._elapsed()
         finished = status in ("completed", "diverged")
         if self.checkpoint_path is not None and finished and self.procs.is_main and not self.keep_checkpoint:
-            try:
-                remove_checkpoint(self.checkpoint_path)
-            except OSError as exc:  # e.g. read-only storage: the run itself is finished and stays so
-                logger.warning(
-                    "could not delete checkpoint %s of the %s run (%s); delete it by hand (the sweep runner "
-                    "removes leftover checkpoints of finished experiments when it starts)",
-                    self.checkpoint_path,
-                    status,
-                    exc,
-                )
+            discard_checkpoint(self.checkpoint_path)  # read-only storage: the run stays finished
         elif status == "failed" and self.checkpoint_path is not None and self.checkpoint_path.exists():
             logger.info(
                 "keeping checkpoint %s of the failed run: a retry resumes from it", self.checkpoint_path

@@ -49,7 +49,7 @@ from flops_fit.ledger import append_record, encode_record, read_records
 from flops_fit.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
-from flops_fit.training.checkpoint import remove_checkpoint
+from flops_fit.training.checkpoint import discard_checkpoint
 from flops_fit.training.config import TrainConfig
 from flops_fit.training.data import batch_layout, prepare_data
 from flops_fit.training.device import resolve_device
@@ -873,7 +873,7 @@ class TrainingRunner:
                 path = self._checkpoint_path(eid)
                 if path.exists():
                     logger.info("removing the leftover checkpoint of finished experiment %s", eid)
-                    self._remove_checkpoint(eid)
+                    discard_checkpoint(self._checkpoint_path(eid))
         todo = [e for e in self.plan if e.experiment_id not in finished]
         logger.info(
             "sweep in %s: %d experiments, %d finished, %d to run (mode=%s, executor=%s)",
@@ -940,17 +940,9 @@ class TrainingRunner:
             # its checkpoint instead of training it again from scratch. A failed run's checkpoint stays
             # for a retry.
             if record["status"] != "failed" or not self.retry_failed:
-                self._remove_checkpoint(e.experiment_id)
+                discard_checkpoint(self._checkpoint_path(e.experiment_id))
         records.append(record)
         display.finish(e, record, trained_flops)
-
-    def _remove_checkpoint(self, experiment_id: str) -> None:
-        """Delete an experiment's checkpoint; storage that refuses (read-only) only gets a warning."""
-        path = self._checkpoint_path(experiment_id)
-        try:
-            remove_checkpoint(path)
-        except OSError as exc:
-            logger.warning("could not delete checkpoint %s (%s); delete it by hand", path, exc)
 
     def _job(self) -> _ExperimentJob:
         """What running one experiment needs, in one picklable object (shipped once to Ray workers)."""
