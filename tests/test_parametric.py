@@ -145,8 +145,13 @@ def test_kernel_gradient_matches_finite_differences():
             rng.uniform(0.2, 0.5, 6),
         ]
     )
-    w = rng.uniform(0.5, 2.0, n.size)
-    f, g = obj(theta, w)
+    for w in (rng.uniform(0.5, 2.0, n.size), np.ones(n.size)):  # weighted, and the unit-weight shortcut
+        check_kernel(obj, theta, w, n, d, loss)
+
+
+def check_kernel(obj, theta, w, n, d, loss) -> None:
+    f, g = obj(np.ascontiguousarray(theta.T), w)  # the kernel takes parameter vectors as columns
+    g = g.T
     for i, row in enumerate(theta):
         assert f[i] == pytest.approx(reference_objective(row, n, d, loss, weights=w), rel=1e-12)
         h = 1e-6

@@ -69,8 +69,8 @@ MIN_EXPONENT = 1e-3
 MIN_TERM_CHANGE = 1e-4
 
 # Optimiser settings. The objective the optimiser sees is the summed Huber loss divided by delta * sum(w),
-# i.e. the weighted mean absolute log residual in the linear part of the Huber loss, so the tolerances do
-# not depend on the number of points, their weights or delta.
+# i.e. the weighted mean absolute log residual in the linear part of the Huber loss, so the tight
+# tolerances below do not depend on the number of points, their weights or delta.
 _MEMORY = 10  # L-BFGS correction pairs, as scipy's L-BFGS-B default
 
 
@@ -85,8 +85,25 @@ class _Stop:
     max_iter: int
 
 
-# Every grid start: scipy L-BFGS-B's defaults (pgtol 1e-5, factr * eps = 2.2e-9 relative to max(|f|, 1)).
-_GRID_STOP = _Stop(gtol=1e-5, ftol=2.2e-9, ftol_floor=1.0, patience=1, max_iter=1000)
+# Every grid start stops where scipy's L-BFGS-B with its default options stops on the summed Huber
+# objective itself (pgtol 1e-5 on the gradient; a decrease of at most factr * eps = 2.2e-9 times
+# max(|f|, 1)), i.e. where the per-start loop the method prescribes stops: on the Chinchilla points the
+# batch then takes the same iterations and evaluations per start as that loop. The grid only ranks the
+# starts; the best ones are refined with the tight tolerances below.
+_GRID_PGTOL, _GRID_FACTR_EPS, _GRID_MAX_ITER = 1e-5, 2.2e-9, 1000
+
+
+def _grid_stop(scale: float) -> _Stop:
+    """Scipy L-BFGS-B's default stop on the summed objective, for the objective divided by ``scale``."""
+    return _Stop(
+        gtol=_GRID_PGTOL / scale,
+        ftol=_GRID_FACTR_EPS,
+        ftol_floor=1.0 / scale,
+        patience=1,
+        max_iter=_GRID_MAX_ITER,
+    )
+
+
 # Refinement and bootstrap: run to the precision the objective allows. The Huber loss with a small delta is
 # nearly piecewise linear, so L-BFGS can crawl for a few iterations and then speed up again; a start stops
 # only after `patience` consecutive iterations of negligible progress.
@@ -108,14 +125,16 @@ _RUNNING, _GTOL, _FTOL, _LINE_SEARCH, _MAX_ITER, _NON_FINITE = range(6)
 
 
 class _HuberLogObjective:
-    """Summed weighted Huber loss of log residuals, and its gradient, for many parameter rows at once.
+    """Summed weighted Huber loss of log residuals, and its gradient, for many parameter vectors at once.
 
-    Rows are log-space parameter vectors ``(e, a, b, alpha, beta)``. The three terms of the model are
+    Parameter vectors are the columns of a (5, k) array, in log space ``(e, a, b, alpha, beta)``; the
+    batched optimiser keeps every per-start quantity in this column layout (one contiguous row per
+    coordinate), which keeps its many small vector operations cheap. The three terms of the model are
     computed divided by the observed loss, ``t1 = exp(a - alpha log N - log L)`` and so on, so the residual
-    is ``r = log(t1 + t2 + t3)`` with no explicit log-sum-exp shift; a row whose terms overflow gets
+    is ``r = log(t1 + t2 + t3)`` with no explicit log-sum-exp shift; a vector whose terms overflow gets
     ``f = inf`` (the line search then backs off), which only happens absurdly far from any fit.
 
-    Rows are processed in blocks of about ``_CHUNK_ELEMENTS`` values through preallocated work arrays
+    Vectors are processed in blocks of about ``_CHUNK_ELEMENTS`` values through preallocated work arrays
     (cache-sized, and no large allocation per call), so an instance is not safe to call from several
     threads at once.
     """
@@ -127,72 +146,83 @@ class _HuberLogObjective:
         self._m1 = np.stack([ones, log_n, log_l])  # [a, -alpha, -1] @ m1 = a - alpha log N - log L
         self._m2 = np.stack([ones, log_d, log_l])
         self._inv_l = np.exp(-log_l)
-        self._g1 = np.stack([ones, -log_n], axis=1)  # d/d(a, alpha) of the first exponent
-        self._g2 = np.stack([ones, -log_d], axis=1)
+        self._g1 = np.stack([ones, -log_n])  # d/d(a, alpha) of the first exponent
+        self._g2 = np.stack([ones, -log_d])
         self._chunk = max(8, _CHUNK_ELEMENTS // log_n.size)
         self._work = np.empty((6, self._chunk, log_n.size))
 
     def __call__(
         self, theta: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(f, grad)`` for parameter rows ``theta`` (k, 5).
+        """Return ``(f, grad)``, shapes (k,) and (5, k), for the parameter columns of ``theta`` (5, k).
 
         ``weights`` is one weight per point (n,), or a table (m, n) of which row ``rows[i]`` weights
-        ``theta[i]`` (bootstrap resamples).
+        column ``i`` (bootstrap resamples).
         """
-        k = theta.shape[0]
+        k = theta.shape[1]
         f = np.empty(k)
-        g = np.empty((k, 5))
+        g = np.empty((5, k))
+        # Equal weights (the usual case) are applied to f and grad once instead of to every residual.
+        common = float(weights[0]) if weights.ndim == 1 and bool((weights == weights[0]).all()) else None
+        w = None if common is not None else weights
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for lo in range(0, k, self._chunk):
                 hi = min(lo + self._chunk, k)
-                if weights.ndim == 2:
+                if w is not None and w.ndim == 2:
                     assert rows is not None
-                    w = np.take(weights, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
+                    w_block = np.take(w, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
                 else:
-                    w = weights
-                self._block(theta[lo:hi], w, f[lo:hi], g[lo:hi])
+                    w_block = w
+                self._block(theta[:, lo:hi], w_block, f[lo:hi], g[:, lo:hi])
+        if common is not None and common != 1.0:
+            f *= common
+            g *= common
         bad = ~np.isfinite(f)
         if bad.any():
             f[bad] = np.inf
-            g[bad] = 0.0
+            g[:, bad] = 0.0
         return f, g
 
-    def _block(self, theta: np.ndarray, w: np.ndarray, f: np.ndarray, grad: np.ndarray) -> None:
-        k = theta.shape[0]
+    def _block(self, theta: np.ndarray, w: np.ndarray | None, f: np.ndarray, grad: np.ndarray) -> None:
+        k = theta.shape[1]
         t1, t2, s, r, q = (buf[:k] for buf in self._work[:5])
         p = np.empty((k, 3))
-        p[:, 0], p[:, 1], p[:, 2] = theta[:, 1], -theta[:, 3], -1.0
+        p[:, 0], p[:, 1], p[:, 2] = theta[1], -theta[3], -1.0
         np.matmul(p, self._m1, out=t1)  # a - alpha log N - log L
         np.exp(t1, out=t1)
-        p[:, 0], p[:, 1] = theta[:, 2], -theta[:, 4]
+        p[:, 0], p[:, 1] = theta[2], -theta[4]
         np.matmul(p, self._m2, out=t2)
         np.exp(t2, out=t2)
-        big_e = np.exp(theta[:, 0])
-        np.multiply.outer(big_e, self._inv_l, out=s)
+        big_e = np.exp(theta[0])
+        np.einsum("i,j->ij", big_e, self._inv_l, out=s)  # E / L_observed
         s += t1
         s += t2  # = L(N, D) / L_observed
         np.log(s, out=r)  # log residual
-        np.maximum(r, -self.delta, out=q)
-        np.minimum(q, self.delta, out=q)  # Huber'(r) = clip(r, -delta, delta)
+        np.clip(r, -self.delta, self.delta, out=q)  # Huber'(r)
         # Huber(r) = psi (2 r - psi) / 2 in both regimes (psi = Huber'(r)); r is not needed afterwards.
         r *= 2.0
         r -= q
-        q *= w
+        if w is not None:
+            q *= w
         np.einsum("ij,ij->i", q, r, out=f)
         f *= 0.5
         # dr/d(log term_j) = term_j / L(N, D), so with q = w Huber'(r) / s: df/da = sum q t1,
         # df/dalpha = -sum q t1 log N (likewise b, beta with t2, log D) and df/de = E sum q / L_observed.
         q /= s
-        grad[:, 0] = big_e * (q @ self._inv_l)
+        np.matmul(q, self._inv_l, out=grad[0])
+        grad[0] *= big_e
         t1 *= q
         t2 *= q
-        grad[:, [1, 3]] = t1 @ self._g1
-        grad[:, [2, 4]] = t2 @ self._g2
+        grad[[1, 3]] = self._g1 @ t1.T
+        grad[[2, 4]] = self._g2 @ t2.T
 
 
 # --------------------------------------------------------------------------------------------------------
 # Batched L-BFGS
+#
+# Every per-start quantity is stored column-wise: a point of the search space is a column of a (dim, k)
+# array, the curvature history is (MEMORY, dim, k). The optimiser's work is many tiny vector operations per
+# iteration, and this layout makes each of them run over contiguous memory.
 
 
 @dataclass
@@ -205,6 +235,11 @@ class _BatchResult:
     n_eval: int  # row-evaluations of the objective in total
 
 
+def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Column-wise inner products of two (dim, k) arrays."""
+    return np.einsum("dk,dk->k", u, v)
+
+
 def _two_loop(
     g: np.ndarray,
     s_hist: np.ndarray,
@@ -213,28 +248,35 @@ def _two_loop(
     gamma: np.ndarray,
     order: Sequence[int],
 ) -> np.ndarray:
-    """Return -H g for every row (L-BFGS two-loop recursion); ``order`` lists history slots newest first.
+    """Return -H g for every column (L-BFGS two-loop recursion); ``order`` lists history slots newest first.
 
+    ``g`` is (dim, k), ``s_hist`` and ``y_hist`` (MEMORY, dim, k), ``rho`` (MEMORY, k), ``gamma`` (k,).
     Slots with ``rho == 0`` (empty, or a skipped update) are no-ops.
     """
     q = g.copy()
+    step = np.empty_like(q)
     coef = {}
     for j in order:
-        c = rho[:, j] * np.einsum("ij,ij->i", s_hist[:, j], q)
-        q -= c[:, None] * y_hist[:, j]
+        c = _dot(s_hist[j], q)
+        c *= rho[j]
+        q -= np.multiply(y_hist[j], c, out=step)
         coef[j] = c
-    q *= gamma[:, None]
+    q *= gamma
     for j in reversed(order):
-        c = rho[:, j] * np.einsum("ij,ij->i", y_hist[:, j], q)
-        q += (coef[j] - c)[:, None] * s_hist[:, j]
-    return -q
+        c = _dot(y_hist[j], q)
+        c *= rho[j]
+        np.subtract(coef[j], c, out=c)
+        q += np.multiply(s_hist[j], c, out=step)
+    return np.negative(q, out=q)
 
 
+@np.errstate(over="ignore", invalid="ignore", divide="ignore")  # step interpolation may divide by 0
 def _line_search(
     evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     rows: np.ndarray,
     x: np.ndarray,
     f: np.ndarray,
+    g: np.ndarray,
     d: np.ndarray,
     gd: np.ndarray,
     *,
@@ -243,61 +285,68 @@ def _line_search(
     max_steps: int = 25,
     xtol: float = 1e-10,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Weak-Wolfe line search along ``d`` for every row at once (bisection / doubling, Lewis & Overton).
+    """Weak-Wolfe line search along ``d`` for every column at once (bisection / doubling, Lewis & Overton).
 
-    Each round evaluates only the rows still searching. Returns ``(x_new, f_new, g_new, ok, n_eval)``;
-    ``ok`` is False where no step with sufficient decrease was found (the row has converged to the
-    precision the objective allows, or cannot move); such rows keep ``x``.
+    ``x``, ``g`` and ``d`` are (dim, k). Each round evaluates only the columns still searching. Returns
+    ``(x_new, f_new, g_new, ok, n_eval)``; ``ok`` is False where no step with sufficient decrease was
+    found (the column has converged to the precision the objective allows, or cannot move); such columns
+    keep ``x``, ``f`` and ``g``.
     """
-    k = x.shape[0]
+    k = x.shape[1]
     t = np.ones(k)
     lo = np.zeros(k)
     hi = np.full(k, np.inf)
     x_new = x.copy()
     f_new = f.copy()
-    g_new = np.zeros_like(x)
+    g_new = g.copy()
     ok = np.zeros(k, dtype=bool)
     # Smallest useful step: moves no coordinate by more than xtol relative to its size.
-    t_min = xtol * (1.0 + np.abs(x).max(axis=1)) / np.maximum(np.abs(d).max(axis=1), 1e-300)
+    t_min = xtol * (1.0 + np.abs(x).max(axis=0)) / np.maximum(np.abs(d).max(axis=0), 1e-300)
     live = np.arange(k)
     n_eval = 0
     for _ in range(max_steps):
         if live.size == 0:
             break
         tl = t[live]
-        xt = x[live] + tl[:, None] * d[live]
+        if live.size == k:  # every column (the usual first round): no gathers
+            d_l, f_l, gd_l = d, f, gd
+            xt = x + tl * d
+        else:
+            d_l, f_l, gd_l = d[:, live], f[live], gd[live]
+            xt = x[:, live] + tl * d_l
         ft, gt = evaluate(rows[live], xt)
         n_eval += live.size
-        armijo = ft <= f[live] + c1 * tl * gd[live]  # False for inf / nan
-        slope = np.einsum("ij,ij->i", gt, d[live])
-        curvature = slope >= c2 * gd[live]
+        armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
+        done = armijo & (_dot(gt, d_l) >= c2 * gd_l)  # sufficient decrease and curvature
         # Every point with sufficient decrease is acceptable; keep the latest (largest such step).
         good = live[armijo]
-        x_new[good], f_new[good], g_new[good] = xt[armijo], ft[armijo], gt[armijo]
+        x_new[:, good], f_new[good], g_new[:, good] = xt[:, armijo], ft[armijo], gt[:, armijo]
         ok[good] = True
-        done = armijo & curvature
-        # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
+        if done.all():
+            break
         long_ = ~armijo
-        rl = live[long_]
-        hi[rl] = t[rl]
-        tq = t[rl]
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            curv = 2.0 * (ft[long_] - f[rl] - gd[rl] * tq)
-            t_quad = -gd[rl] * tq * tq / curv
-        t_quad = np.where(np.isfinite(t_quad), t_quad, 0.1 * tq)
-        t_quad = np.clip(t_quad, 0.1 * tq, 0.5 * tq)
-        t[rl] = np.where(lo[rl] > 0, 0.5 * (lo[rl] + hi[rl]), t_quad)
-        # Too short (still steep): grow.
-        short = armijo & ~curvature
-        rs = live[short]
-        lo[rs] = t[rs]
-        t[rs] = np.where(np.isfinite(hi[rs]), 0.5 * (lo[rs] + hi[rs]), 2.0 * t[rs])
+        if long_.any():
+            # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
+            rl = live[long_]
+            tq = tl[long_]
+            hi[rl] = tq
+            t_quad = -gd_l[long_] * tq * tq / (2.0 * (ft[long_] - f_l[long_] - gd_l[long_] * tq))
+            t_quad = np.clip(np.where(np.isfinite(t_quad), t_quad, 0.1 * tq), 0.1 * tq, 0.5 * tq)
+            lo_rl = lo[rl]
+            t[rl] = np.where(lo_rl > 0, 0.5 * (lo_rl + tq), t_quad)
+        short = armijo ^ done
+        if short.any():
+            # Too short (still steep): grow.
+            rs = live[short]
+            ts = tl[short]
+            lo[rs] = ts
+            hi_rs = hi[rs]
+            t[rs] = np.where(np.isfinite(hi_rs), 0.5 * (ts + hi_rs), 2.0 * ts)
         live = live[~done]
-        if live.size:
-            # Stop rows whose bracket collapsed or whose step became negligible.
-            stuck = (np.isfinite(hi[live]) & (hi[live] - lo[live] <= 1e-12 * hi[live])) | (
-                (t[live] < t_min[live]) & (lo[live] == 0)
-            )
+        # Stop columns whose bracket collapsed or whose step became negligible.
+        hi_l, lo_l = hi[live], lo[live]
+        stuck = (np.isfinite(hi_l) & (hi_l - lo_l <= 1e-12 * hi_l)) | ((t[live] < t_min[live]) & (lo_l == 0))
+        if stuck.any():
             live = live[~stuck]
     return x_new, f_new, g_new, ok, n_eval
 
@@ -307,33 +356,34 @@ def _lbfgs_batch(
     evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
     stop: _Stop,
 ) -> _BatchResult:
-    """Minimise ``evaluate`` from every row of ``x0`` at once with L-BFGS.
+    """Minimise ``evaluate`` from every row of ``x0`` (k, dim) at once with L-BFGS.
 
-    ``evaluate(rows, x)`` returns ``(f, grad)`` for parameter rows ``x`` belonging to original rows
-    ``rows`` (so per-row data, e.g. bootstrap weights, can be looked up). A row stops when its gradient
-    max-norm is <= ``stop.gtol``, when ``f`` fell by <= ``stop.ftol * max(|f|, stop.ftol_floor)`` in
-    ``stop.patience`` consecutive iterations, when no step decreases ``f`` any more, or after
-    ``stop.max_iter`` iterations.
+    ``evaluate(rows, x)`` returns ``(f, grad)``, shapes (m,) and (dim, m), for the parameter columns of
+    ``x`` (dim, m) belonging to original rows ``rows`` (so per-row data, e.g. bootstrap weights, can be
+    looked up). A row stops when its gradient max-norm is <= ``stop.gtol``, when ``f`` fell by
+    <= ``stop.ftol * max(|f|, stop.ftol_floor)`` in ``stop.patience`` consecutive iterations, when no step
+    decreases ``f`` any more, or after ``stop.max_iter`` iterations.
     """
     gtol = stop.gtol
     k0, dim = x0.shape
     every = np.arange(k0)
-    f0, g0 = evaluate(every, x0)
+    x = np.ascontiguousarray(x0.T, dtype=float)
+    f0, g0 = evaluate(every, x)
     out = _BatchResult(
-        x=x0.copy(),
+        x=x0.astype(float, copy=True),
         f=f0.copy(),
-        grad=g0.copy(),
+        grad=g0.T.copy(),
         status=np.full(k0, _RUNNING),
         n_iter=np.zeros(k0, dtype=int),
         n_eval=k0,
     )
     out.status[~np.isfinite(f0)] = _NON_FINITE
-    out.status[np.isfinite(f0) & (np.abs(g0).max(axis=1) <= gtol)] = _GTOL
+    out.status[np.isfinite(f0) & (np.abs(g0).max(axis=0) <= gtol)] = _GTOL
     rows = np.flatnonzero(out.status == _RUNNING)
-    x, f, g = x0[rows].copy(), f0[rows].copy(), g0[rows].copy()
-    s_hist = np.zeros((rows.size, _MEMORY, dim))
-    y_hist = np.zeros((rows.size, _MEMORY, dim))
-    rho = np.zeros((rows.size, _MEMORY))
+    x, f, g = x[:, rows], f0[rows], g0[:, rows]
+    s_hist = np.zeros((_MEMORY, dim, rows.size))
+    y_hist = np.zeros((_MEMORY, dim, rows.size))
+    rho = np.zeros((_MEMORY, rows.size))
     gamma = np.zeros(rows.size)  # 0: no curvature pair yet
     stall = np.zeros(rows.size, dtype=int)
     for it in range(stop.max_iter):
@@ -342,61 +392,69 @@ def _lbfgs_batch(
         slot = it % _MEMORY
         order = [(slot - 1 - j) % _MEMORY for j in range(min(it, _MEMORY))]  # filled slots, newest first
         fresh = gamma == 0
-        gnorm = np.maximum(np.linalg.norm(g, axis=1), 1e-300)
+        gnorm = np.maximum(np.sqrt(_dot(g, g)), 1e-300)
         # Without curvature information take a unit-length steepest-descent step, as L-BFGS-B does.
         d = _two_loop(g, s_hist, y_hist, rho, np.where(fresh, 1.0 / gnorm, gamma), order)
-        gd = np.einsum("ij,ij->i", g, d)
+        gd = _dot(g, d)
         uphill = ~(gd < 0)
         if uphill.any():  # lost descent (numerically): restart those rows from steepest descent
-            d[uphill] = -g[uphill] / gnorm[uphill, None]
+            d[:, uphill] = -g[:, uphill] / gnorm[uphill]
             gd[uphill] = -gnorm[uphill]
-            rho[uphill] = 0.0
+            rho[:, uphill] = 0.0
             gamma[uphill] = 0.0
-        x_new, f_new, g_new, ok, n_eval = _line_search(evaluate, rows, x, f, d, gd)
+        x_new, f_new, g_new, ok, n_eval = _line_search(evaluate, rows, x, f, g, d, gd)
         out.n_eval += n_eval
         out.n_iter[rows] += 1
-        # Curvature pair into this iteration's slot (a no-op pair where the update is skipped).
-        s = x_new - x
-        y = g_new - g
-        sy = np.einsum("ij,ij->i", s, y)
-        yy = np.einsum("ij,ij->i", y, y)
+        # Curvature pair into this iteration's slot (a no-op pair where the update is skipped; rows
+        # without an acceptable step have s = y = 0).
+        s = np.subtract(x_new, x, out=s_hist[slot])
+        y = np.subtract(g_new, g, out=y_hist[slot])
+        sy = _dot(s, y)
+        yy = _dot(y, y)
         update = ok & (sy > 1e-10 * yy) & (yy > 0)
-        s_hist[:, slot] = np.where(update[:, None], s, 0.0)
-        y_hist[:, slot] = np.where(update[:, None], y, 0.0)
+        if not update.all():
+            s *= update
+            y *= update
         with np.errstate(divide="ignore", invalid="ignore"):
-            rho[:, slot] = np.where(update, 1.0 / sy, 0.0)
+            rho[slot] = np.where(update, 1.0 / sy, 0.0)
             gamma = np.where(update, sy / yy, gamma)
         decrease = f - f_new
         small = ok & (
             decrease <= stop.ftol * np.maximum(np.maximum(np.abs(f), np.abs(f_new)), stop.ftol_floor)
         )
         stall = np.where(small, stall + 1, 0)
-        x = np.where(ok[:, None], x_new, x)
-        f = np.where(ok, f_new, f)
-        g = np.where(ok[:, None], g_new, g)
+        x, f, g = x_new, f_new, g_new  # unchanged where no acceptable step was found
         status = np.full(rows.size, _RUNNING)
         status[stall >= stop.patience] = _FTOL
-        status[ok & (np.abs(g).max(axis=1) <= gtol)] = _GTOL
+        status[ok & (np.abs(g).max(axis=0) <= gtol)] = _GTOL
         # No acceptable step: like L-BFGS-B, drop the curvature memory and retry once from steepest
         # descent; a row that fails without memory has converged as far as the objective allows.
         retry = ~ok & (gamma != 0)
-        rho[retry] = 0.0
-        gamma[retry] = 0.0
+        if retry.any():
+            rho[:, retry] = 0.0
+            gamma[retry] = 0.0
         status[~ok & ~retry] = _LINE_SEARCH
         finished = status != _RUNNING
         if finished.any():
             done = rows[finished]
             out.x[done], out.f[done], out.grad[done], out.status[done] = (
-                x[finished],
+                x[:, finished].T,
                 f[finished],
-                g[finished],
+                g[:, finished].T,
                 status[finished],
             )
             keep = ~finished
-            rows, x, f, g, stall, gamma = rows[keep], x[keep], f[keep], g[keep], stall[keep], gamma[keep]
-            s_hist, y_hist, rho = s_hist[keep], y_hist[keep], rho[keep]
+            rows, x, f, g, stall, gamma = (
+                rows[keep],
+                x[:, keep],
+                f[keep],
+                g[:, keep],
+                stall[keep],
+                gamma[keep],
+            )
+            s_hist, y_hist, rho = s_hist[..., keep], y_hist[..., keep], rho[:, keep]
     if rows.size:
-        out.x[rows], out.f[rows], out.grad[rows], out.status[rows] = x, f, g, _MAX_ITER
+        out.x[rows], out.f[rows], out.grad[rows], out.status[rows] = x.T, f, g.T, _MAX_ITER
     return out
 
 
@@ -807,13 +865,13 @@ def _fit_clean(
     log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
     objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta)
     scale = huber_delta * float(w.sum())  # summed Huber / scale ~ weighted mean |log residual|
+    w_scaled = w / scale
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f, g = objective(theta, w)
-        return f / scale, g / scale
+        return objective(theta, w_scaled)
 
-    # 1. Every start, with L-BFGS-B's default tolerances.
-    grid = _lbfgs_batch(starts, evaluate, _GRID_STOP)
+    # 1. Every start, stopping where scipy's L-BFGS-B with default options would.
+    grid = _lbfgs_batch(starts, evaluate, _grid_stop(scale))
     finite = np.flatnonzero(np.isfinite(grid.f))
     if finite.size == 0:
         raise ValueError(
@@ -833,8 +891,8 @@ def _fit_clean(
 
     # 3. Polish the winner with scipy's L-BFGS-B; keep it only if it is lower.
     def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = evaluate(np.zeros(1, dtype=int), theta[None, :])
-        return float(f[0]), g[0]
+        f, g = evaluate(np.zeros(1, dtype=int), theta[:, None])
+        return float(f[0]), g[:, 0]
 
     polished = optimize.minimize(
         single,
@@ -918,13 +976,11 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     counts = _resample_counts(w, n_boot, log_n, log_d, rng)
     weights = counts * w  # resampled points keep their own weight
-    scales = huber_delta * weights.sum(axis=1)
+    weights /= huber_delta * weights.sum(axis=1, keepdims=True)  # each refit's objective as in _fit_clean
     n_warm = warm.shape[0]  # row i starts from warm[i // n_boot] on resample i % n_boot
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        f, g = objective(theta, weights, rows % n_boot)
-        s = scales[rows % n_boot]
-        return f / s, g / s[:, None]
+        return objective(theta, weights, rows % n_boot)
 
     x0 = np.repeat(warm, n_boot, axis=0)
     res = _lbfgs_batch(x0, evaluate, _TIGHT_STOP)
@@ -1011,6 +1067,13 @@ def fit_parametric(
     n, d, loss, w = n[order], d[order], loss[order], w[order]
     _check_design(n, d, w)
     fit = _fit_clean(
-        n, d, loss, w, huber_delta=float(huber_delta), starts=starts, bootstrap=int(bootstrap), seed=int(seed)
+        n,
+        d,
+        loss,
+        w,
+        huber_delta=float(huber_delta),
+        starts=starts,
+        bootstrap=int(bootstrap),
+        seed=int(seed),
     )
     return replace(fit, excluded=excluded) if len(excluded) else fit
