@@ -134,7 +134,6 @@ def test_no_worse_than_per_start_scipy_lbfgsb(chinchilla_fit):
 
 def test_kernel_gradient_matches_finite_differences():
     n, d, loss = chinchilla_points()
-    obj = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3)
     rng = np.random.default_rng(0)
     theta = np.column_stack(
         [
@@ -145,12 +144,23 @@ def test_kernel_gradient_matches_finite_differences():
             rng.uniform(0.2, 0.5, 6),
         ]
     )
-    for w in (rng.uniform(0.5, 2.0, n.size), np.ones(n.size)):  # weighted, and the unit-weight shortcut
-        check_kernel(obj, theta, w, n, d, loss)
+    weighted, unit = rng.uniform(0.5, 2.0, n.size), np.ones(n.size)
+    for w in (weighted, unit):  # per-point weights, and equal weights (applied once to f and grad)
+        check_kernel(theta, w, n, d, loss)
+    # A bootstrap table: column i takes the weights in row rows[i], whatever the constructor's weights.
+    obj = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, unit)
+    rows = np.arange(theta.shape[0]) % 2
+    f, g = obj(np.ascontiguousarray(theta.T), np.stack([weighted, 3.0 * unit]), rows)
+    for i, row in enumerate(theta):
+        w = weighted if rows[i] == 0 else 3.0 * unit
+        assert f[i] == pytest.approx(reference_objective(row, n, d, loss, weights=w), rel=1e-12)
+    by_weights = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, weighted)
+    assert np.allclose(g[:, rows == 0], by_weights(np.ascontiguousarray(theta[rows == 0].T))[1], rtol=1e-12)
 
 
-def check_kernel(obj, theta, w, n, d, loss) -> None:
-    f, g = obj(np.ascontiguousarray(theta.T), w)  # the kernel takes parameter vectors as columns
+def check_kernel(theta, w, n, d, loss) -> None:
+    obj = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, w)
+    f, g = obj(np.ascontiguousarray(theta.T))  # the kernel takes parameter vectors as columns
     g = g.T
     for i, row in enumerate(theta):
         assert f[i] == pytest.approx(reference_objective(row, n, d, loss, weights=w), rel=1e-12)

@@ -35,11 +35,14 @@ def _profile_residuals(log_n: np.ndarray, log_l: np.ndarray) -> tuple[np.ndarray
     order = np.argsort(log_n, kind="stable")
     x = log_n[order] - log_n.mean()
     y = log_l[order]
+    design = np.vander(x, 4)  # cubic in ln N (centred)
     w = np.ones_like(x)
     resid = np.zeros_like(x)
     for _ in range(30):
-        coef = np.polyfit(x, y, 3, w=np.sqrt(w))
-        resid = y - np.polyval(coef, x)
+        # weighted least squares by its normal equations: 4 unknowns, ln N centred, so well conditioned
+        wd = design * w[:, None]
+        coef = np.linalg.solve(wd.T @ design, wd.T @ y)
+        resid = y - design @ coef
         scale = 1.4826 * np.median(np.abs(resid))
         if scale <= 1e-12:
             break

@@ -89,7 +89,8 @@ class _Stop:
 # objective itself (pgtol 1e-5 on the gradient; a decrease of at most factr * eps = 2.2e-9 times
 # max(|f|, 1)), i.e. where the per-start loop the method prescribes stops: on the Chinchilla points the
 # batch then takes the same iterations and evaluations per start as that loop. The grid only ranks the
-# starts; the best ones are refined with the tight tolerances below.
+# starts; the best ones are refined with the tight tolerances below. (scipy's iteration cap is 15000; the
+# grid's is 1000, far above the 373 the slowest Chinchilla start needs.)
 _GRID_PGTOL, _GRID_FACTR_EPS, _GRID_MAX_ITER = 1e-5, 2.2e-9, 1000
 
 
@@ -139,41 +140,45 @@ class _HuberLogObjective:
     threads at once.
     """
 
-    def __init__(self, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float) -> None:
+    def __init__(
+        self, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float, weights: np.ndarray
+    ) -> None:
         ones = np.ones_like(log_n)
         self.delta = float(delta)
         self.n_points = log_n.size
-        self._m1 = np.stack([ones, log_n, log_l])  # [a, -alpha, -1] @ m1 = a - alpha log N - log L
-        self._m2 = np.stack([ones, log_d, log_l])
+        self._m1 = np.stack([ones, -log_n, -log_l])  # [a, alpha, 1] @ m1 = a - alpha log N - log L
+        self._m2 = np.stack([ones, -log_d, -log_l])
         self._inv_l = np.exp(-log_l)
         self._g1 = np.stack([ones, -log_n])  # d/d(a, alpha) of the first exponent
         self._g2 = np.stack([ones, -log_d])
+        # Equal weights (the usual case) are applied to f and grad once instead of to every residual.
+        self._common = float(weights[0]) if bool((weights == weights[0]).all()) else None
+        self._weights = None if self._common is not None else np.asarray(weights, dtype=float)
         self._chunk = max(8, _CHUNK_ELEMENTS // log_n.size)
         self._work = np.empty((6, self._chunk, log_n.size))
+        self._p = np.ones((2, self._chunk, 3))  # per block: [a, alpha, 1] and [b, beta, 1] per column
 
     def __call__(
-        self, theta: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
+        self, theta: np.ndarray, table: np.ndarray | None = None, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(f, grad)``, shapes (k,) and (5, k), for the parameter columns of ``theta`` (5, k).
 
-        ``weights`` is one weight per point (n,), or a table (m, n) of which row ``rows[i]`` weights
-        column ``i`` (bootstrap resamples).
+        Points carry the constructor's ``weights``, or with ``table`` (m, n) the weights in row ``rows[i]``
+        for column ``i`` (bootstrap resamples).
         """
         k = theta.shape[1]
         f = np.empty(k)
         g = np.empty((5, k))
-        # Equal weights (the usual case) are applied to f and grad once instead of to every residual.
-        common = float(weights[0]) if weights.ndim == 1 and bool((weights == weights[0]).all()) else None
-        w = None if common is not None else weights
+        common = None if table is not None else self._common
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for lo in range(0, k, self._chunk):
                 hi = min(lo + self._chunk, k)
-                if w is not None and w.ndim == 2:
+                if table is not None:
                     assert rows is not None
-                    w_block = np.take(w, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
+                    w = np.take(table, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
                 else:
-                    w_block = w
-                self._block(theta[:, lo:hi], w_block, f[lo:hi], g[:, lo:hi])
+                    w = self._weights
+                self._block(theta[:, lo:hi], w, f[lo:hi], g[:, lo:hi])
         if common is not None and common != 1.0:
             f *= common
             g *= common
@@ -186,12 +191,12 @@ class _HuberLogObjective:
     def _block(self, theta: np.ndarray, w: np.ndarray | None, f: np.ndarray, grad: np.ndarray) -> None:
         k = theta.shape[1]
         t1, t2, s, r, q = (buf[:k] for buf in self._work[:5])
-        p = np.empty((k, 3))
-        p[:, 0], p[:, 1], p[:, 2] = theta[1], -theta[3], -1.0
-        np.matmul(p, self._m1, out=t1)  # a - alpha log N - log L
+        p1, p2 = self._p[0, :k], self._p[1, :k]
+        p1[:, 0], p1[:, 1] = theta[1], theta[3]
+        p2[:, 0], p2[:, 1] = theta[2], theta[4]
+        np.matmul(p1, self._m1, out=t1)  # a - alpha log N - log L
         np.exp(t1, out=t1)
-        p[:, 0], p[:, 1] = theta[2], -theta[4]
-        np.matmul(p, self._m2, out=t2)
+        np.matmul(p2, self._m2, out=t2)
         np.exp(t2, out=t2)
         big_e = np.exp(theta[0])
         np.einsum("i,j->ij", big_e, self._inv_l, out=s)  # E / L_observed
@@ -863,12 +868,11 @@ def _fit_clean(
     """Approach 3 on validated arrays: N, D, L positive finite, w >= 0 with a usable design."""
     t_start = time.perf_counter()
     log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
-    objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta)
     scale = huber_delta * float(w.sum())  # summed Huber / scale ~ weighted mean |log residual|
-    w_scaled = w / scale
+    objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta, w / scale)
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return objective(theta, w_scaled)
+        return objective(theta)
 
     # 1. Every start, stopping where scipy's L-BFGS-B with default options would.
     grid = _lbfgs_batch(starts, evaluate, _grid_stop(scale))
