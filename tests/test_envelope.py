@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
+from flops_fit.analysis.envelope import EnvelopeFit, _curve_arrays, _envelope_arrays, _on_grid, fit_envelope
 from real_data import olmo_ladder_runs
 from synth import TRUE, true_a
 
@@ -66,3 +66,49 @@ def test_olmo_ladder_envelope(data_dir):
     # compute-optimal N grows with compute, roughly as the square root (published estimates: 0.46-0.55)
     assert 0.3 < fit.a < 0.75
     assert fit.l_opt_fit.a < 0
+
+
+def _envelope_one_at_a_time(runs_c, grid):
+    """Reference: the envelope of one list of runs, built run by run (the lowest loss wins, first of equals)."""
+    best_l, best_run = np.full(grid.size, np.inf), np.full(grid.size, -1)
+    n_lo, n_hi = np.full(grid.size, np.inf), np.full(grid.size, -np.inf)
+    for j, (n, _, lc, ll) in enumerate(runs_c):
+        inside = (grid >= lc[0]) & (grid <= lc[-1])
+        interp = np.interp(grid, lc, ll)
+        better = inside & (interp < best_l)
+        best_l[better], best_run[better] = interp[better], j
+        n_lo[inside], n_hi[inside] = np.minimum(n_lo[inside], n), np.maximum(n_hi[inside], n)
+    n_best = np.array([runs_c[j][0] if j >= 0 else np.nan for j in best_run])
+    keep = (best_run >= 0) & (n_best > n_lo) & (n_best < n_hi)
+    fpt = np.array([runs_c[j][1] for j in best_run[keep]])
+    return keep, n_best[keep], np.exp(grid[keep]) / fpt, np.exp(best_l[keep])
+
+
+def test_envelope_of_many_resamples_at_once_matches_one_at_a_time(data_dir):
+    rng = np.random.default_rng(0)
+    for runs in (_synthetic_runs(), olmo_ladder_runs(data_dir)):
+        runs_c = []
+        for row in runs.itertuples(index=False):
+            tokens, loss = _curve_arrays(row.curve, row.experiment_id)
+            fpt = row.compute_budget / row.num_tokens
+            runs_c.append((row.num_params, fpt, np.log(tokens * fpt), np.log(loss)))
+        grid = np.linspace(min(r[2][0] for r in runs_c), max(r[2][-1] for r in runs_c), 300)
+        picks = rng.integers(0, len(runs_c), (20, len(runs_c)))
+        present = np.zeros(picks.shape, dtype=bool)
+        present[np.arange(20)[:, None], picks] = True
+        sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+        kept, n_opt, d_opt, l_opt = _envelope_arrays(sizes, fpt, _on_grid(runs_c, grid), grid, present)
+        for r in range(20):
+            keep, *ref = _envelope_one_at_a_time([runs_c[i] for i in picks[r]], grid)
+            np.testing.assert_array_equal(kept[r], keep)
+            for got, want in zip((n_opt, d_opt, l_opt), ref, strict=True):
+                np.testing.assert_allclose(got[r][keep], want, rtol=1e-14)
+
+
+def test_envelope_bootstrap_is_seeded():
+    runs = _synthetic_runs()
+    fit = fit_envelope(runs, bootstrap=60, seed=2)
+    again = fit_envelope(runs, bootstrap=60, seed=2)
+    for name in ("n_opt_fit", "d_opt_fit", "l_opt_fit"):
+        assert getattr(again, name) == getattr(fit, name)
+    assert fit_envelope(runs, bootstrap=60, seed=3).n_opt_fit.a_ci != fit.n_opt_fit.a_ci

@@ -5,8 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop, fit_profile
-from synth import isoflop_sweep, true_a, true_n_opt
+from flops_fit.analysis._offset import fit_offset_power_laws
+from flops_fit.analysis.isoflop import IsoFLOPFit, _profile_minima, _tokens_at, fit_isoflop, fit_profile
+from synth import TRUE, isoflop_sweep, true_a, true_n_opt
+from test_power_law import assert_same_optimum
 
 
 def test_recovers_true_exponent_within_bootstrap_ci():
@@ -126,3 +128,89 @@ def test_porian_configs_match_authors_exponent(data_dir):
     assert len(gaps) == 15
     assert gaps.max() < 0.05, gaps
     assert np.median(gaps) < 0.02, gaps
+
+
+# --------------------------------------------------------------------------------------------------
+# the vectorised bootstrap: per-budget minima of many resamples at once, then batched laws
+
+
+def _porian_configs(data_dir, count):
+    df = pd.read_csv(data_dir / "porian2024_isoflop_points.csv")
+    keys = ["source_file", "dataset", "hparams", "warmup", "decay", "param_count", "val"]
+    return [g for _, g in list(df.groupby(keys))[:count]]
+
+
+def _odd_budgets():
+    """Budgets of every shape fit_profile meets: ties in N or loss, edges, concave, flat, too few sizes."""
+    rng = np.random.default_rng(11)
+    out = []
+    for i in range(30):
+        m = int(rng.integers(2, 12))
+        n = np.round(np.geomspace(1e6, 1e6 * 10 ** rng.uniform(0.3, 3), m), -3)
+        if i % 3 == 0:
+            n[rng.integers(0, m)] = n[rng.integers(0, m)]
+        x = np.log(n)
+        l = 3 + 0.05 * (x - x.mean() - rng.normal(0, 1)) ** 2 + rng.normal(0, 10 ** rng.uniform(-4, -1), m)
+        if i % 5 == 0:
+            l[rng.integers(0, m)] = l.min()
+        out.append((n, 6e18 / n, l))
+    return out
+
+
+def test_profile_minima_match_fit_profile_on_resamples(data_dir):
+    budgets = _odd_budgets()
+    for g in _porian_configs(data_dir, 2):
+        c = g["flops"].to_numpy()
+        for center in np.unique(c):
+            m = c == center
+            budgets.append((g["n"].to_numpy()[m], g["t"].to_numpy()[m], g["loss"].to_numpy()[m]))
+    rng = np.random.default_rng(0)
+    flags_seen = set()
+    for n, d, l in budgets:
+        counts = rng.multinomial(n.size, np.full(n.size, 1 / n.size), size=25)
+        used, n_star, d_star, l_star = _profile_minima(n, d, l, counts)
+        for r in range(25):
+            pick = rng.permutation(np.repeat(np.arange(n.size), counts[r]))  # any row order
+            prof = fit_profile(n[pick], l[pick])
+            flags_seen.update(prof.flags)
+            assert used[r] == (not prof.flags)
+            if used[r]:
+                d_ref = _tokens_at(n[pick], d[pick], prof.optimal_params)
+                np.testing.assert_allclose(
+                    [n_star[r], d_star[r], l_star[r]],
+                    [prof.optimal_params, d_ref, prof.optimal_loss],
+                    rtol=1e-9,
+                )
+    assert flags_seen >= {"edge_small", "edge_large", "no_curvature", "too_few_points", "flat"}
+
+
+def test_fit_profile_does_not_depend_on_row_order_with_tied_sizes():
+    n = np.array([1e6, 2e6, 2e6, 4e6, 8e6, 8e6, 16e6])
+    l = np.array([3.2, 3.1, 3.05, 3.0, 3.02, 3.04, 3.15])
+    ref = fit_profile(n, l)
+    for seed in range(5):
+        p = np.random.default_rng(seed).permutation(n.size)
+        assert fit_profile(n[p], l[p]) == ref
+
+
+def test_batched_l_opt_law_matches_scipy_on_porian_minima(data_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for g in _porian_configs(data_dir, 4):
+            minima = fit_isoflop(g["n"], g["t"], g["loss"], g["flops"]).minima
+            used = minima[minima["used"]]
+            x, y = used["compute_budget"].to_numpy(), used["optimal_loss"].to_numpy()
+            assert_same_optimum(fit_offset_power_laws(x, y[None], np.ones((1, x.size)))[0], x, y)
+
+
+def test_bootstrap_covers_l_opt_truth_and_is_seeded():
+    n, d, l, c = isoflop_sweep(noise=0.003, seed=0)
+    fit = fit_isoflop(n, d, l, c, bootstrap=400, seed=0)
+    # for L = E + A/N^alpha + B/D^beta at D = C/6N the compute-optimal loss is exactly E + k C^c
+    c_true = -TRUE["alpha"] * TRUE["beta"] / (TRUE["alpha"] + TRUE["beta"])
+    assert fit.l_opt_fit.offset_ci[0] < TRUE["E"] < fit.l_opt_fit.offset_ci[1]
+    assert fit.l_opt_fit.a_ci[0] < c_true < fit.l_opt_fit.a_ci[1]
+    assert fit.samples.shape == (400, 7)
+    again = fit_isoflop(n, d, l, c, bootstrap=400, seed=0)
+    np.testing.assert_array_equal(again.samples, fit.samples)
+    assert not np.array_equal(fit_isoflop(n, d, l, c, bootstrap=400, seed=1).samples, fit.samples)

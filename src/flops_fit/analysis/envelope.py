@@ -26,7 +26,7 @@ from flops_fit.analysis._validate import (
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import optimum_record, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
-from flops_fit.analysis.power_law import PowerLawFit, fit_power_law
+from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
 from flops_fit.runs import validate_runs
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,41 @@ def fit_envelope(
     return EnvelopeFit(n_fit, d_fit, l_fit, env, excluded)
 
 
+def _on_grid(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]], grid: np.ndarray) -> np.ndarray:
+    """Each run's log loss interpolated at the grid's log FLOP values, inf where its curve does not reach."""
+    out = np.full((len(runs_c), grid.size), np.inf)
+    for j, (_, _, lc, ll) in enumerate(runs_c):
+        inside = (grid >= lc[0]) & (grid <= lc[-1])
+        out[j, inside] = np.interp(grid[inside], lc, ll) if lc.size > 1 else ll[0]
+    return out
+
+
+def _envelope_arrays(
+    sizes: np.ndarray, fpt: np.ndarray, curves: np.ndarray, grid: np.ndarray, present: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The envelope of each subset of runs (row of ``present``, (R, runs) bool) at every grid point.
+
+    ``sizes``, ``fpt``: each run's N and FLOPs per token; ``curves``: :func:`_on_grid`. Returns (kept, N, D,
+    loss), each (R, G): ``kept`` marks grid points where the lowest-loss run (the first of equals) has both a
+    smaller and a larger run reaching that FLOP value, i.e. where the optimum is bracketed.
+    """
+    block = max(1, (1 << 21) // curves.size)
+    kept = np.zeros((present.shape[0], grid.size), dtype=bool)
+    best = np.zeros(kept.shape, dtype=int)
+    loss = np.zeros(kept.shape)
+    for lo in range(0, present.shape[0], block):
+        rows = slice(lo, lo + block)
+        lv = np.where(present[rows, :, None], curves[None], np.inf)  # (rows, runs, G)
+        b = np.argmin(lv, axis=1)
+        reach = np.isfinite(lv)
+        n_lo = np.where(reach, sizes[:, None], np.inf).min(1)
+        n_hi = np.where(reach, sizes[:, None], -np.inf).max(1)
+        best[rows] = b
+        loss[rows] = np.take_along_axis(lv, b[:, None], axis=1)[:, 0]
+        kept[rows] = np.isfinite(loss[rows]) & (sizes[b] > n_lo) & (sizes[b] < n_hi)
+    return kept, sizes[best], np.exp(grid) / fpt[best], np.exp(np.where(kept, loss, 0.0))
+
+
 def _envelope(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]], grid: np.ndarray) -> pd.DataFrame:
     """The lowest-loss run at each grid FLOP value (log), kept only where the optimum is bracketed.
 
@@ -190,33 +225,17 @@ def _envelope(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]], grid: n
     smaller (larger) model might have been better: such points are censored, like an edge minimum in
     Approach 2, and are dropped (otherwise the envelope flattens at both ends and biases the exponent).
     """
-    best_l = np.full(grid.size, np.inf)
-    best_run = np.full(grid.size, -1)
-    n_lo = np.full(grid.size, np.inf)
-    n_hi = np.full(grid.size, -np.inf)
-    for j, (n, _, lc, ll) in enumerate(runs_c):
-        inside = (grid >= lc[0]) & (grid <= lc[-1])
-        if not inside.any():
-            continue
-        interp = np.interp(grid[inside], lc, ll) if lc.size > 1 else np.full(inside.sum(), ll[0])
-        idx = np.flatnonzero(inside)
-        better = interp < best_l[idx]
-        best_l[idx[better]] = interp[better]
-        best_run[idx[better]] = j
-        n_lo[idx] = np.minimum(n_lo[idx], n)
-        n_hi[idx] = np.maximum(n_hi[idx], n)
-    covered = best_run >= 0
-    n_best = np.where(covered, np.array([runs_c[j][0] for j in np.maximum(best_run, 0)]), np.nan)
-    keep = covered & (n_best > n_lo) & (n_best < n_hi)
-    grid, best_l, best_run = grid[keep], best_l[keep], best_run[keep]
-    n_opt = np.array([runs_c[j][0] for j in best_run])
-    d_opt = np.exp(grid) / np.array([runs_c[j][1] for j in best_run])
+    sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+    kept, n_opt, d_opt, l_opt = (
+        v[0]
+        for v in _envelope_arrays(sizes, fpt, _on_grid(runs_c, grid), grid, np.ones((1, len(runs_c)), bool))
+    )
     return pd.DataFrame(
         {
-            "compute": np.exp(grid),
-            "optimal_params": n_opt,
-            "optimal_tokens": d_opt,
-            "optimal_loss": np.exp(best_l),
+            "compute": np.exp(grid[kept]),
+            "optimal_params": n_opt[kept],
+            "optimal_tokens": d_opt[kept],
+            "optimal_loss": l_opt[kept],
         }
     )
 
@@ -243,22 +262,27 @@ def _bootstrap_laws(
 ) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
     """Resample whole runs with replacement, rebuild the envelope and refit: 95% percentile intervals."""
     rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(runs_c), (reps, len(runs_c)))
+    present = np.zeros(picks.shape, dtype=bool)
+    present[np.arange(reps)[:, None], picks] = True
+    sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+    curves = _on_grid(runs_c, grid)
+    c = np.exp(grid)
     draws = []
-    for _ in range(reps):
-        pick = rng.integers(0, len(runs_c), len(runs_c))
-        env = _envelope([runs_c[i] for i in pick], grid)
-        if len(env) < 2 or env["optimal_params"].nunique() < 2:
-            continue
-        try:
-            n_fit, d_fit, l_fit = _laws(env)
-        except ValueError:
-            continue
-        draws.append(
-            [np.log(n_fit.k), n_fit.a, np.log(d_fit.k), d_fit.a, l_fit.offset, np.log(l_fit.k), l_fit.a]
-        )
-    if len(draws) < 2:
+    for lo in range(0, reps, 500):  # blocks of resamples bound the memory of the (resample, grid) arrays
+        kept, n_opt, d_opt, l_opt = _envelope_arrays(sizes, fpt, curves, grid, present[lo : lo + 500])
+        w = kept.astype(float)
+        # a draw needs 2 sizes on its envelope and 3 points for the L_opt law, as fit_power_law does
+        varied = np.where(kept, n_opt, np.inf).min(1) < np.where(kept, n_opt, -np.inf).max(1)
+        ok = varied & (kept.sum(1) >= 3)
+        laws = [
+            fit_power_law_batch(c, y[ok], w[ok], offset=off)
+            for y, off in ((n_opt, False), (d_opt, False), (l_opt, True))
+        ]
+        draws.append(np.concatenate([laws[0][:, 1:], laws[1][:, 1:], laws[2]], axis=1))
+    s = np.concatenate(draws)
+    if len(s) < 2:
         return fits
-    s = np.asarray(draws)
     return tuple(
         with_sample_ci(fit, s, cols)
         for fit, cols in zip(fits, ((0, 1, None), (2, 3, None), (5, 6, 4)), strict=True)

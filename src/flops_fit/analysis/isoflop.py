@@ -28,7 +28,7 @@ from flops_fit.analysis._validate import (
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.outliers import exclude_outliers
-from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, fit_power_law
+from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, _ols, fit_power_law, fit_power_law_batch
 from flops_fit.runs import runs_from_arrays
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def fit_profile(num_params: np.ndarray, loss: np.ndarray, window: float = PROFIL
     least). The minimum is flagged ``edge_small`` / ``edge_large`` when the lowest observed loss or the
     vertex sits at or beyond the smallest / largest sampled size: the sweep does not bracket the optimum.
     """
-    order = np.argsort(num_params)
+    order = np.lexsort((loss, num_params))  # by size, ties by loss: the result does not depend on row order
     n, l = np.asarray(num_params, float)[order], np.asarray(loss, float)[order]
     x = np.log(n)
     flags: list[str] = []
@@ -135,6 +135,91 @@ def _tokens_at(n: np.ndarray, d: np.ndarray, n_star: float) -> float:
         return float(np.exp(np.mean(np.log(d)) - (math.log(n_star) - np.mean(np.log(n)))))
     slope, icpt = np.polyfit(np.log(n), np.log(d), 1)
     return float(math.exp(icpt + slope * math.log(n_star)))
+
+
+def _profile_minima(
+    n: np.ndarray, d: np.ndarray, l: np.ndarray, counts: np.ndarray, window: float = PROFILE_WINDOW
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fit_profile` and :func:`_tokens_at` for many resamples of one budget's runs at once.
+
+    ``n``, ``d``, ``l`` (m,): the budget's runs; ``counts`` (R, m): how often each run is drawn in each
+    resample. Row r reproduces ``fit_profile`` on the runs repeated ``counts[r]`` times, the same rules step
+    by step on positions in that sorted, repeated list (run j fills positions [start_j, end_j)).
+
+    Returns (used, N*, D*, L*), each (R,): ``used`` is False where fit_profile would flag the budget.
+    """
+    order = np.lexsort((l, n))
+    n, d, l, cnt = n[order], d[order], l[order], counts[:, order]
+    x = np.log(n)
+    rows, m = cnt.shape
+    end = np.cumsum(cnt, axis=1)
+    start = end - cnt
+    size = end[:, -1]
+    present = cnt > 0
+    group_start = np.flatnonzero(np.r_[True, np.diff(x) > 0])  # runs sharing a size count once
+
+    def n_sizes(mask: np.ndarray) -> np.ndarray:
+        return np.logical_or.reduceat(mask, group_start, axis=1).sum(1)
+
+    def x_at(pos: np.ndarray) -> np.ndarray:  # size of the run at each row's position ``pos``
+        return x[np.minimum((end <= pos[:, None]).sum(1), m - 1)]
+
+    def in_window() -> np.ndarray:  # how many of each run's copies lie in each row's window [lo, hi)
+        return np.clip(np.minimum(hi[:, None], end) - np.maximum(lo[:, None], start), 0, None)
+
+    enough = n_sizes(present) >= MIN_POINTS_PER_BUDGET
+    j_min = np.argmin(np.where(present, l, np.inf), axis=1)  # first run with the lowest loss
+    x_min, l_min, i_min = x[j_min], l[j_min], start[np.arange(rows), j_min]
+    dist = np.abs(x[None, :] - x_min[:, None])
+    # the window: sizes within a factor ``window`` of the minimum, and at least the 3 nearest positions
+    near = present & (dist <= math.log(window) + 1e-12)
+    lo = np.where(near, start, size[:, None]).min(1)
+    hi = np.where(near, end, 0).max(1)
+    by_dist = np.argsort(np.where(present, dist, np.inf), axis=1, kind="stable")
+    c_sorted = np.take_along_axis(cnt, by_dist, axis=1)
+    before = np.cumsum(c_sorted, axis=1) - c_sorted
+    take = np.clip(MIN_POINTS_PER_BUDGET - before, 0, c_sorted)
+    s_sorted = np.take_along_axis(start, by_dist, axis=1)
+    lo = np.minimum(lo, np.where(take > 0, s_sorted, size[:, None]).min(1))
+    hi = np.maximum(hi, np.where(take > 0, s_sorted + take, 0).max(1))
+    # drop the end farther from the minimum until the parabola is convex (fit_profile's loop, all rows)
+    coef = np.full((rows, 3), np.nan)
+    active = enough.copy()
+    while active.any():
+        in_win = in_window()
+        fits = active & (n_sizes(in_win > 0) >= MIN_POINTS_PER_BUDGET)
+        if fits.any():
+            c = _quadratic_fit(x[None, :] - x_min[fits, None], l - l_min[fits, None], in_win[fits])
+            convex = c[:, 0] > 0
+            coef[np.flatnonzero(fits)[convex]] = c[convex]
+            active[np.flatnonzero(fits)[convex]] = False
+        active &= hi - lo > MIN_POINTS_PER_BUDGET
+        left = x_min - x_at(lo) >= x_at(hi - 1) - x_min
+        lo = np.where(active & left, lo + 1, lo)
+        hi = np.where(active & ~left, hi - 1, hi)
+    c2, c1, c0 = coef.T
+    has = np.isfinite(c2)
+    in_win = in_window()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = x_min - c1 / (2 * c2)
+        l_star = l_min + c0 - c1**2 / (4 * c2)
+        dx = x[None, :] - x_min[:, None]
+        fitted = np.where(in_win > 0, c2[:, None] * dx**2 + c1[:, None] * dx + c0[:, None], -np.inf)
+        flat = (l_min + fitted.max(1) - l_star) / np.abs(l_star) < FLAT_RELATIVE_DEPTH
+    x_lo, x_hi = x_at(np.zeros(rows, dtype=int)), x_at(size - 1)
+    edge = (i_min == 0) | (vertex <= x_lo) | (i_min == size - 1) | (vertex >= x_hi)
+    used = enough & has & ~flat & ~edge
+    icpt, slope = _ols(np.log(n), np.log(d), cnt.astype(float))
+    vertex = np.where(used, vertex, np.nan)
+    return used, np.exp(vertex), np.exp(icpt + slope * vertex), np.where(used, l_star, np.nan)
+
+
+def _quadratic_fit(dx: np.ndarray, dl: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted least-squares parabolas dl = c2 dx^2 + c1 dx + c0, one per row: (R, 3) rows (c2, c1, c0)."""
+    powers = np.stack([dx**2, dx, np.ones_like(dx)], axis=-1) * np.sqrt(w)[..., None]  # (R, m, 3)
+    q, r = np.linalg.qr(powers)
+    rhs = np.einsum("rmk,rm->rk", q, np.broadcast_to(dl, w.shape) * np.sqrt(w))
+    return np.linalg.solve(r, rhs[..., None])[..., 0]
 
 
 def budget_minima(
@@ -444,31 +529,19 @@ def _bootstrap(
     """Resample runs within each budget bucket, redo minima and laws; rows: ln k_N, a, ln k_D, b, E, ln k_L, c_L."""
     rng = np.random.default_rng(seed)
     labels, centers = bucket_budgets(c, rtol=rtol)
+    shape = (reps, len(centers))
+    used = np.zeros(shape, dtype=bool)
+    n_star, d_star, l_star = (np.full(shape, np.nan) for _ in range(3))
+    for k in range(len(centers)):
+        m = np.flatnonzero(labels == k)
+        counts = rng.multinomial(m.size, np.full(m.size, 1.0 / m.size), size=reps)
+        used[:, k], n_star[:, k], d_star[:, k], l_star[:, k] = _profile_minima(n[m], d[m], l[m], counts)
+    w = used.astype(float)
+    n_law = fit_power_law_batch(centers, n_star, w)
+    d_law = fit_power_law_batch(centers, d_star, w)
+    # the L_opt law gets its offset where the full fit had one and the resample keeps 3 or more budgets
     use_offset = bool(minima["used"].sum() >= MIN_BUDGETS_FOR_OFFSET)
-    members = [np.flatnonzero(labels == k) for k in range(len(centers))]
-    out = np.full((reps, 7), np.nan)
-    for r in range(reps):
-        cs, ns, ds, ls = [], [], [], []
-        for k, m in enumerate(members):
-            pick = rng.choice(m, size=m.size, replace=True)
-            prof = fit_profile(n[pick], l[pick])
-            if prof.flags:
-                continue
-            cs.append(centers[k])
-            ns.append(prof.optimal_params)
-            ds.append(_tokens_at(n[pick], d[pick], prof.optimal_params))
-            ls.append(prof.optimal_loss)
-        if len(cs) < 2:
-            continue
-        cs_a = np.asarray(cs)
-        try:
-            nf = fit_power_law(cs_a, ns)
-            df_ = fit_power_law(cs_a, ds)
-            if use_offset and len(cs) >= 3:
-                lf = fit_power_law(cs_a, ls, offset=True)
-            else:
-                lf = fit_power_law(cs_a, ls)
-        except ValueError:
-            continue
-        out[r] = (math.log(nf.k), nf.a, math.log(df_.k), df_.a, lf.offset, math.log(lf.k), lf.a)
+    l_law = fit_power_law_batch(centers, l_star, w, offset=use_offset & (used.sum(1) >= 3))
+    out = np.concatenate([n_law[:, 1:], d_law[:, 1:], l_law], axis=1)
+    out[used.sum(1) < 2] = np.nan
     return out[np.isfinite(out[:, 1])]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
+from flops_fit.analysis._offset import distinct_present, fit_offset_power_laws
 from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_seed
 
 CI_LEVEL = 0.95
@@ -130,11 +131,14 @@ def _valid_xy(x: Any, y: Any, need: int, what: str) -> tuple[np.ndarray, np.ndar
 
 
 def _ols(lx: np.ndarray, ly: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted least squares of ly on lx for many weight rows at once: returns (intercepts, slopes)."""
+    """Weighted least squares of ly on lx for many weight rows at once: returns (intercepts, slopes).
+
+    ``ly`` is shared by all rows (shape (m,)) or given per row (shape (R, m)).
+    """
     w = np.ones((1, lx.size)) if w is None else np.atleast_2d(w)
     sw = w.sum(1)
     mx = (w @ lx) / sw
-    my = (w @ ly) / sw
+    my = (w @ ly) / sw if ly.ndim == 1 else np.einsum("ij,ij->i", w, ly) / sw
     sxx = (w * (lx - mx[:, None]) ** 2).sum(1)
     sxy = (w * (lx - mx[:, None]) * (ly - my[:, None])).sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -184,7 +188,7 @@ def _fit_pure(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> PowerL
     )
 
 
-def _offset_least_squares(x: np.ndarray, y: np.ndarray, start: np.ndarray | None = None) -> np.ndarray:
+def _offset_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(offset, log k, a) minimising the squared error of offset + exp(log k + a log x) against y."""
     lx = np.log(x)
     ymin = float(y.min())
@@ -197,15 +201,11 @@ def _offset_least_squares(x: np.ndarray, y: np.ndarray, start: np.ndarray | None
         e = np.exp(p[1] + p[2] * lx)
         return np.stack([np.ones_like(lx), e, e * lx], axis=1)
 
-    starts = []
-    if start is not None:
-        starts.append(np.array([min(max(start[0], 0.0), upper * (1 - 1e-6)), start[1], start[2]]))
+    best, best_cost = None, math.inf
     for frac in (0.0, 0.5, 0.8, 0.9, 0.95, 0.99):
         e0 = frac * ymin
         icpt, slope = (float(v[0]) for v in _ols(lx, np.log(y - e0)))
-        starts.append(np.array([e0, icpt, slope]))
-    best, best_cost = None, math.inf
-    for p0 in starts:
+        p0 = np.array([e0, icpt, slope])
         if not np.all(np.isfinite(p0)):
             continue
         sol = optimize.least_squares(
@@ -218,8 +218,6 @@ def _offset_least_squares(x: np.ndarray, y: np.ndarray, start: np.ndarray | None
         )
         if sol.cost < best_cost:
             best, best_cost = sol.x, sol.cost
-        if start is not None:
-            break  # warm start from a previous solution is enough (bootstrap)
     assert best is not None
     return best
 
@@ -239,14 +237,10 @@ def _fit_offset(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> Powe
     k_ci = a_ci = off_ci = cov = None
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, n, n)
-            if np.unique(x[idx]).size < 3:
-                continue
-            draws.append(_offset_least_squares(x[idx], y[idx], start=p))
-        if len(draws) >= 2:
-            arr = np.array(draws)
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=bootstrap).astype(float)
+        arr = fit_offset_power_laws(x, np.broadcast_to(y, counts.shape), counts)
+        arr = arr[np.all(np.isfinite(arr), axis=1)]  # resamples with < 3 distinct x cannot be fitted
+        if len(arr) >= 2:
             off_ci = _percentile_ci(arr[:, 0])
             k_ci = tuple(math.exp(v) for v in _percentile_ci(arr[:, 1]))
             a_ci = _percentile_ci(arr[:, 2])
@@ -272,6 +266,45 @@ def _fit_offset(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> Powe
         n_points=n,
         cov=None if cov is None else tuple(tuple(float(v) for v in row) for row in np.asarray(cov)),
     )
+
+
+def fit_power_law_batch(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, *, offset: bool | np.ndarray = False
+) -> np.ndarray:
+    """Fit y = offset + k * x**a to many weightings of the same x at once (bootstrap resamples).
+
+    Follows :func:`fit_power_law`'s rules row by row: points with non-positive or non-finite y are left out;
+    the pure law is a least-squares line in log-log space and needs 2 distinct x; the offset law (``offset``
+    True, for all rows or per row as an (R,) bool array) needs 3 distinct x and becomes the pure law where
+    its offset reaches its bound 0.
+
+    Args:
+        x: (m,) positive abscissae shared by all rows.
+        y: (R, m) ordinates; w: (R, m) non-negative weights (e.g. resampling counts, 0 leaves a point out).
+
+    Returns:
+        (R, 3) rows (offset, ln k, a), NaN where a row cannot be fitted.
+    """
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    w = np.where(np.isfinite(y) & (y > 0), np.asarray(w, dtype=float), 0.0)
+    y = np.where(w > 0, y, 1.0)
+    distinct = distinct_present(x, w)
+    out = np.full((w.shape[0], 3), np.nan)
+    pure = distinct >= 2
+    if pure.any():
+        icpt, slope = _ols(np.log(x), np.log(y[pure]), w[pure])
+        out[pure] = np.stack([np.zeros_like(icpt), icpt, slope], axis=1)
+    with_offset = np.broadcast_to(np.asarray(offset, dtype=bool), distinct.shape)
+    rows = np.flatnonzero(with_offset & (distinct >= 3))
+    out[with_offset & (distinct < 3)] = np.nan
+    if rows.size:
+        fit = fit_offset_power_laws(x, y[rows], w[rows])
+        ymin = np.where(w[rows] > 0, y[rows], np.inf).min(1)
+        # as in fit_power_law: an offset at its bound 0 means no irreducible term, the pure law is the fit
+        at_zero = fit[:, 0] <= 1e-9 * ymin
+        out[rows] = np.where(at_zero[:, None], out[rows], fit)
+    return out
 
 
 def fit_power_law(
