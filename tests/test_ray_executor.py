@@ -254,12 +254,13 @@ def test_function_mode_worker_killed_once_is_retried(tmp_path, cluster):
 
 
 def _interrupt_when(path: Path, stop: threading.Event, timeout: float = 300.0) -> threading.Thread:
-    """Ctrl-C this process as soon as a file appears under ``path``."""
+    """Ctrl-C this process as soon as a whole checkpoint (not a half-written temporary) appears under
+    ``path``."""
 
     def watch():
         deadline = time.monotonic() + timeout
         while not stop.is_set() and time.monotonic() < deadline:
-            if path.is_dir() and any(path.iterdir()):
+            if path.is_dir() and any(path.glob("*.pt")):
                 os.kill(os.getpid(), signal.SIGINT)
                 return
             time.sleep(0.02)
@@ -324,8 +325,15 @@ def test_driver_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path, cl
     with open(log, "wb") as fh:
         proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=fh, stderr=subprocess.STDOUT)
     ledger = out / "results.jsonl"
+
+    def unfinished_checkpoints() -> set[str]:
+        # Whole checkpoints only: not a half-written ``.<id>.pt.*.tmp``, and not the checkpoint of a run
+        # already in the ledger (the driver discards it just after appending the record).
+        recorded = set(by_id(ledger)) if ledger.exists() else set()
+        return {p.stem for p in (out / "checkpoints").glob("*.pt")} - recorded
+
     deadline = time.monotonic() + 120
-    while not (ledger.exists() and read_records(ledger) and any((out / "checkpoints").iterdir())):
+    while not (ledger.exists() and read_records(ledger) and unfinished_checkpoints()):
         assert proc.poll() is None, log.read_text()[-3000:]
         if time.monotonic() > deadline:
             proc.kill()
@@ -335,12 +343,14 @@ def test_driver_killed_mid_sweep_resumes_without_loss_or_duplicates(tmp_path, cl
     proc.wait(timeout=30)
     finished = set(by_id(ledger))
     assert 0 < len(finished) < 3
+    kept = unfinished_checkpoints()
+    assert kept  # empty only if that run finished in the instant between the check and the kill
 
     local_runner(out, make_plan(steps=40), executor="ray").run_sweep()
     records = by_id(ledger)
     assert set(records) == {e.experiment_id for e in make_plan(steps=40)}
     assert all(r["status"] == "completed" for r in records.values())
-    assert any((r["resumed_from_step"] or 0) > 0 for eid, r in records.items() if eid not in finished)
+    assert all(records[eid]["resumed_from_step"] > 0 for eid in kept)
 
 
 # --- scheduling ---------------------------------------------------------------------------------------
