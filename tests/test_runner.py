@@ -412,6 +412,16 @@ def test_changed_plan_keeps_going_and_reports_orphans(tmp_path, caplog):
     assert SweepPlan.load(tmp_path / "sweep.json").to_dict() == new.to_dict()
 
 
+def test_a_killed_write_of_sweep_json_leaves_nothing_behind_on_the_next_run(tmp_path):
+    plan = make_plan()
+    TrainingRunner("mock", plan=plan, output_dir=tmp_path, progress=False).run_sweep()
+    torn = tmp_path / ".sweep.json.4242-0badcafe.tmp"  # named as flops_fit._io names its temporaries
+    torn.write_text('{"version": 1, "experim')
+    TrainingRunner("mock", output_dir=tmp_path, progress=False).run_sweep()  # resumes from sweep.json
+    assert not torn.exists()
+    assert SweepPlan.load(tmp_path / "sweep.json").to_dict() == plan.to_dict()
+
+
 # ------------------------------------------------------------------------------------------ function mode
 
 

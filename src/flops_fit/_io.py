@@ -51,6 +51,14 @@ def atomic_replace(path: str | os.PathLike[str], write: Callable[[Path], Any]) -
     return path
 
 
+def remove_temporaries(path: str | os.PathLike[str]) -> None:
+    """Delete the temporaries that writers killed mid-write (by :func:`atomic_replace`) left beside
+    ``path``. Only for a file with a single writer, called when no write of it is in progress."""
+    path = Path(path)
+    for leftover in path.parent.glob(f".{path.name}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(fh)`` on a binary temporary file beside ``path``, then move it over ``path`` atomically."""
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flops_fit._io import atomic_write
+from flops_fit._io import atomic_write, remove_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,7 @@ def remove_checkpoint(path: str | os.PathLike[str]) -> None:
     """Delete a checkpoint and any temporary file a killed writer left beside it."""
     path = Path(path)
     path.unlink(missing_ok=True)
-    for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # temporaries of flops_fit._io.atomic_write
-        leftover.unlink(missing_ok=True)
+    remove_temporaries(path)
 
 
 def discard_checkpoint(path: str | os.PathLike[str]) -> None:

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from flops_fit._io import remove_temporaries
 from flops_fit.ledger import append_record, encode_record, read_records
 from flops_fit.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, validate_runs
@@ -821,6 +822,7 @@ class TrainingRunner:
 
     def _sync_plan_file(self, finished: set[str]) -> None:
         path = self.output_dir / PLAN_FILE
+        remove_temporaries(path)  # left by a run killed while writing it; this process is its only writer
         ids = [e.experiment_id for e in self.plan]
         if path.is_file():
             try:
