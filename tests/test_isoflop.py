@@ -7,8 +7,8 @@ import pytest
 
 from flops_fit.analysis._offset import fit_offset_power_laws
 from flops_fit.analysis.isoflop import IsoFLOPFit, _profile_minima, _tokens_at, fit_isoflop, fit_profile
+from offset_reference import assert_same_optimum
 from synth import TRUE, isoflop_sweep, true_a, true_n_opt
-from test_power_law import assert_same_optimum
 
 
 def test_recovers_true_exponent_within_bootstrap_ci():

@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from scipy import optimize
 
 from flops_fit.analysis._offset import _golden, fit_offset_power_laws
 from flops_fit.analysis.power_law import (
@@ -9,6 +8,7 @@ from flops_fit.analysis.power_law import (
     fit_power_law,
     fit_power_law_batch,
 )
+from offset_reference import assert_same_optimum
 
 
 def test_pure_power_law_recovers_exponent_with_ci():
@@ -83,34 +83,6 @@ def test_mismatched_lengths_and_negative_bootstrap():
 
 # --------------------------------------------------------------------------------------------------
 # the batched offset solver behind the bootstrap intervals
-
-
-def _sse(p, x, y):
-    return float(((p[0] + np.exp(p[1] + p[2] * np.log(x)) - y) ** 2).sum())
-
-
-def _scipy_optimum(x, y):
-    """``_offset_least_squares`` (the single-fit path), and that solution polished to tight tolerances."""
-    p = _offset_least_squares(x, y)
-    lx, upper = np.log(x), y.min() * (1 - 1e-9)
-    tight = optimize.least_squares(
-        lambda q: q[0] + np.exp(q[1] + q[2] * lx) - y,
-        p,
-        bounds=([0.0, -np.inf, -np.inf], [upper, np.inf, np.inf]),
-        x_scale="jac",
-        ftol=1e-15,
-        xtol=1e-15,
-        gtol=1e-15,
-    ).x
-    return p, tight
-
-
-def assert_same_optimum(q, x, y):
-    """The batched solution ``q`` (E, ln K, a) is the scipy optimum: scipy stops ~1e-6 short (ftol 1e-8)."""
-    p, tight = _scipy_optimum(x, y)
-    for ref, rtol in ((tight, 1e-6), (p, 5e-6)):
-        np.testing.assert_allclose([q[0], np.exp(q[1]), q[2]], [ref[0], np.exp(ref[1]), ref[2]], rtol=rtol)
-    assert _sse(q, x, y) <= _sse(p, x, y) * (1 + 1e-10) + 1e-20 * float((y**2).sum())
 
 
 def test_batched_offset_solver_matches_scipy_on_full_data():
