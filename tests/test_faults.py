@@ -146,8 +146,12 @@ class ForkServer:
         return code
 
     def kill(self) -> int:
+        """SIGKILL the session in flight and return its exit code (0: it finished just before)."""
         assert self.child is not None
-        os.kill(self.child, signal.SIGKILL)
+        try:
+            os.kill(self.child, signal.SIGKILL)
+        except ProcessLookupError:  # ended, and reaped by the server, in the instant before
+            pass
         return self.wait()
 
     def _kill_child(self) -> None:
@@ -270,6 +274,8 @@ def test_random_sigkills_lose_nothing_and_resume_from_the_last_checkpoint(
             time.sleep(0.002)
         time.sleep(rng.uniform(0.0, 0.05))
         code = fork_server.kill()
+        if code == 0 and session == len(targets) - 1:
+            break  # the last kill point is a few steps from the end: the sweep finished during the delay
         if code != -signal.SIGKILL:
             fork_server.fail(f"session {session} ended with {code} instead of being killed")
         report.append(inspect_kill(out, trace, session))
