@@ -2,7 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flops_fit.analysis.envelope import EnvelopeFit, _curve_arrays, _envelope_arrays, _on_grid, fit_envelope
+from flops_fit.analysis.envelope import (
+    EnvelopeFit,
+    _envelope_arrays,
+    _on_grid,
+    _run_curves,
+    _sizes,
+    fit_envelope,
+)
 from real_data import olmo_ladder_runs
 from synth import TRUE, true_a
 
@@ -87,16 +94,12 @@ def _envelope_one_at_a_time(runs_c, grid):
 def test_envelope_of_many_resamples_at_once_matches_one_at_a_time(data_dir):
     rng = np.random.default_rng(0)
     for runs in (_synthetic_runs(), olmo_ladder_runs(data_dir)):
-        runs_c = []
-        for row in runs.itertuples(index=False):
-            tokens, loss = _curve_arrays(row.curve, row.experiment_id)
-            fpt = row.compute_budget / row.num_tokens
-            runs_c.append((row.num_params, fpt, np.log(tokens * fpt), np.log(loss)))
+        runs_c = _run_curves(runs)
         grid = np.linspace(min(r[2][0] for r in runs_c), max(r[2][-1] for r in runs_c), 300)
         picks = rng.integers(0, len(runs_c), (20, len(runs_c)))
         present = np.zeros(picks.shape, dtype=bool)
         present[np.arange(20)[:, None], picks] = True
-        sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+        sizes, fpt = _sizes(runs_c)
         kept, n_opt, d_opt, l_opt = _envelope_arrays(sizes, fpt, _on_grid(runs_c, grid), grid, present)
         for r in range(20):
             keep, *ref = _envelope_one_at_a_time([runs_c[i] for i in picks[r]], grid)

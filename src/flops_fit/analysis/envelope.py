@@ -157,16 +157,7 @@ def fit_envelope(
     keys = ("num_params", "compute_budget", "num_tokens", "final_loss")
     df = df.iloc[canonical_order(*(df[k].to_numpy(float, na_value=np.nan) for k in keys))]
 
-    runs_c: list[tuple[float, float, np.ndarray, np.ndarray]] = []  # (N, FLOPs per token, log C, log L)
-    for row in df.itertuples(index=False):
-        curve = row.curve
-        if curve is None or (isinstance(curve, float) and np.isnan(curve)) or len(curve) == 0:
-            continue
-        tokens, loss = _curve_arrays(curve, row.experiment_id)
-        if tokens.size == 0:
-            continue
-        fpt = row.compute_budget / row.num_tokens
-        runs_c.append((row.num_params, fpt, np.log(tokens * fpt), np.log(loss)))
+    runs_c = _run_curves(df)
     if len({r[0] for r in runs_c}) < 2:
         raise ValueError("Approach 1 needs curves from at least 2 model sizes")
 
@@ -181,6 +172,26 @@ def fit_envelope(
     if bootstrap > 0:
         n_fit, d_fit, l_fit = _bootstrap_laws(runs_c, grid, (n_fit, d_fit, l_fit), int(bootstrap), seed)
     return EnvelopeFit(n_fit, d_fit, l_fit, env, excluded)
+
+
+def _run_curves(df: pd.DataFrame) -> list[tuple[float, float, np.ndarray, np.ndarray]]:
+    """(N, FLOPs per token, log FLOPs, log loss) of each run with a non-empty curve, in ``df``'s order."""
+    runs_c = []
+    for row in df.itertuples(index=False):
+        curve = row.curve
+        if curve is None or (isinstance(curve, float) and np.isnan(curve)) or len(curve) == 0:
+            continue
+        tokens, loss = _curve_arrays(curve, row.experiment_id)
+        if tokens.size == 0:
+            continue
+        fpt = row.compute_budget / row.num_tokens
+        runs_c.append((row.num_params, fpt, np.log(tokens * fpt), np.log(loss)))
+    return runs_c
+
+
+def _sizes(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each run's N (parameters) and FLOPs per token, as arrays."""
+    return np.array([r[0] for r in runs_c]), np.array([r[1] for r in runs_c])
 
 
 def _on_grid(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]], grid: np.ndarray) -> np.ndarray:
@@ -225,7 +236,7 @@ def _envelope(runs_c: list[tuple[float, float, np.ndarray, np.ndarray]], grid: n
     smaller (larger) model might have been better: such points are censored, like an edge minimum in
     Approach 2, and are dropped (otherwise the envelope flattens at both ends and biases the exponent).
     """
-    sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+    sizes, fpt = _sizes(runs_c)
     kept, n_opt, d_opt, l_opt = (
         v[0]
         for v in _envelope_arrays(sizes, fpt, _on_grid(runs_c, grid), grid, np.ones((1, len(runs_c)), bool))
@@ -265,12 +276,13 @@ def _bootstrap_laws(
     picks = rng.integers(0, len(runs_c), (reps, len(runs_c)))
     present = np.zeros(picks.shape, dtype=bool)
     present[np.arange(reps)[:, None], picks] = True
-    sizes, fpt = (np.array([r[i] for r in runs_c]) for i in (0, 1))
+    sizes, fpt = _sizes(runs_c)
     curves = _on_grid(runs_c, grid)
     c = np.exp(grid)
     draws = []
-    for lo in range(0, reps, 500):  # blocks of resamples bound the memory of the (resample, grid) arrays
-        kept, n_opt, d_opt, l_opt = _envelope_arrays(sizes, fpt, curves, grid, present[lo : lo + 500])
+    block = 500  # resamples at a time: bounds the memory of the (resample, grid) arrays
+    for lo in range(0, reps, block):
+        kept, n_opt, d_opt, l_opt = _envelope_arrays(sizes, fpt, curves, grid, present[lo : lo + block])
         w = kept.astype(float)
         # a draw needs 2 sizes on its envelope and 3 points for the L_opt law, as fit_power_law does
         varied = np.where(kept, n_opt, np.inf).min(1) < np.where(kept, n_opt, -np.inf).max(1)

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 from scipy import optimize, stats
 
-from flops_fit.analysis._offset import distinct_present, fit_offset_power_laws
+from flops_fit.analysis._offset import UPPER_MARGIN, distinct_present, fit_offset_power_laws
 from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_seed
 
 CI_LEVEL = 0.95
+#: An offset at most this fraction of the smallest y sits at its bound 0: the law is the pure power law.
+OFFSET_AT_ZERO = 1e-9
 
 
 def _pair(v: Any) -> tuple[float, float] | None:
@@ -192,7 +194,7 @@ def _offset_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """(offset, log k, a) minimising the squared error of offset + exp(log k + a log x) against y."""
     lx = np.log(x)
     ymin = float(y.min())
-    upper = ymin * (1 - 1e-9)
+    upper = ymin * (1 - UPPER_MARGIN)
 
     def resid(p: np.ndarray) -> np.ndarray:
         return p[0] + np.exp(p[1] + p[2] * lx) - y
@@ -225,7 +227,7 @@ def _offset_least_squares(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def _fit_offset(x: np.ndarray, y: np.ndarray, bootstrap: int, seed: int) -> PowerLawFit:
     n = x.size
     p = _offset_least_squares(x, y)
-    if p[0] <= 1e-9 * float(y.min()):
+    if p[0] <= OFFSET_AT_ZERO * float(y.min()):
         # The constrained optimum puts the offset at its bound 0: the data show no irreducible term, and the
         # best fit is the pure power law (whose intervals are well defined, unlike those at a bound).
         return _fit_pure(x, y, bootstrap, seed)
@@ -302,7 +304,7 @@ def fit_power_law_batch(
         fit = fit_offset_power_laws(x, y[rows], w[rows])
         ymin = np.where(w[rows] > 0, y[rows], np.inf).min(1)
         # as in fit_power_law: an offset at its bound 0 means no irreducible term, the pure law is the fit
-        at_zero = fit[:, 0] <= 1e-9 * ymin
+        at_zero = fit[:, 0] <= OFFSET_AT_ZERO * ymin
         out[rows] = np.where(at_zero[:, None], out[rows], fit)
     return out
 
