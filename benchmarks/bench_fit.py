@@ -163,27 +163,29 @@ def time_approaches_1_2(repeat: int, resamples: int) -> list[tuple[str, int, flo
     budgets = int(sum(g["flops"].nunique() for g in groups))
     olmo = olmo_ladder_runs()
     rows = []
+
+    def approach_2(boot: int) -> None:
+        for g in groups:
+            fit_isoflop(g["n"], g["t"], g["loss"], g["flops"], bootstrap=boot)
+
+    def approach_1(boot: int) -> None:
+        fit_envelope(olmo, exclude=False, bootstrap=boot)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for label, boot in (("", 0), (f" + bootstrap {resamples:,}", resamples)):
-            times = []
-            for _ in range(1 if boot else repeat):
-                w0, c0 = clocks()
-                for g in groups:
-                    fit_isoflop(g["n"], g["t"], g["loss"], g["flops"], bootstrap=boot)
-                w1, c1 = clocks()
-                times.append((w1 - w0, c1 - c0))
-            wall, cpu = min(times)
-            rows.append((f"Approach 2: fit_isoflop, 15 Porian configs{label}", budgets, wall, cpu))
-        for label, boot in (("", 0), (f" + bootstrap {resamples:,}", resamples)):
-            times = []
-            for _ in range(1 if boot else repeat):
-                w0, c0 = clocks()
-                fit_envelope(olmo, exclude=False, bootstrap=boot)
-                w1, c1 = clocks()
-                times.append((w1 - w0, c1 - c0))
-            wall, cpu = min(times)
-            rows.append((f"Approach 1: fit_envelope, OLMo ladder{label}", len(olmo), wall, cpu))
+        for name, size, fit in (
+            ("Approach 2: fit_isoflop, 15 Porian configs", budgets, approach_2),
+            ("Approach 1: fit_envelope, OLMo ladder", len(olmo), approach_1),
+        ):
+            for label, boot in (("", 0), (f" + bootstrap {resamples:,}", resamples)):
+                times = []
+                for _ in range(1 if boot else repeat):
+                    w0, c0 = clocks()
+                    fit(boot)
+                    w1, c1 = clocks()
+                    times.append((w1 - w0, c1 - c0))
+                wall, cpu = min(times)
+                rows.append((name + label, size, wall, cpu))
     return rows
 
 
@@ -239,10 +241,15 @@ def main(argv: list[str] | None = None) -> None:
         "  (scipy rows: measured on the sample, times scaled to all starts; best objective over the sample)\n"
     )
 
-    for label, loop in (("analytic-gradient", jac), ("finite-difference", fd)):
+    # The target is against the plain per-start minimize(method="L-BFGS-B") loop, i.e. with scipy's default
+    # finite-difference gradient; the analytic-gradient loop is a stronger baseline, shown for reference.
+    for label, loop, note in (
+        ("analytic-gradient", jac, "(stronger baseline, for reference)"),
+        ("finite-difference", fd, "(target >= 100x)"),
+    ):
         wall_x = loop["wall_per_start"] * len(starts) / ours["wall"]
         cpu_x = loop["cpu_per_start"] * len(starts) / ours["cpu"]
-        print(f"speed-up vs the {label} loop: {wall_x:6.1f}x wall, {cpu_x:6.1f}x CPU   (target >= 100x)")
+        print(f"speed-up vs the {label} loop: {wall_x:6.1f}x wall, {cpu_x:6.1f}x CPU   {note}")
     worst = min(jac["objective"], fd["objective"])
     verdict = "no worse" if ours["objective"] <= worst * (1 + 1e-12) else "WORSE"
     print(
