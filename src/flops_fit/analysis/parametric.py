@@ -94,6 +94,14 @@ class _Stop:
 _GRID_PGTOL, _GRID_FACTR_EPS, _GRID_MAX_ITER = 1e-5, 2.2e-9, 1000
 
 
+def _objective_scale(w: np.ndarray, huber_delta: float) -> Any:
+    """delta * sum(w): the optimiser minimises the summed Huber loss divided by this (the weighted mean
+    |log residual| in the Huber loss's linear part). A float for weights (n,), a column for a table (m, n)."""
+    if w.ndim == 1:
+        return huber_delta * float(w.sum())
+    return huber_delta * w.sum(axis=1, keepdims=True)
+
+
 def _grid_stop(scale: float) -> _Stop:
     """Scipy L-BFGS-B's default stop on the summed objective, for the objective divided by ``scale``."""
     return _Stop(
@@ -868,7 +876,7 @@ def _fit_clean(
     """Approach 3 on validated arrays: N, D, L positive finite, w >= 0 with a usable design."""
     t_start = time.perf_counter()
     log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
-    scale = huber_delta * float(w.sum())  # summed Huber / scale ~ weighted mean |log residual|
+    scale = _objective_scale(w, huber_delta)
     objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta, w / scale)
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -980,7 +988,7 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     counts = _resample_counts(w, n_boot, log_n, log_d, rng)
     weights = counts * w  # resampled points keep their own weight
-    weights /= huber_delta * weights.sum(axis=1, keepdims=True)  # each refit's objective as in _fit_clean
+    weights /= _objective_scale(weights, huber_delta)  # each refit's objective as in _fit_clean
     n_warm = warm.shape[0]  # row i starts from warm[i // n_boot] on resample i % n_boot
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
