@@ -306,37 +306,41 @@ def _line_search(
     keep ``x``, ``f`` and ``g``.
     """
     k = x.shape[1]
+    # Round 0: the unit step for every column, no gathers. Every point with sufficient decrease is
+    # acceptable; later rounds keep the latest (largest such step).
+    xt = x + d
+    ft, gt = evaluate(rows, xt)
+    n_eval = k
+    armijo = ft <= f + c1 * gd  # False for inf / nan
+    done = armijo & (_dot(gt, d) >= c2 * gd)  # sufficient decrease and curvature
+    x_new = np.where(armijo, xt, x)
+    f_new = np.where(armijo, ft, f)
+    g_new = np.where(armijo, gt, g)
+    ok = armijo.copy()
+    if done.all():
+        return x_new, f_new, g_new, ok, n_eval
     t = np.ones(k)
     lo = np.zeros(k)
     hi = np.full(k, np.inf)
-    x_new = x.copy()
-    f_new = f.copy()
-    g_new = g.copy()
-    ok = np.zeros(k, dtype=bool)
-    # Smallest useful step: moves no coordinate by more than xtol relative to its size.
-    t_min = xtol * (1.0 + np.abs(x).max(axis=0)) / np.maximum(np.abs(d).max(axis=0), 1e-300)
+    t_min = np.zeros(k)
     live = np.arange(k)
-    n_eval = 0
-    for _ in range(max_steps):
-        if live.size == 0:
-            break
-        tl = t[live]
-        if live.size == k:  # every column (the usual first round): no gathers
-            d_l, f_l, gd_l = d, f, gd
-            xt = x + tl * d
+    for round_ in range(max_steps):
+        if round_:
+            tl = t[live]
+            d_l, f_l, gd_l = np.take(d, live, axis=1), f[live], gd[live]
+            xt = np.take(x, live, axis=1)
+            xt += tl * d_l
+            ft, gt = evaluate(rows[live], xt)
+            n_eval += live.size
+            armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
+            done = armijo & (_dot(gt, d_l) >= c2 * gd_l)
+            good = live[armijo]
+            x_new[:, good], f_new[good], g_new[:, good] = xt[:, armijo], ft[armijo], gt[:, armijo]
+            ok[good] = True
+            if done.all():
+                break
         else:
-            d_l, f_l, gd_l = d[:, live], f[live], gd[live]
-            xt = x[:, live] + tl * d_l
-        ft, gt = evaluate(rows[live], xt)
-        n_eval += live.size
-        armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
-        done = armijo & (_dot(gt, d_l) >= c2 * gd_l)  # sufficient decrease and curvature
-        # Every point with sufficient decrease is acceptable; keep the latest (largest such step).
-        good = live[armijo]
-        x_new[:, good], f_new[good], g_new[:, good] = xt[:, armijo], ft[armijo], gt[:, armijo]
-        ok[good] = True
-        if done.all():
-            break
+            tl, f_l, gd_l = t, f, gd
         long_ = ~armijo
         if long_.any():
             # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
@@ -356,11 +360,17 @@ def _line_search(
             hi_rs = hi[rs]
             t[rs] = np.where(np.isfinite(hi_rs), 0.5 * (ts + hi_rs), 2.0 * ts)
         live = live[~done]
+        if not round_:
+            # Smallest useful step: moves no coordinate by more than xtol relative to its size.
+            x_l, d_l = np.take(x, live, axis=1), np.take(d, live, axis=1)
+            t_min[live] = xtol * (1.0 + np.abs(x_l).max(axis=0)) / np.maximum(np.abs(d_l).max(axis=0), 1e-300)
         # Stop columns whose bracket collapsed or whose step became negligible.
         hi_l, lo_l = hi[live], lo[live]
         stuck = (np.isfinite(hi_l) & (hi_l - lo_l <= 1e-12 * hi_l)) | ((t[live] < t_min[live]) & (lo_l == 0))
         if stuck.any():
             live = live[~stuck]
+        if live.size == 0:
+            break
     return x_new, f_new, g_new, ok, n_eval
 
 
@@ -417,7 +427,6 @@ def _lbfgs_batch(
             gamma[uphill] = 0.0
         x_new, f_new, g_new, ok, n_eval = _line_search(evaluate, rows, x, f, g, d, gd)
         out.n_eval += n_eval
-        out.n_iter[rows] += 1
         # Curvature pair into this iteration's slot (a no-op pair where the update is skipped; rows
         # without an acceptable step have s = y = 0).
         s = np.subtract(x_new, x, out=s_hist[slot])
@@ -456,18 +465,16 @@ def _lbfgs_batch(
                 g[:, finished].T,
                 status[finished],
             )
+            out.n_iter[done] = it + 1
+            # Drop the finished columns. np.compress keeps the arrays C-contiguous; boolean indexing along
+            # the last axis returns a transposed layout that slows every later operation on them.
             keep = ~finished
-            rows, x, f, g, stall, gamma = (
-                rows[keep],
-                x[:, keep],
-                f[keep],
-                g[:, keep],
-                stall[keep],
-                gamma[keep],
-            )
-            s_hist, y_hist, rho = s_hist[..., keep], y_hist[..., keep], rho[:, keep]
+            rows, f, stall, gamma = rows[keep], f[keep], stall[keep], gamma[keep]
+            x, g, rho = x.compress(keep, axis=1), g.compress(keep, axis=1), rho.compress(keep, axis=1)
+            s_hist, y_hist = s_hist.compress(keep, axis=2), y_hist.compress(keep, axis=2)
     if rows.size:
         out.x[rows], out.f[rows], out.grad[rows], out.status[rows] = x.T, f, g.T, _MAX_ITER
+        out.n_iter[rows] = stop.max_iter
     return out
 
 
