@@ -403,7 +403,7 @@ def _lbfgs_batch(
     out.status[~np.isfinite(f0)] = _NON_FINITE
     out.status[np.isfinite(f0) & (np.abs(g0).max(axis=0) <= gtol)] = _GTOL
     rows = np.flatnonzero(out.status == _RUNNING)
-    x, f, g = x[:, rows], f0[rows], g0[:, rows]
+    x, f, g = np.take(x, rows, axis=1), f0[rows], np.take(g0, rows, axis=1)
     s_hist = np.zeros((_MEMORY, dim, rows.size))
     y_hist = np.zeros((_MEMORY, dim, rows.size))
     rho = np.zeros((_MEMORY, rows.size))
