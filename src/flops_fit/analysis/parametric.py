@@ -306,41 +306,35 @@ def _line_search(
     keep ``x``, ``f`` and ``g``.
     """
     k = x.shape[1]
-    # Round 0: the unit step for every column, no gathers. Every point with sufficient decrease is
-    # acceptable; later rounds keep the latest (largest such step).
-    xt = x + d
-    ft, gt = evaluate(rows, xt)
-    n_eval = k
-    armijo = ft <= f + c1 * gd  # False for inf / nan
-    done = armijo & (_dot(gt, d) >= c2 * gd)  # sufficient decrease and curvature
-    x_new = np.where(armijo, xt, x)
-    f_new = np.where(armijo, ft, f)
-    g_new = np.where(armijo, gt, g)
-    ok = armijo.copy()
-    if done.all():
-        return x_new, f_new, g_new, ok, n_eval
     t = np.ones(k)
     lo = np.zeros(k)
     hi = np.full(k, np.inf)
     t_min = np.zeros(k)
     live = np.arange(k)
+    n_eval = 0
     for round_ in range(max_steps):
-        if round_:
+        if round_ == 0:  # the unit step for every column: no gathers, no scatters
+            tl, d_l, f_l, gd_l = t, d, f, gd
+            xt = x + d
+        else:
             tl = t[live]
             d_l, f_l, gd_l = np.take(d, live, axis=1), f[live], gd[live]
             xt = np.take(x, live, axis=1)
             xt += tl * d_l
-            ft, gt = evaluate(rows[live], xt)
-            n_eval += live.size
-            armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
-            done = armijo & (_dot(gt, d_l) >= c2 * gd_l)
+        ft, gt = evaluate(rows[live], xt)
+        n_eval += live.size
+        armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
+        done = armijo & (_dot(gt, d_l) >= c2 * gd_l)  # sufficient decrease and curvature
+        # Every point with sufficient decrease is acceptable; keep the latest (largest such step).
+        if round_ == 0:
+            x_new, f_new, g_new = np.where(armijo, xt, x), np.where(armijo, ft, f), np.where(armijo, gt, g)
+            ok = armijo.copy()
+        else:
             good = live[armijo]
             x_new[:, good], f_new[good], g_new[:, good] = xt[:, armijo], ft[armijo], gt[:, armijo]
             ok[good] = True
-            if done.all():
-                break
-        else:
-            tl, f_l, gd_l = t, f, gd
+        if done.all():
+            break
         long_ = ~armijo
         if long_.any():
             # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
@@ -360,7 +354,7 @@ def _line_search(
             hi_rs = hi[rs]
             t[rs] = np.where(np.isfinite(hi_rs), 0.5 * (ts + hi_rs), 2.0 * ts)
         live = live[~done]
-        if not round_:
+        if round_ == 0:
             # Smallest useful step: moves no coordinate by more than xtol relative to its size.
             x_l, d_l = np.take(x, live, axis=1), np.take(d, live, axis=1)
             t_min[live] = xtol * (1.0 + np.abs(x_l).max(axis=0)) / np.maximum(np.abs(d_l).max(axis=0), 1e-300)
