@@ -28,7 +28,8 @@ UPPER_MARGIN = 1e-9
 #: Root search stops when the bracket on b is this narrow, relative to max(1, |b|).
 B_TOL = 1e-12
 MAX_ITER = 100
-#: Rows per block in the refinement, to bound memory (rows x points arrays).
+#: Array elements per block of rows (resamples) in the batched fits here and in the envelope's bootstrap,
+#: to bound memory.
 BLOCK_ELEMENTS = 1 << 21
 
 

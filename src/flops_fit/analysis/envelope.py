@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis._offset import BLOCK_ELEMENTS
 from flops_fit.analysis._validate import (
     canonical_order,
     check_bootstrap,
@@ -212,7 +213,7 @@ def _envelope_arrays(
     loss), each (R, G): ``kept`` marks grid points where the lowest-loss run (the first of equals) has both a
     smaller and a larger run reaching that FLOP value, i.e. where the optimum is bracketed.
     """
-    block = max(1, (1 << 21) // curves.size)
+    block = max(1, BLOCK_ELEMENTS // curves.size)
     kept = np.zeros((present.shape[0], grid.size), dtype=bool)
     best = np.zeros(kept.shape, dtype=int)
     loss = np.zeros(kept.shape)
