@@ -119,3 +119,83 @@ def test_round_trip_of_analysis(results_jsonl, tmp_path):
     assert p1["optimal_params"] == pytest.approx(p2["optimal_params"])
     assert p1["optimal_params_ci"] == pytest.approx(p2["optimal_params_ci"])
     assert isinstance(again.optimal_points, pd.DataFrame) and len(again.optimal_points) == 6
+
+
+def _sweep_into(out, budgets):
+    """Plan a parameter-space sweep at ``budgets`` into ``out`` (same folder each time) and train it (mock)."""
+    from flops_fit.planning import PLAN_FILE, SweepPlanner
+    from flops_fit.training.runner import TrainingRunner
+
+    plan = SweepPlanner.from_budgets(budgets, 5).plan()
+    plan.save(out / PLAN_FILE)
+    TrainingRunner("mock", plan=plan, output_dir=out, progress=False).run_sweep()
+    return plan
+
+
+def test_a_plan_keeps_the_analysis_to_its_own_runs(tmp_path, caplog):
+    """A ledger written by two plans in one folder: with the later plan, only its runs are fitted (ff-analyze
+    passes the folder's sweep.json); without a plan, every run is."""
+    import logging
+
+    from flops_fit.stages import default_config, run_analyze
+
+    _sweep_into(tmp_path, [1e17, 1e18, 1e19])
+    plan = _sweep_into(tmp_path, [3e17, 3e18, 3e19])
+    analyzer = ScalingLawAnalyzer(tmp_path / "results.jsonl", tmp_path, plan=tmp_path / "sweep.json")
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        runs = analyzer.load_results()
+    assert set(runs["experiment_id"]) == {e.experiment_id for e in plan}
+    assert "15 of 30 run(s)" in caplog.text and "belong to an earlier plan" in caplog.text
+    every = ScalingLawAnalyzer(tmp_path / "results.jsonl", tmp_path).load_results()
+    assert len(every) == 30
+    analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "approach": "isoflop"}))
+    assert sorted(analysis.optimal_points["compute_budget"]) == pytest.approx([3e17, 3e18, 3e19], rel=0.05)
+    assert analysis.fits["isoflop"].minima["n_points"].tolist() == [5, 5, 5]
+    from flops_fit.plotting import ScalingVisualizer
+
+    viz = ScalingVisualizer.from_files(tmp_path / "results.jsonl", analyzer.scaling_laws_path, plan=plan)
+    assert len(viz.runs) == 15  # the figures show the runs the fit saw
+    analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "plan": None}))
+    assert analysis.fits["isoflop"].minima["n_points"].sum() == 30
+
+
+def test_excluded_runs_are_named_by_their_own_ids(tmp_path, caplog):
+    """Rows dropped before a fit (a non-positive loss) must not shift the names of the runs it excludes."""
+    import logging
+
+    n, d, l, c = isoflop_sweep(noise=0.002, seed=2, sizes=9)
+    runs = pd.DataFrame(
+        {
+            "experiment_id": [f"exp{i:03d}" for i in range(n.size)],
+            "num_params": n,
+            "num_tokens": d,
+            "final_loss": l,
+            "compute_budget": c,
+            "status": "completed",
+        }
+    )
+    runs.loc[0, "final_loss"] = -1.0  # invalid: left out with a warning, before the fit
+    runs.loc[13, "final_loss"] *= 1.25  # a profile outlier, named in the exclusion
+    from flops_fit.analysis.approaches import run_approach
+
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        iso = run_approach("isoflop", runs)
+        par = run_approach("parametric", runs)
+    assert iso.excluded["experiment_id"].tolist() == ["exp013"]
+    assert par.excluded["experiment_id"].tolist() == ["exp013"]
+    assert "left out 1 completed run(s)" in caplog.text and "exp000" in caplog.text
+    assert "fit_parametric: excluded 1 run(s) {'profile_residual': 1}: exp013" in caplog.text
+
+
+def test_nothing_to_fit_says_how_the_runs_ended():
+    n, d, _, c = isoflop_sweep(noise=0.002, seed=2)
+    runs = pd.DataFrame(
+        {"num_params": n, "num_tokens": d, "final_loss": np.nan, "compute_budget": c, "status": "failed"}
+    )
+    runs.insert(0, "experiment_id", [f"r{i}" for i in range(n.size)])
+    from flops_fit.analysis.approaches import run_approach
+
+    with pytest.raises(
+        ValueError, match=rf"nothing to fit: none of the {n.size} run\(s\).*'failed': {n.size}"
+    ):
+        run_approach("isoflop", runs)

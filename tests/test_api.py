@@ -99,7 +99,8 @@ def test_runs_of_an_earlier_plan_in_the_same_folder_stay_out_of_the_fit(tmp_path
     assert len(ledger) == len(first.runs) + len(second.runs)  # nothing deleted from the ledger
     assert set(second.runs["compute_budget"]) == {1e11, 3e11, 1e12}
     assert (
-        f"{len(first.runs)} run(s) in {tmp_path / 'results.jsonl'} belong to an earlier plan" in caplog.text
+        f"{len(first.runs)} of {len(ledger)} run(s) in {tmp_path / 'results.jsonl'} belong to an earlier plan"
+        in caplog.text
     )
 
 

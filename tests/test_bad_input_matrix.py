@@ -37,8 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flops_fit import find_optimal
-from flops_fit.analysis import chinchilla_table, fit_envelope, fit_isoflop, fit_parametric, fit_power_law
+from flops_fit import ScalingLawAnalyzer, find_optimal
+from flops_fit.analysis import (
+    chinchilla_table,
+    detect_outliers,
+    fit_envelope,
+    fit_isoflop,
+    fit_parametric,
+    fit_power_law,
+)
 from flops_fit.planning import ModelSpec, SweepPlanner
 from flops_fit.training import Callback, TrainConfig
 from synth import isoflop_sweep
@@ -239,6 +246,10 @@ TARGETS: dict[str, Callable[..., Any]] = {
     "fit_envelope": lambda tmp, **kw: fit_envelope(**{"runs": RUNS, "bootstrap": 50, **kw}),
     "fit_power_law": lambda tmp, **kw: fit_power_law(**{"x": C, "y": N, "bootstrap": 50, **kw}),
     "chinchilla_table": lambda tmp, **kw: chinchilla_table(**{"fit": FIT, "budgets": [1e21], **kw}),
+    "detect_outliers": lambda tmp, **kw: detect_outliers(**{"runs": RUNS, **kw}),
+    "ScalingLawAnalyzer": lambda tmp, **kw: ScalingLawAnalyzer(
+        **{"results_path": tmp / "results.jsonl", "output_dir": tmp / "fits", **kw}
+    ),
     "IsoFLOPFit.optimal": lambda tmp, **kw: FIT.optimal(**kw),
 }
 
@@ -265,6 +276,8 @@ par = partial(Case, "fit_parametric")
 env = partial(Case, "fit_envelope")
 law = partial(Case, "fit_power_law")
 table = partial(Case, "chinchilla_table")
+outliers = partial(Case, "detect_outliers")
+analyzer = partial(Case, "ScalingLawAnalyzer")
 optimal = partial(Case, "IsoFLOPFit.optimal")
 
 # fmt: off
@@ -349,6 +362,9 @@ CASES = [
     iso("bootstrap=2.5", {"bootstrap": 2.5}, TypeError, "bootstrap"),
     iso("seed='a'", {"seed": "a"}, TypeError, "seed"),
     iso("budget_rtol=-1", {"budget_rtol": -1.0}, ValueError, "budget_rtol"),
+    iso("bootstrap=10**12", {"bootstrap": 10**12}, ValueError, "bootstrap=1000000000000"),
+    iso("exclude='no'", {"exclude": "no"}, TypeError, "exclude must be True or False"),
+    iso("ids of another length", {"ids": ["a", "b"]}, ValueError, "ids must name each"),
     par("NaN in N", {"N": with_value(N, 2, np.nan)}, ValueError, "N[2] = nan"),
     par("negative loss", {"L": with_value(L, 4, -1.0)}, ValueError, "L[4] = -1.0"),
     par("zero tokens", {"D": with_value(D, 0, 0.0)}, ValueError, "D[0] = 0.0"),
@@ -364,6 +380,10 @@ CASES = [
     par("negative weights", {"weights": -np.ones(N.size)}, ValueError, "weights"),
     par("bootstrap=-2", {"bootstrap": -2}, ValueError, "bootstrap"),
     par("seed=1.5", {"seed": 1.5}, TypeError, "seed"),
+    par("seed=-1", {"seed": -1}, ValueError, "seed"),
+    par("bootstrap=10**12", {"bootstrap": 10**12}, ValueError, "bootstrap=1000000000000"),
+    par("exclude='no'", {"exclude": "no"}, TypeError, "exclude must be True or False"),
+    par("ids as one string", {"ids": "abc"}, TypeError, "ids must be a sequence"),
     env("not a DataFrame", {"runs": [1, 2]}, TypeError, "runs must be a pandas DataFrame"),
     env("no curve column", {"runs": RUNS.drop(columns=["curve"])}, ValueError, "curve"),
     env("a required column missing", {"runs": RUNS.drop(columns=["num_params"])}, ValueError,
@@ -376,6 +396,7 @@ CASES = [
     env("grid_points=3", {"grid_points": 3}, ValueError, "grid_points"),
     env("bootstrap=-1", {"bootstrap": -1}, ValueError, "bootstrap"),
     env("seed='a'", {"seed": "a"}, TypeError, "seed"),
+    env("exclude='no'", {"exclude": "no"}, TypeError, "exclude must be True or False"),
     law("lengths differ", {"y": N[:3]}, ValueError, "same length"),
     law("one point", {"x": [1e18], "y": [1e9]}, ValueError, "Not enough valid points"),
     law("one distinct x", {"x": [1.0, 1.0, 1.0], "y": [1.0, 2.0, 3.0]}, ValueError,
@@ -387,10 +408,24 @@ CASES = [
     law("x is text", {"x": "abc"}, ValueError, "x and y must be sequences of numbers"),
     law("bootstrap=-1", {"bootstrap": -1}, ValueError, "bootstrap"),
     law("bootstrap=1.5", {"bootstrap": 1.5}, TypeError, "bootstrap"),
+    law("offset='no'", {"offset": "no"}, TypeError, "offset must be True or False"),
     table("budgets=[]", {"budgets": []}, ValueError, "budgets"),
     table("a negative budget", {"budgets": [-1.0]}, ValueError, "budgets"),
     table("budgets as text", {"budgets": "x"}, ValueError, "budgets"),
     table("not a fit", {"fit": 3}, TypeError, "fit must have an optimal(C) method"),
+    outliers("residual_z='3'", {"residual_z": "3"}, TypeError, "residual_z"),
+    outliers("residual_z=NaN", {"residual_z": float("nan")}, ValueError, "residual_z"),
+    outliers("min_relative_residual=-1", {"min_relative_residual": -1.0}, ValueError, "min_relative_residual"),
+    outliers("budget_rtol=-1", {"budget_rtol": -1.0}, ValueError, "budget_rtol"),
+    analyzer("unknown approach", {"approach": "approach4"}, ValueError, "approach"),
+    analyzer("approach=None", {"approach": None}, TypeError, "approach"),
+    analyzer("bootstrap=2.7", {"bootstrap": 2.7}, TypeError, "bootstrap"),
+    analyzer("seed=-1", {"seed": -1}, ValueError, "seed"),
+    analyzer("budget_rtol='x'", {"budget_rtol": "x"}, TypeError, "budget_rtol"),
+    analyzer("columns as a list", {"columns": ["a"]}, TypeError, "columns must map"),
+    analyzer("exclude_outliers='no'", {"exclude_outliers": "no"}, TypeError, "exclude_outliers"),
+    analyzer("a plan file that does not exist", {"plan": "no/such/sweep.json"}, FileNotFoundError,
+             "no/such/sweep.json"),
     optimal("C=0", {"C": 0.0}, ValueError, "C must be positive"),
     optimal("C=NaN", {"C": float("nan")}, ValueError, "C must be positive"),
 ]
@@ -462,6 +497,7 @@ CLI_CASES = [
     ("fit chinchilla --approach nope", "unknown approach 'nope'"),
     ("fit chinchilla --bootstrap -1", "--bootstrap"),
     ("fit chinchilla --bootstrap many", "--bootstrap"),
+    ("fit chinchilla --bootstrap 1000000000000", "--bootstrap"),
     ("fit chinchilla --seed 1.5", "--seed"),
     ("fit chinchilla --budgets 1e21,abc", "--budgets"),
     ("fit chinchilla --budgets -5", "--budgets"),
@@ -481,6 +517,8 @@ CLI_CASES = [
     ("plan --out {tmp}/o --model torch.nn.Linear --size-param n --model-kwargs 1", "--model-kwargs"),
     ("plan --out {tmp}/o --model no_such_module_xyz.Net --size-param width", "--model"),
     ("plan --out {tmp}/garbage.json", "--out"),
+    ("plan --out {tmp}/o --model-kwargs '{\"a\": 1}'", "--model-kwargs need(s) --model"),
+    ("plan --out {tmp}/o --size-param width", "--size-param need(s) --model"),
     ("train {tmp}/nowhere", "is not a directory"),
     ("train {tmp}", "sweep.json"),
     ("train {tmp}/planned --mode gpu", "mode"),
@@ -544,6 +582,8 @@ STAGE_CASES = [
     ("ff-analyze", "results={tmp}/columns.csv approach=nope", "unknown approach 'nope'"),
     ("ff-analyze", "results={tmp}/columns.csv bootstrap=-1", "bootstrap"),
     ("ff-analyze", "+typo=1", "typo"),
+    ("ff-analyze", "results={tmp}/columns.csv plan={tmp}/no_plan.json", "no_plan.json"),
+    ("ff-analyze", "results={tmp}/columns.csv plan=7", "plan must be"),
     ("ff-visualize", "results={tmp}/missing.jsonl", "missing.jsonl"),
     ("ff-plan", "'model={_target_: no_such_module_xyz.Net, size_param: width, kwargs: {}}'", "model._target_"),
 ]

@@ -378,7 +378,11 @@ def _with(index: int, position: int, value: float) -> list[np.ndarray]:
         (GOOD, {"bootstrap": -1}, ValueError, r"bootstrap must be >= 0"),
         (GOOD, {"bootstrap": 2.5}, TypeError, r"bootstrap must be an int"),
         (GOOD, {"huber_delta": 0.0}, ValueError, r"huber_delta must be a positive"),
-        (GOOD, {"seed": "x"}, TypeError, r"seed must be an int"),
+        (GOOD, {"seed": "x"}, TypeError, r"seed must be a non-negative int"),
+        (GOOD, {"seed": -1, "bootstrap": 2}, ValueError, r"seed must be a non-negative int, got -1"),
+        (GOOD, {"bootstrap": 10**12}, ValueError, r"bootstrap=1000000000000 resamples is more than"),
+        (GOOD, {"exclude": "no"}, TypeError, r"exclude must be True or False, got 'no'"),
+        (GOOD, {"ids": ["a", "b"]}, ValueError, r"ids must name each of the"),
         (GOOD, {"weights": np.ones(3)}, ValueError, r"one value per point"),
         (GOOD, {"weights": -np.ones(GOOD[0].size)}, ValueError, r"weights\[0\] = -1"),
         (

@@ -164,3 +164,13 @@ def test_golden_section_fallback_finds_each_rows_minimum():
     target = np.array([-0.3, 0.1, 2.0])
     found = _golden(lambda b: (b - target) ** 2 + np.abs(b - target) ** 3, target - 1.0, target + 0.5)
     np.testing.assert_allclose(found, target, atol=1e-7)
+
+
+def test_left_out_points_are_reported(caplog):
+    import logging
+
+    x = np.array([1e6, 1e7, 1e8, 1e9])
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        fit = fit_power_law(x, [4.0, np.nan, 3.0, 2.6])
+    assert fit.n_points == 3
+    assert "left out 1 of 4 point(s)" in caplog.text and "x[1] = 1e+07, y[1] = nan" in caplog.text

@@ -15,12 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 
 from flops_fit.analysis.approaches import resolve_approaches
-from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
+from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
 from flops_fit.training.runner import check_executor
 
@@ -287,28 +286,12 @@ def find_optimal(
         max_retries=max_retries,
         checkpoint_dir=checkpoint_dir,
     )
-    runs = _plan_runs(runner.run_sweep(), plan, out)
+    runs = plan.select_runs(runner.run_sweep(), out / "results.jsonl")
 
     # ---- analyze and report ----------------------------------------------------------------------
     result = Result.from_runs(runs, approach=approaches, plan=plan, output_dir=out)
     result.save(out)
     return result
-
-
-def _plan_runs(runs: pd.DataFrame, plan: SweepPlan, out: Path) -> pd.DataFrame:
-    """The runs of ``plan`` only: a ledger may also hold runs of an earlier plan in the same folder (other
-    budgets, another model or data), which must not enter this plan's fit."""
-    ids = {e.experiment_id for e in plan}
-    outside = ~runs["experiment_id"].isin(ids)
-    if outside.any():
-        logger.warning(
-            "%d run(s) in %s belong to an earlier plan (other budgets, sizes, model, data or settings) and "
-            "are left out of this fit; they stay in the ledger (`flops-fit fit %s` fits every run in it)",
-            int(outside.sum()),
-            out / "results.jsonl",
-            out / "results.jsonl",
-        )
-    return runs.loc[~outside].reset_index(drop=True)
 
 
 def _jsonable(value: Any) -> bool:

@@ -77,14 +77,22 @@ def _column_args(args: argparse.Namespace) -> dict[str, str]:
     return {k: v for k, v in pairs.items() if v}
 
 
+def _check_bootstrap_arg(value: int) -> None:
+    from flops_fit.analysis._validate import check_bootstrap
+
+    try:
+        check_bootstrap(value)
+    except ValueError as exc:
+        raise UsageError(f"--bootstrap: {exc}") from None
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit scaling laws to a results file and print them with a Chinchilla table."""
     from flops_fit.analysis.approaches import resolve_approaches, run_approach
     from flops_fit.analysis.table import chinchilla_table, to_markdown
 
     approaches = resolve_approaches(args.approach)
-    if args.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    _check_bootstrap_arg(args.bootstrap)
     budgets = _floats(args.budgets, "--budgets") if args.budgets else None
     if args.json and not Path(args.json).expanduser().parent.is_dir():
         raise UsageError(f"--json {args.json!r}: its folder does not exist; create it or choose another path")
@@ -148,6 +156,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "sweep.flops": args.flops,
         }
     )
+    if not args.model and (args.size_param or args.model_kwargs):
+        given = " and ".join(
+            o for o, v in (("--size-param", args.size_param), ("--model-kwargs", args.model_kwargs)) if v
+        )
+        raise UsageError(
+            f"{given} need(s) --model (the import path of the model class); without a model the "
+            "sweep is planned in parameter space"
+        )
     if args.model:
         from flops_fit.stages import ConfigError, _import
 
@@ -212,12 +228,13 @@ def _executor_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume the sweep planned in DIR/sweep.json."""
+    from flops_fit.planning import PLAN_FILE
     from flops_fit.stages import default_config, run_train
     from flops_fit.training.ray_executor import WorkersLostError
 
     out = _dir_arg(args.dir, "DIR")
-    if not (out / "sweep.json").is_file():
-        raise UsageError(f"{out / 'sweep.json'} not found; run `flops-fit plan --out {out}` first")
+    if not (out / PLAN_FILE).is_file():
+        raise UsageError(f"{out / PLAN_FILE} not found; run `flops-fit plan --out {out}` first")
     overrides: dict[str, Any] = {
         "output.dir": str(out),
         "mode": args.mode,
@@ -244,8 +261,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flops_fit.stages import default_config, run_analyze
 
     out = _dir_arg(args.dir, "DIR")
-    if args.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    _check_bootstrap_arg(args.bootstrap)
     overrides: dict[str, Any] = {
         "output.dir": str(out),
         "approach": args.approach,

@@ -55,6 +55,8 @@ from flops_fit.flops import flops_per_token as _flops_per_token
 logger = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
+#: The plan's file name in a sweep's output folder (written by ff-plan / `flops-fit plan`, read by the later stages).
+PLAN_FILE = "sweep.json"
 #: Bump when the fields entering :func:`experiment_id` change meaning (it changes every id).
 ID_VERSION = 1
 DEFAULT_SIZE_SPAN = 8.0
@@ -595,6 +597,23 @@ class SweepPlan:
                 return e
         raise KeyError(f"no experiment {experiment_id!r} in this plan")
 
+    def select_runs(self, runs: pd.DataFrame, source: object = "the results") -> pd.DataFrame:
+        """The rows of ``runs`` (a runs table) that belong to this plan, matched by experiment id.
+
+        A ledger can also hold runs of an earlier plan in the same folder (other budgets, sizes, model, data
+        or settings); those are left out with a warning naming ``source``, and stay in the file.
+        """
+        outside = ~runs["experiment_id"].isin({e.experiment_id for e in self.experiments})
+        if outside.any():
+            logger.warning(
+                "%d of %d run(s) in %s belong to an earlier plan (other budgets, sizes, model, data or "
+                "settings) and are left out; they stay in the file (`flops-fit fit FILE` fits every run in it)",
+                int(outside.sum()),
+                len(runs),
+                source,
+            )
+        return runs.loc[~outside].reset_index(drop=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -1098,6 +1117,19 @@ def _positive_int(name: str, value: Any, minimum: int = 1, why: str = "") -> int
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}{why}, got {value}")
     return int(value)
+
+
+def as_plan(plan: SweepPlan | str | os.PathLike[str] | None) -> SweepPlan | None:
+    """None, a :class:`SweepPlan`, or the plan read from a ``sweep.json`` path (which must exist)."""
+    if plan is None or isinstance(plan, SweepPlan):
+        return plan
+    if not isinstance(plan, (str, os.PathLike)):
+        raise TypeError(f"plan must be a sweep.json path or a SweepPlan, got {plan!r}")
+    if not Path(plan).is_file():
+        raise FileNotFoundError(
+            f"plan file {str(plan)!r} does not exist; pass the sweep's sweep.json, or plan=None for every run"
+        )
+    return SweepPlan.load(plan)
 
 
 class SweepPlanner:

@@ -253,13 +253,20 @@ class ScalingVisualizer:
         columns: Mapping[str, str] | None = None,
         budget_rtol: float | None = None,
         target_budgets: Iterable[float] | float | None = None,
+        plan: Any = None,
     ) -> ScalingVisualizer:
         """Visualizer for a results file (read by :func:`flops_fit.runs.load_runs`) and the
         ``scaling_laws.json`` written by :meth:`ScalingLawAnalyzer.analyze`.
 
-        ``budget_rtol`` defaults to the IsoFLOP fit's own (else the library default).
+        ``budget_rtol`` defaults to the IsoFLOP fit's own (else the library default). ``plan`` (a
+        ``sweep.json`` path or a SweepPlan) keeps only that plan's runs, as the analyzer's ``plan`` does.
         """
+        from flops_fit.planning import as_plan
+
         runs = load_runs(results_path, columns=columns)
+        sweep = as_plan(plan)
+        if sweep is not None:
+            runs = sweep.select_runs(runs, results_path)
         path = Path(scaling_laws_path)
         if not path.is_file():
             raise FileNotFoundError(

@@ -206,6 +206,18 @@ def run_train(data: Mapping[str, Any]) -> Any:
     return runs
 
 
+def _plan_path(plan: Any, out_dir: Path) -> Path | None:
+    """The ``plan`` key of ff-analyze / ff-visualize: ``auto`` is the output folder's plan if it has one."""
+    from flops_fit.planning import PLAN_FILE
+
+    if plan == "auto":
+        path = out_dir / PLAN_FILE
+        return path if path.is_file() else None
+    if plan is not None and not isinstance(plan, str):
+        raise ConfigError(f"plan must be auto, a sweep.json path or null, got {plan!r}")
+    return None if plan is None else Path(plan)
+
+
 def run_analyze(data: Mapping[str, Any]) -> Any:
     from flops_fit._io import atomic_write_text
     from flops_fit.analysis.analyzer import ScalingLawAnalyzer
@@ -218,6 +230,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     analyzer = ScalingLawAnalyzer(
         cfg.take("results"),
         out_dir,
+        plan=_plan_path(cfg.take("plan"), out_dir),
         approach=cfg.take("approach"),
         columns=cfg.take("columns"),
         bootstrap=cfg.take("bootstrap"),
@@ -248,7 +261,10 @@ def run_visualize(data: Mapping[str, Any]) -> Any:
     out_dir = Path(output.take("dir"))
     output.done()
     viz = ScalingVisualizer.from_files(
-        cfg.take("results"), cfg.take("scaling_laws"), target_budgets=cfg.take("target_budgets")
+        cfg.take("results"),
+        cfg.take("scaling_laws"),
+        target_budgets=cfg.take("target_budgets"),
+        plan=_plan_path(cfg.take("plan"), out_dir),
     )
     paths = viz.save_all(out_dir, formats=tuple(cfg.take("formats")), dpi=cfg.take("dpi"))
     cfg.done()

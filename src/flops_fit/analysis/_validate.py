@@ -43,13 +43,30 @@ def positive_arrays(min_points: int = 1, **arrays: Any) -> list[np.ndarray]:
     return out
 
 
+#: Most bootstrap resamples a fit accepts. The Monte Carlo error of a 2.5% percentile is already about
+#: 0.16 percentage points at 10,000 resamples; far more only costs memory (a weights table per resample).
+MAX_BOOTSTRAP = 100_000
+
+
 def check_bootstrap(bootstrap: Any) -> int:
-    """``bootstrap`` as a non-negative int number of resamples, or a TypeError/ValueError naming it."""
+    """``bootstrap`` as an int number of resamples in [0, MAX_BOOTSTRAP], or a TypeError/ValueError naming it."""
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)):
         raise TypeError(f"bootstrap must be an int number of resamples (0 for none), got {bootstrap!r}")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+    if bootstrap > MAX_BOOTSTRAP:
+        raise ValueError(
+            f"bootstrap={bootstrap} resamples is more than the {MAX_BOOTSTRAP:,} allowed; 1,000 to 10,000 give "
+            "stable 95% intervals"
+        )
     return int(bootstrap)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` as a bool, or a TypeError naming ``name`` (a string such as 'no' is not read by truthiness)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_seed(seed: Any) -> int:
@@ -59,6 +76,18 @@ def check_seed(seed: Any) -> int:
     if seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed}")
     return int(seed)
+
+
+def check_ids(ids: Any, n: int) -> list[str] | None:
+    """Run names for the ``n`` points of a fit (None: ``run-0``, ``run-1``, ...), or a ValueError naming ``ids``."""
+    if ids is None:
+        return None
+    if isinstance(ids, str):
+        raise TypeError(f"ids must be a sequence of {n} run names, got the string {ids!r}")
+    names = [str(i) for i in ids]
+    if len(names) != n:
+        raise ValueError(f"ids must name each of the {n} points, got {len(names)} name(s)")
+    return names
 
 
 def check_budget_rtol(budget_rtol: Any) -> float:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from flops_fit._io import atomic_write_json
+from flops_fit.analysis._validate import check_bootstrap, check_budget_rtol, check_flag, check_seed
 from flops_fit.analysis.approaches import Fit, fit_from_dict, has_curves, resolve_approaches, run_approach
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.isoflop import IsoFLOPFit
@@ -131,7 +132,9 @@ class ScalingLawAnalyzer:
     """Fit scaling laws to a results file and write ``output_dir/scaling_laws.json``.
 
     ``approach``: ``"isoflop"`` (Approach 2, the default), ``"parametric"`` (3), ``"envelope"`` (1) or
-    ``"all"``; the first one named is the primary approach whose laws the analysis reports.
+    ``"all"``; the first one named is the primary approach whose laws the analysis reports. ``plan`` (a
+    ``sweep.json`` path or a :class:`~flops_fit.planning.SweepPlan`) keeps only that plan's runs: a ledger
+    can also hold runs of an earlier plan written to the same folder.
     """
 
     def __init__(
@@ -145,26 +148,45 @@ class ScalingLawAnalyzer:
         seed: int = 0,
         exclude_outliers: bool = True,
         budget_rtol: float = DEFAULT_BUDGET_RTOL,
+        plan: str | os.PathLike[str] | Any | None = None,
     ) -> None:
-        self.approaches = resolve_approaches(approach)
-        if int(bootstrap) < 0:
-            raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
+        if isinstance(approach, str) or isinstance(approach, Sequence):
+            self.approaches = resolve_approaches(approach)
+        else:
+            raise TypeError(
+                f"approach must be a name such as 'isoflop' or 'all', or a list of names, got {approach!r}"
+            )
+        if columns is not None and not isinstance(columns, Mapping):
+            raise TypeError(
+                f"columns must map canonical names to your file's columns, e.g. {{'num_params': 'Model Size'}}, "
+                f"got {columns!r}"
+            )
         self.results_path = Path(results_path)
         self.output_dir = Path(output_dir)
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output_dir {str(self.output_dir)!r} is a file; pass a directory")
         self.approach = self.approaches[0]
         self.columns = dict(columns) if columns else None
-        self.bootstrap = int(bootstrap)
-        self.seed = int(seed)
-        self.exclude_outliers = bool(exclude_outliers)
-        self.budget_rtol = float(budget_rtol)
+        self.bootstrap = check_bootstrap(bootstrap)
+        self.seed = check_seed(seed)
+        self.exclude_outliers = check_flag("exclude_outliers", exclude_outliers)
+        self.budget_rtol = check_budget_rtol(budget_rtol)
+        from flops_fit.planning import as_plan  # the plan's module needs torch; the fits do not
+
+        self.plan = as_plan(plan)
 
     @property
     def scaling_laws_path(self) -> Path:
         return self.output_dir / SCALING_LAWS_FILE
 
+    def _runs(self) -> pd.DataFrame:
+        """Every run of the results file, or only the plan's runs when a plan was given."""
+        runs = load_runs(self.results_path, columns=self.columns)
+        return runs if self.plan is None else self.plan.select_runs(runs, self.results_path)
+
     def load_results(self) -> pd.DataFrame:
         """The completed runs of the results file (.json, .jsonl, .csv or .parquet) as a runs table."""
-        return completed(load_runs(self.results_path, columns=self.columns))
+        return completed(self._runs())
 
     def find_optimal_per_budget(self, df: pd.DataFrame) -> pd.DataFrame:
         """One row per budget bucket: the run with the lowest final loss (buckets as in the fits)."""
@@ -182,7 +204,7 @@ class ScalingLawAnalyzer:
 
     def analyze(self) -> ScalingAnalysis:
         """Fit every requested approach, write ``scaling_laws.json`` atomically and return the analysis."""
-        runs = load_runs(self.results_path, columns=self.columns)
+        runs = self._runs()
         fits: dict[str, Fit] = {}
         for name in self.approaches:
             if name == "envelope" and len(self.approaches) > 1 and not has_curves(runs):

@@ -69,29 +69,52 @@ def run_approach(
     """Fit approach ``name`` to the completed runs of ``runs`` (outliers handled by the fit itself)."""
     (name,) = resolve_approaches(name)
     runs = validate_runs(runs)
+    runs = runs[usable_rows(runs, name)].reset_index(drop=True)
     if name == "envelope":
         return fit_envelope(runs, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol)
-    usable = _array_rows(runs)
-    dropped = len(runs) - int(usable.sum())
-    if dropped:
-        logger.info("%s: %d run(s) not completed or with non-finite values are left out", name, dropped)
-    runs = runs[usable]
     n, d, l, c = (
         runs[k].to_numpy(float) for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
     )
+    ids = runs["experiment_id"].astype(str).tolist()
     if name == "isoflop":
         return fit_isoflop(
-            n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol
+            n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol, ids=ids
         )
     return fit_parametric(
-        n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude, C=c, budget_rtol=budget_rtol
+        n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude, C=c, budget_rtol=budget_rtol, ids=ids
     )
 
 
-def _array_rows(runs: pd.DataFrame) -> Any:
-    """Completed rows whose C, N, D and loss are all positive and finite."""
+def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
+    """Mask of the completed runs whose C, N, D and loss are all positive and finite.
+
+    Completed runs with other values are left out with a warning naming them; a table with no usable run
+    is a ValueError saying how many runs completed, failed or diverged.
+    """
     vals = runs[["num_params", "num_tokens", "final_loss", "compute_budget"]].to_numpy(float)
-    return (runs["status"] == "completed").to_numpy() & (np.isfinite(vals) & (vals > 0)).all(axis=1)
+    completed = (runs["status"] == "completed").to_numpy()
+    valid = (np.isfinite(vals) & (vals > 0)).all(axis=1)
+    invalid = completed & ~valid
+    if invalid.any():
+        names = runs.loc[invalid, "experiment_id"].astype(str)
+        more = "" if len(names) <= 8 else f" and {len(names) - 8} more"
+        logger.warning(
+            "%s: left out %d completed run(s) whose compute_budget, num_params, num_tokens or final_loss is "
+            "not positive and finite: %s%s",
+            what,
+            int(invalid.sum()),
+            ", ".join(names.head(8)),
+            more,
+        )
+    usable = completed & valid
+    if not usable.any():
+        counts = runs["status"].value_counts().to_dict()
+        raise ValueError(
+            f"{what}: nothing to fit: none of the {len(runs)} run(s) is completed with positive finite values "
+            f"(statuses: {counts}; completed with invalid values: {int(invalid.sum())}). Check the training "
+            "logs of the failed runs, or the column mapping of the file."
+        )
+    return usable
 
 
 def fit_from_dict(d: Mapping[str, Any]) -> Fit:

@@ -21,6 +21,7 @@ from flops_fit.analysis._validate import (
     canonical_order,
     check_bootstrap,
     check_budget_rtol,
+    check_flag,
     check_seed,
     positive_budgets,
 )
@@ -139,7 +140,7 @@ def fit_envelope(
     it the fit carries no intervals (envelope points are not independent, so regression intervals would lie). Runs flagged by :func:`detect_outliers` are left out unless ``exclude=False``.
     """
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
-    budget_rtol = check_budget_rtol(budget_rtol)
+    budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
     if isinstance(grid_points, bool) or not isinstance(grid_points, (int, np.integer)):
         raise TypeError(f"grid_points must be an int >= 10, got {grid_points!r}")
     df = validate_runs(runs)

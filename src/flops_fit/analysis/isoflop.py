@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from flops_fit.analysis._validate import (
     canonical_order,
     check_bootstrap,
     check_budget_rtol,
+    check_flag,
+    check_ids,
     check_seed,
     positive_arrays,
     positive_budgets,
@@ -432,6 +434,7 @@ def fit_isoflop(
     seed: int = 0,
     exclude: bool = True,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    ids: Sequence[str] | None = None,
 ) -> IsoFLOPFit:
     """Approach 2: per-budget parabola minima, then power laws across budgets.
 
@@ -443,18 +446,20 @@ def fit_isoflop(
             0 gives regression intervals that ignore the uncertainty of each minimum.
         exclude: drop runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (reported in
             ``excluded``).
+        ids: a name for each run, used when excluded runs are reported (default ``run-0``, ``run-1``, ...).
     """
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
-    budget_rtol = check_budget_rtol(budget_rtol)
+    budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
     if C is None:
         n, d, l = positive_arrays(1, N=N, D=D, L=L)
         c = 6.0 * n * d
     else:
         n, d, l, c = positive_arrays(1, N=N, D=D, L=L, C=C)
+    names = check_ids(ids, n.size)
     excluded = pd.DataFrame()
     if exclude:
         kept, excluded = exclude_outliers(
-            runs_from_arrays(n, d, l, c), what="fit_isoflop", budget_rtol=budget_rtol
+            runs_from_arrays(n, d, l, c, ids=names), what="fit_isoflop", budget_rtol=budget_rtol
         )
         n, d, l, c = (
             kept[k].to_numpy() for k in ("num_params", "num_tokens", "final_loss", "compute_budget")

@@ -37,9 +37,17 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from flops_fit.analysis._validate import canonical_order, check_budget_rtol, positive_arrays
+from flops_fit.analysis._validate import (
+    canonical_order,
+    check_bootstrap,
+    check_budget_rtol,
+    check_flag,
+    check_ids,
+    check_seed,
+    positive_arrays,
+)
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
-from flops_fit.analysis.outliers import detect_outliers
+from flops_fit.analysis.outliers import detect_outliers, report_excluded
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.runs import runs_from_arrays
 
@@ -1030,6 +1038,7 @@ def fit_parametric(
     exclude: bool = True,
     C: Sequence[float] | np.ndarray | None = None,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    ids: Sequence[str] | None = None,
 ) -> ParametricFit:
     """Fit L(N, D) = E + A / N**alpha + B / D**beta (Chinchilla Approach 3).
 
@@ -1041,7 +1050,8 @@ def fit_parametric(
 
     ``exclude`` drops runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (duplicates and
     IsoFLOP-profile outliers; profiles are the runs' budgets ``C`` in FLOPs, default 6ND, grouped within
-    ``budget_rtol``) before fitting; they are reported in ``excluded``. ``C`` plays no other part in the fit.
+    ``budget_rtol``) before fitting; they are reported in ``excluded``, named by ``ids`` (default ``run-0``,
+    ``run-1``, ...). ``C`` plays no other part in the fit.
 
     Needs at least 5 points and at least 2 distinct N and 2 distinct D; raises ValueError otherwise.
     """
@@ -1052,13 +1062,9 @@ def fit_parametric(
         raise ValueError(
             f"huber_delta must be a positive finite number (Chinchilla: 1e-3), got {huber_delta}"
         )
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)):
-        raise TypeError(f"bootstrap must be an int number of resamples, got {type(bootstrap).__name__}")
-    if bootstrap < 0:
-        raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    budget_rtol = check_budget_rtol(budget_rtol)
+    bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
+    budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
+    names = check_ids(ids, n.size)
     w = np.ones_like(n) if weights is None else _check_weights(weights, n.size)
     starts = _grid_starts(init_grid)
     excluded = pd.DataFrame()
@@ -1066,15 +1072,11 @@ def fit_parametric(
         budgets = None if C is None else positive_arrays(C=C)[0]
         if budgets is not None and budgets.size != n.size:
             raise ValueError(f"C must have one budget per point: got {budgets.size} for {n.size} points")
-        flagged = detect_outliers(runs_from_arrays(n, d, loss, budgets), budget_rtol=budget_rtol)
+        flagged = detect_outliers(runs_from_arrays(n, d, loss, budgets, ids=names), budget_rtol=budget_rtol)
         mask = flagged["outlier"].to_numpy()
         if mask.any():
             excluded = flagged[mask].reset_index(drop=True)
-            logger.warning(
-                "fit_parametric: excluded %d run(s) %s (pass exclude=False to keep them)",
-                int(mask.sum()),
-                excluded["outlier_reason"].value_counts().to_dict(),
-            )
+            report_excluded(excluded, "fit_parametric")
             n, d, loss, w = n[~mask], d[~mask], loss[~mask], w[~mask]
     order = canonical_order(n, d, loss, w)
     n, d, loss, w = n[order], d[order], loss[order], w[order]

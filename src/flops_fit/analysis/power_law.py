@@ -8,6 +8,7 @@ refitting B resamples of the points (95% percentile intervals).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -17,7 +18,9 @@ import numpy as np
 from scipy import optimize, stats
 
 from flops_fit.analysis._offset import UPPER_MARGIN, distinct_present, fit_offset_power_laws
-from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_seed
+from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_flag, check_seed
+
+logger = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
 #: An offset at most this fraction of the smallest y sits at its bound 0: the law is the pure power law.
@@ -128,6 +131,18 @@ def _valid_xy(x: Any, y: Any, need: int, what: str) -> tuple[np.ndarray, np.ndar
         raise ValueError(
             f"Not enough valid points for {what}: {int(ok.sum())} positive finite point(s) with "
             f"{np.unique(xa[ok]).size} distinct x, need at least {need} with 2 distinct x"
+        )
+    if not ok.all():
+        first = int(np.flatnonzero(~ok)[0])
+        logger.warning(
+            "fit_power_law: left out %d of %d point(s) with a non-positive or non-finite x or y "
+            "(first: x[%d] = %g, y[%d] = %g)",
+            int((~ok).sum()),
+            ok.size,
+            first,
+            xa[first],
+            first,
+            ya[first],
         )
     return xa[ok], ya[ok]
 
@@ -319,10 +334,11 @@ def fit_power_law(
 ) -> PowerLawFit:
     """Fit y = k * x**a (or y = offset + k * x**a with ``offset=True``).
 
-    Non-positive and non-finite points are ignored. Needs at least 2 valid points (3 with an offset) and
+    Non-positive and non-finite points are left out, with a logged warning. Needs at least 2 valid points (3 with an offset) and
     two distinct x values; otherwise raises ``ValueError("Not enough valid points ...")``.
     """
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
+    offset = check_flag("offset", offset)
     need = 3 if offset else 2
     xv, yv = _valid_xy(x, y, need, "an offset power law" if offset else "a power law")
     order = canonical_order(xv, yv)

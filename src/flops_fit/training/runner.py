@@ -47,7 +47,7 @@ from torch import nn
 
 from flops_fit._io import remove_temporaries
 from flops_fit.ledger import append_record, encode_record, read_records
-from flops_fit.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
+from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
@@ -71,7 +71,6 @@ RAY_DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 RESULTS_FILE = "results.jsonl"
 #: A JSON list of run objects written by earlier tools; read (never written) next to the ledger.
 LEGACY_RESULTS_FILE = "results.json"
-PLAN_FILE = "sweep.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
