@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from flops_fit.flops import count_params
 from flops_fit.ledger import encode_record
 from flops_fit.training import (
     Callback,
@@ -21,7 +22,6 @@ from flops_fit.training import (
     TrainOutcome,
     default_param_groups,
     lr_multiplier,
-    non_embedding_params,
     resolve_device,
     resolve_precision,
     train,
@@ -149,12 +149,32 @@ def test_steps_tokens_and_flops_follow_the_documented_rule():
     out = run(num_tokens=1000)  # 8 samples x 16 tokens = 128 tokens/step -> ceil(1000/128) = 8 steps
     assert out.steps == 8
     assert out.tokens_seen == 8 * 128
-    n = non_embedding_params(make_lm())
+    n = count_params(make_lm())
     assert out.num_params == n == 16 * 16 + 16 + 16 * VOCAB + VOCAB
     assert out.flops_per_token == 6 * n and out.flops == 6 * n * out.tokens_seen
     custom = run(num_tokens=1000, flops_per_token=123.0)
     assert custom.flops == 123.0 * custom.tokens_seen
     assert out.tokens_per_s == pytest.approx(out.tokens_seen / out.wall_time_s)
+
+
+class BagLM(TinyLM):
+    """TinyLM with an extra EmbeddingBag (a learned bias per position bag): an embedding, not counted in N."""
+
+    def __init__(self):
+        super().__init__()
+        self.bag = nn.EmbeddingBag(VOCAB, 16, mode="mean")
+
+    def forward(self, x):
+        return self.body(self.emb(x) + self.bag(x)[:, None, :])
+
+
+def test_the_loop_counts_parameters_by_the_one_rule():
+    """N and the 6N fallback follow flops.count_params, which leaves out nn.EmbeddingBag too."""
+    torch.manual_seed(0)
+    model = BagLM()
+    out = run(num_tokens=256, model=model)
+    assert out.num_params == count_params(model) == 16 * 16 + 16 + 16 * VOCAB + VOCAB
+    assert out.flops_per_token == 6 * out.num_params
 
 
 def test_tokens_per_sample_attribute_wins_over_targets():

@@ -40,6 +40,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
+
 CONVENTIONS: tuple[str, ...] = ("6nd", "chinchilla", "measured")
 PARAM_COUNTS: tuple[str, ...] = ("non_embedding", "total")
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
@@ -342,7 +344,7 @@ def flops_per_token(
     """
     name = convention_name(flops)
     if name == "6nd":
-        value = 6.0 * count_params(model, "non_embedding")
+        value = FLOPS_PER_PARAM_TOKEN * count_params(model, "non_embedding")
     elif name == "chinchilla":
         if shape is None:
             raise ValueError("flops='chinchilla' needs the transformer shape (d_model, num_layers, ...)")

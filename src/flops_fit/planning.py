@@ -51,6 +51,7 @@ from flops_fit.flops import (
     split_sample,
 )
 from flops_fit.flops import flops_per_token as _flops_per_token
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -926,7 +927,7 @@ class _Prober:
             model = self._build(v)
             self._n[v] = count_params(model, self.spec.param_count)
             if self.name == "6nd":
-                self._fpt[v] = 6.0 * count_params(model, "non_embedding")
+                self._fpt[v] = FLOPS_PER_PARAM_TOKEN * count_params(model, "non_embedding")
         return self._n[v]
 
     def flops_per_token(self, v: int | float) -> float:
@@ -1395,7 +1396,7 @@ class SweepPlanner:
                             f"at C={c:.3g} the target size {target:.3g} is below one parameter; raise min_flops"
                         )
                     if all(n != s[1] for s in sizes):
-                        sizes.append((None, n, 6.0 * n))
+                        sizes.append((None, n, FLOPS_PER_PARAM_TOKEN * n))
                 groups.append((c, centre, sizes))
         else:
             prober = _Prober(self.model, self.flops, sample, tokens_in_sample)
@@ -1433,7 +1434,7 @@ class SweepPlanner:
     def _centre_param_space(self, budget: float) -> float:
         if self.prior is not None:
             return _prior_optimum(self.prior, budget)
-        return math.sqrt(budget / (6.0 * self.tokens_per_param))  # C = 6 N D, D = r N
+        return math.sqrt(budget / (FLOPS_PER_PARAM_TOKEN * self.tokens_per_param))  # C = 6 N D, D = r N
 
     def _targets(self, centre: float) -> np.ndarray:
         lo, hi = self.size_span

@@ -44,7 +44,7 @@ from flops_fit.analysis.isoflop import (
     IsoFLOPFit,
 )
 from flops_fit.analysis.parametric import ParametricFit
-from flops_fit.runs import load_runs, validate_runs
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -788,7 +788,13 @@ class ScalingVisualizer:
             bar.ax.tick_params(labelsize=6)
             for centre in budgets:
                 ax.plot(
-                    n_grid, centre / (6.0 * n_grid), color="0.1", lw=0.6, ls=(0, (3, 2)), alpha=0.8, zorder=2
+                    n_grid,
+                    centre / (FLOPS_PER_PARAM_TOKEN * n_grid),
+                    color="0.1",
+                    lw=0.6,
+                    ls=(0, (3, 2)),
+                    alpha=0.8,
+                    zorder=2,
                 )
             iso_label = "IsoFLOP lines ND = C/6"
             if budgets.size < self.budgets.size:

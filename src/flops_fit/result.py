@@ -39,7 +39,7 @@ from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
 from flops_fit.planning import SweepPlan
-from flops_fit.runs import load_runs, validate_runs
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -492,7 +492,10 @@ class Result:
         if "parametric" in self.fits:
             usable = self.usable_runs
             ratio = float(
-                np.median(usable["compute_budget"] / (6.0 * usable["num_params"] * usable["num_tokens"]))
+                np.median(
+                    usable["compute_budget"]
+                    / (FLOPS_PER_PARAM_TOKEN * usable["num_params"] * usable["num_tokens"])
+                )
             )
             if abs(ratio - 1.0) > SIX_ND_RTOL:
                 notes.append(

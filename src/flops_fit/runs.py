@@ -34,6 +34,11 @@ from flops_fit.ledger import read_records
 
 logger = logging.getLogger(__name__)
 
+#: FLOPs per parameter per training token in the rule C = 6 N D (2 forward + 4 backward, Kaplan et al. 2020):
+#: the ``"6nd"`` convention of :mod:`flops_fit.flops`, and what the analysis assumes where a run lacks its
+#: tokens or its budget, and in Approach 3's closed-form allocation (Hoffmann et al. 2022, Eq. 4).
+FLOPS_PER_PARAM_TOKEN = 6.0
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "experiment_id",
     "compute_budget",
@@ -121,7 +126,7 @@ def runs_from_arrays(
     n = np.asarray(N, dtype=float)
     d = np.asarray(D, dtype=float)
     loss = np.asarray(L, dtype=float)
-    c = 6.0 * n * d if C is None else np.asarray(C, dtype=float)
+    c = FLOPS_PER_PARAM_TOKEN * n * d if C is None else np.asarray(C, dtype=float)
     return pd.DataFrame(
         {
             "experiment_id": list(ids) if ids is not None else [f"run-{i}" for i in range(len(n))],
@@ -206,12 +211,12 @@ def complete_runs(df: pd.DataFrame, *, source: str = "runs") -> pd.DataFrame:
     if have_n and have_c and not have_d:
         logger.info("%s: no num_tokens column; using D = C / (6 N)", source)
         df["num_tokens"] = pd.to_numeric(df["compute_budget"], errors="coerce") / (
-            6.0 * pd.to_numeric(df["num_params"], errors="coerce")
+            FLOPS_PER_PARAM_TOKEN * pd.to_numeric(df["num_params"], errors="coerce")
         )
     elif have_n and have_d and not have_c:
         logger.info("%s: no compute_budget column; using C = 6 N D", source)
         df["compute_budget"] = (
-            6.0
+            FLOPS_PER_PARAM_TOKEN
             * pd.to_numeric(df["num_params"], errors="coerce")
             * pd.to_numeric(df["num_tokens"], errors="coerce")
         )

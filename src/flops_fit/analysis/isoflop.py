@@ -31,7 +31,7 @@ from flops_fit.analysis._validate import (
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, _ols, fit_power_law, fit_power_law_batch
-from flops_fit.runs import runs_from_arrays
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -452,7 +452,7 @@ def fit_isoflop(
     budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
     if C is None:
         n, d, l = positive_arrays(1, N=N, D=D, L=L)
-        c = 6.0 * n * d
+        c = FLOPS_PER_PARAM_TOKEN * n * d
     else:
         n, d, l, c = positive_arrays(1, N=N, D=D, L=L, C=C)
     names = check_ids(ids, n.size)

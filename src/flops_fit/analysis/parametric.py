@@ -49,7 +49,7 @@ from flops_fit.analysis._validate import (
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
 from flops_fit.analysis.power_law import PowerLawFit
-from flops_fit.runs import runs_from_arrays
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -516,7 +516,7 @@ def _allocation(C: np.ndarray, E: Any, A: Any, B: Any, alpha: Any, beta: Any) ->
         al = np.where(ok, alpha, np.nan)
         be = np.where(ok, beta, np.nan)
         log_g = (np.log(al) + np.log(A) - np.log(be) - np.log(B)) / (al + be)
-        log_c6 = np.log(C / 6.0)
+        log_c6 = np.log(C / FLOPS_PER_PARAM_TOKEN)
         log_n = log_g + log_c6 * (be / (al + be))
         log_d = -log_g + log_c6 * (al / (al + be))
         n_opt, d_opt = np.exp(log_n), np.exp(log_d)

@@ -12,7 +12,7 @@ from flops_fit.training.data import HOLDOUT_SEED, DataPlan
 from flops_fit.training.device import resolve_device, resolve_precision
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw
-from flops_fit.training.optim import default_param_groups, non_embedding_params
+from flops_fit.training.optim import default_param_groups
 from flops_fit.training.outcome import RunInfo, TrainOutcome
 from flops_fit.training.runner import TrainingRunner, latest_records, load_results
 from flops_fit.training.schedule import lr_multiplier
@@ -32,7 +32,6 @@ __all__ = [
     "load_checkpoint",
     "load_results",
     "lr_multiplier",
-    "non_embedding_params",
     "resolve_device",
     "resolve_precision",
     "save_checkpoint",

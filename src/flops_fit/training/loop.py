@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flops_fit.flops import count_params
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -39,7 +41,7 @@ from flops_fit.training.data import (
 )
 from flops_fit.training.device import autocast_dtype, cpu_threads, resolve_compile, resolve_precision
 from flops_fit.training.distributed import SingleProcess, make_processes
-from flops_fit.training.optim import build_optimizer, non_embedding_params
+from flops_fit.training.optim import build_optimizer
 from flops_fit.training.outcome import RunInfo, TrainOutcome
 from flops_fit.training.schedule import lr_multiplier
 
@@ -307,9 +309,9 @@ class _Run:
             self.eval_every = max(1, math.ceil(self.total_steps / AUTO_EVALS))
         else:
             self.eval_every = config.eval_every
-        self.num_params = non_embedding_params(model)
+        self.num_params = count_params(model, "non_embedding")
         self.flops_per_token = (
-            float(flops_per_token) if flops_per_token is not None else 6.0 * self.num_params
+            float(flops_per_token) if flops_per_token is not None else FLOPS_PER_PARAM_TOKEN * self.num_params
         )
         dtype = autocast_dtype(precision)
         self._autocast = (

@@ -90,18 +90,3 @@ def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device)
             )
     kwargs = {"lr": config.lr, "betas": config.betas, "eps": config.eps, "weight_decay": config.weight_decay}
     return torch.optim.AdamW(groups, **kwargs, **adamw_implementation(device))
-
-
-def non_embedding_params(model: nn.Module) -> int:
-    """Parameters of ``model`` outside ``nn.Embedding`` modules, each shared tensor counted once."""
-    embedding = {
-        id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)
-    }
-    seen: set[int] = set()
-    total = 0
-    for param in model.parameters():
-        if id(param) in seen or id(param) in embedding:
-            continue
-        seen.add(id(param))
-        total += param.numel()
-    return total
