@@ -253,6 +253,23 @@ def test_rope_buffers_follow_device_and_dtype_but_are_not_saved():
     assert model.rope_cos.device.type == "meta" and model.rope_sin.device.type == "meta"
 
 
+def test_rope_tables_survive_casts_and_meta_construction():
+    """A bf16 -> fp32 round trip leaves exact tables, and a model built on the meta device gets real ones
+    when materialised (to_empty + reset_parameters), not uninitialised memory."""
+    exact = rope_cache(16, 8)  # max_seq_len 16, head_dim 32 / 4 heads
+    model = tiny("u-mup").to(torch.bfloat16)
+    assert model.rope_cos.dtype == torch.bfloat16
+    model = model.to(torch.float32)
+    torch.testing.assert_close(model.rope_cos, exact[0], rtol=0, atol=0)
+    torch.testing.assert_close(model.rope_sin, exact[1], rtol=0, atol=0)
+    with torch.device("meta"):
+        meta = tiny("u-mup")
+    meta = meta.to_empty(device="cpu")
+    meta.reset_parameters()
+    torch.testing.assert_close(meta.rope_cos, exact[0], rtol=0, atol=0)
+    torch.testing.assert_close(meta.rope_sin, exact[1], rtol=0, atol=0)
+
+
 def test_state_dict_round_trip():
     torch.manual_seed(3)
     a = tiny("u-mup")

@@ -140,11 +140,16 @@ def _suggest_num_heads(d_model: int) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def rope_cache(seq_len: int, head_dim: int, base: float = ROPE_BASE) -> tuple[Tensor, Tensor]:
-    """Cosine and sine tables, each ``(seq_len, head_dim // 2)`` float32, for rotary embeddings."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
-    return angles.cos(), angles.sin()
+def rope_cache(
+    seq_len: int, head_dim: int, base: float = ROPE_BASE, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """Cosine and sine tables, each ``(seq_len, head_dim // 2)``, for rotary embeddings.
+
+    Computed in float64 on the CPU and rounded once to ``dtype``.
+    """
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -274,14 +279,29 @@ class GPT(nn.Module):
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
         cos, sin = rope_cache(config.max_seq_len, config.head_dim)
-        # Non-persistent: not in state_dict, but moved by .to(device) and cast by .to(dtype).
+        # Non-persistent buffers: not in state_dict; they follow .to(device) and .to(dtype), and are
+        # recomputed from scratch after every such move (see _apply) and by reset_parameters, so a
+        # bf16 -> fp32 round trip leaves no rounding behind and a model built on the meta device gets
+        # real tables when it is materialised.
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    def _fill_rope(self) -> None:
+        device, dtype = self.rope_cos.device, self.rope_cos.dtype
+        cos, sin = rope_cache(self.config.max_seq_len, self.config.head_dim, dtype=dtype)
+        self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GPT:
+        super()._apply(fn, recurse)
+        with torch.no_grad():
+            self._fill_rope()
+        return self
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """(Re)initialise all weights as the parametrization prescribes; ``lm_head`` starts at zero."""
+        self._fill_rope()
         if self.config.parametrization == "u-mup":
             for module in self.modules():
                 if isinstance(module, (uu.Linear, uu.Embedding)):
