@@ -519,6 +519,8 @@ CLI_CASES = [
     ("plan --out {tmp}/garbage.json", "--out"),
     ("plan --out {tmp}/o --model-kwargs '{\"a\": 1}'", "--model-kwargs need(s) --model"),
     ("plan --out {tmp}/o --size-param width", "--size-param need(s) --model"),
+    ("plan --out {tmp}/o --shape-fn flops_fit.examples.gpt.transformer_shape", "--shape-fn need(s) --model"),
+    ("plan --out {tmp}/o --sample-kwargs '{\"seq_len\": 8}'", "--sample-kwargs needs --sample-fn"),
     ("train {tmp}/nowhere", "is not a directory"),
     ("train {tmp}", "sweep.json"),
     ("train {tmp}/planned --mode gpu", "mode"),

@@ -133,6 +133,17 @@ def _dir_arg(value: str, what: str, must_exist: bool = True) -> Path:
     return path
 
 
+def _json_object(text: str | None, option: str) -> dict[str, Any]:
+    """The JSON object given to ``option`` ({} when absent), or a UsageError naming the option."""
+    try:
+        value = json.loads(text) if text else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option} must be a JSON object, e.g. '{{\"num_layers\": 4}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option} must be a JSON object, e.g. '{{\"num_layers\": 4}}'")
+    return value
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan an IsoFLOP sweep and write DIR/sweep.json."""
     from flops_fit.stages import default_config, run_plan
@@ -156,10 +167,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "sweep.flops": args.flops,
         }
     )
-    if not args.model and (args.size_param or args.model_kwargs):
-        given = " and ".join(
-            o for o, v in (("--size-param", args.size_param), ("--model-kwargs", args.model_kwargs)) if v
-        )
+    if args.sample_kwargs and not args.sample_fn:
+        raise UsageError("--sample-kwargs needs --sample-fn (the function they are passed to)")
+    model_options = (
+        ("--size-param", args.size_param),
+        ("--model-kwargs", args.model_kwargs),
+        ("--size-multiple", args.size_multiple),
+        ("--shape-fn", args.shape_fn),
+        ("--sample-fn", args.sample_fn),
+        ("--loss-fn", args.loss_fn),
+    )
+    if not args.model and any(v for _, v in model_options):
+        given = " and ".join(o for o, v in model_options if v)
         raise UsageError(
             f"{given} need(s) --model (the import path of the model class); without a model the "
             "sweep is planned in parameter space"
@@ -173,15 +192,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         if not args.size_param:
             raise UsageError("--model needs --size-param (the keyword of the model that sets its size)")
-        try:
-            kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
-        except json.JSONDecodeError as exc:
-            raise UsageError(
-                f"--model-kwargs must be a JSON object, e.g. '{{\"num_layers\": 4}}': {exc}"
-            ) from None
-        if not isinstance(kwargs, dict):
-            raise UsageError("--model-kwargs must be a JSON object")
-        overrides["model"] = {"_target_": args.model, "size_param": args.size_param, "kwargs": kwargs}
+        kwargs = _json_object(args.model_kwargs, "--model-kwargs")
+        model: dict[str, Any] = {"_target_": args.model, "size_param": args.size_param, "kwargs": kwargs}
+        if args.size_multiple is not None:
+            model["size_multiple"] = args.size_multiple
+        if args.shape_fn:
+            model["shape_fn"] = args.shape_fn
+        if args.loss_fn:
+            model["loss_fn"] = args.loss_fn
+        if args.sample_fn:
+            model["sample_fn"] = {
+                "_target_": args.sample_fn,
+                "_partial_": True,
+                **_json_object(args.sample_kwargs, "--sample-kwargs"),
+            }
+        overrides["model"] = model
     run_plan(default_config("planner", overrides))
     return 0
 
@@ -372,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         "plan",
         "plan an IsoFLOP sweep and write OUT/sweep.json",
         "  flops-fit plan --min-flops 1e17 --max-flops 1e19 --sizes 7 --out runs/a\n"
-        "  flops-fit plan --budgets 1e12,1e13 --model flops_fit.examples.gpt.GPT.from_config --size-param d_model \\\n"
-        '      --model-kwargs \'{"vocab_size": 4096, "num_layers": 2, "max_seq_len": 128}\' --tokens-per-sample 128',
+        "  flops-fit plan --budgets 1e13,1e14 --model flops_fit.examples.gpt.GPT.from_config --size-param d_model \\\n"
+        '      --size-multiple 64 --model-kwargs \'{"vocab_size": 4096, "num_layers": 2, "max_seq_len": 128}\' \\\n'
+        "      --tokens-per-sample 128 --flops chinchilla --shape-fn flops_fit.examples.gpt.transformer_shape",
     )
     plan.add_argument("--out", default="outputs", help="output directory")
     plan.add_argument("--min-flops", type=float, default=1e17, help="smallest budget, FLOPs")
@@ -389,6 +415,28 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--model", help="import path of the model class or factory (default: parameter space)")
     plan.add_argument("--size-param", help="the model keyword that sets its size, e.g. d_model")
     plan.add_argument("--model-kwargs", help="other model keywords as a JSON object")
+    plan.add_argument(
+        "--size-multiple",
+        type=int,
+        help="candidate sizes are multiples of this, e.g. 64 for d_model (default: any integer)",
+    )
+    plan.add_argument(
+        "--shape-fn",
+        help="--flops chinchilla: import path of shape_fn(model) -> TransformerShape, "
+        "e.g. flops_fit.examples.gpt.transformer_shape",
+    )
+    plan.add_argument(
+        "--sample-fn",
+        help="--flops measured: import path of sample_fn(batch_size, **SAMPLE_KWARGS) -> (inputs, targets), "
+        "e.g. flops_fit.examples.gpt.random_batch",
+    )
+    plan.add_argument("--sample-kwargs", help="keywords bound to --sample-fn, as a JSON object")
+    plan.add_argument(
+        "--loss-fn",
+        dest="loss_fn",
+        help="--flops measured: import path of loss_fn(model(inputs), targets) when the model's output is "
+        "not plain logits, e.g. flops_fit.examples.gpt.lm_loss",
+    )
     plan.set_defaults(func=cmd_plan)
 
     train = sub_parser(

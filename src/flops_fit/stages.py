@@ -73,6 +73,16 @@ def _import(path: Any, what: str) -> Any:
         raise ConfigError(f"{what} {path!r} cannot be imported: {exc}") from None
 
 
+def _callable(spec: Any, what: str) -> Any:
+    """An import path, or a mapping with ``_target_`` (``_partial_: true`` binds keyword arguments)."""
+    if spec is None or isinstance(spec, str):
+        return _import(spec, what)
+    fn = _instantiate(spec, what)
+    if not callable(fn):
+        raise ConfigError(f"{what} must build a callable (add _partial_: true to bind arguments), got {fn!r}")
+    return fn
+
+
 def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
     """Build the plan that ``ff-plan`` writes (pure: no files written). Returns (plan, plan path)."""
     from flops_fit.planning import ModelSpec, SweepPlanner
@@ -92,6 +102,9 @@ def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
             size_values=m.take("size_values") if "size_values" in model_cfg else None,
             size_multiple=m.take("size_multiple") if "size_multiple" in model_cfg else None,
             param_count=m.take("param_count") if "param_count" in model_cfg else "non_embedding",
+            shape_fn=_import(m.take("shape_fn"), "model.shape_fn") if "shape_fn" in model_cfg else None,
+            sample_fn=_callable(m.take("sample_fn"), "model.sample_fn") if "sample_fn" in model_cfg else None,
+            loss_fn=_callable(m.take("loss_fn"), "model.loss_fn") if "loss_fn" in model_cfg else None,
         )
         m.done()
     kwargs = {

@@ -48,6 +48,7 @@ import unit_scaling.functional as U
 from torch import Tensor, nn
 
 from flops_fit.examples import _check_positive_int, default_num_heads
+from flops_fit.flops import TransformerShape
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,9 @@ __all__ = [
     "default_num_heads",
     "estimate_params_from_config",
     "lm_loss",
+    "random_batch",
     "rope_cache",
+    "transformer_shape",
 ]
 
 PARAMETRIZATIONS: tuple[str, ...] = ("u-mup", "sp")
@@ -460,6 +463,37 @@ def lm_loss(output: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
             "have the logits' shape without the final vocab dimension"
         )
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+
+
+def transformer_shape(model: GPT) -> TransformerShape:
+    """The shape the ``"chinchilla"`` FLOP convention needs (``ModelSpec(shape_fn=transformer_shape)``).
+
+    The context is ``max_seq_len`` (train on sequences of that length) and the SwiGLU block has three
+    ``d_model x d_ff`` matrices.
+    """
+    c = model.config
+    return TransformerShape(
+        d_model=c.d_model,
+        num_layers=c.num_layers,
+        num_heads=c.num_heads,
+        d_ff=c.d_ff,
+        vocab_size=c.vocab_size,
+        seq_len=c.max_seq_len,
+        ffn_matrices=3,
+    )
+
+
+def random_batch(batch_size: int, *, vocab_size: int, seq_len: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``batch_size`` sequences of random token ids and their next-token targets, each ``(batch, seq_len)``.
+
+    A ``sample_fn`` for the ``"measured"`` FLOP convention and for cost calibration (FLOPs do not depend
+    on the token values); bind the shape first, e.g. ``functools.partial(random_batch, vocab_size=4096,
+    seq_len=128)``, or in a planner config ``{_target_: flops_fit.examples.gpt.random_batch, _partial_:
+    true, vocab_size: 4096, seq_len: 128}``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab_size, (batch_size, seq_len + 1), generator=generator)
+    return tokens[:, :-1], tokens[:, 1:]
 
 
 # ----------------------------------------------------------------------------------------------------------
