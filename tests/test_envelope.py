@@ -52,6 +52,8 @@ def test_envelope_bootstrap_gives_intervals_and_round_trips():
     again = EnvelopeFit.from_dict(fit.to_dict())
     assert again.a == fit.a
     assert "Approach 1" in fit.summary()
+    lo, hi = fit.n_opt_fit.a_ci
+    assert f"a = {fit.a:.4f} [{lo:.4f}, {hi:.4f}]" in fit.summary()  # the summary shows the intervals
 
 
 def test_no_curves_is_a_clear_error():

@@ -18,12 +18,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
+from flops_fit.training.device import resolve_device
 from flops_fit.training.runner import check_executor
 
 logger = logging.getLogger(__name__)
+#: Keywords of find_optimal that go on to ModelSpec, and (with these) to SweepPlanner.
+_SPEC_KEYWORDS = frozenset({"size_values", "size_multiple", "param_count", "shape_fn", "sample_fn"})
+_PLANNER_KEYWORDS = _SPEC_KEYWORDS | {
+    "size_span",
+    "lr_rule",
+    "prior",
+    "tokens_per_sample",
+    "dataset_tokens",
+    "data_id",
+}
 
 MODES = ("local", "mock", "function")
 EXECUTORS = ("local", "ray")
@@ -184,6 +196,15 @@ def find_optimal(
     mode = _check_choice("mode", mode, MODES)
     executor = _check_choice("executor", executor, EXECUTORS)
     check_executor(executor, ray_address, resources, max_retries, device)
+    if executor == "local":
+        resolve_device(device)  # a Ray sweep resolves the device on its workers
+    check_seed(seed)
+    unknown = sorted(set(planner_kwargs) - _PLANNER_KEYWORDS)
+    if unknown:
+        raise TypeError(
+            f"find_optimal got unexpected keyword(s) {unknown}; extra keywords go to SweepPlanner or ModelSpec: "
+            f"{sorted(_PLANNER_KEYWORDS)}"
+        )
     if checkpoint_dir is not None and (
         not isinstance(checkpoint_dir, (str, os.PathLike)) or not str(checkpoint_dir)
     ):
@@ -229,8 +250,7 @@ def find_optimal(
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model(inputs), targets), got {loss_fn!r}")
 
-    spec_keys = {"size_values", "size_multiple", "param_count", "shape_fn", "sample_fn"}
-    spec_kwargs = {k: planner_kwargs.pop(k) for k in list(planner_kwargs) if k in spec_keys}
+    spec_kwargs = {k: planner_kwargs.pop(k) for k in list(planner_kwargs) if k in _SPEC_KEYWORDS}
     if item is not None and "sample_fn" not in spec_kwargs and not batched:
         sample = item
 

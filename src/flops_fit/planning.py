@@ -56,6 +56,8 @@ from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
 logger = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
+#: Most model sizes per budget a planner accepts (candidate search grows with it; 5-15 is usual).
+MAX_MODEL_SIZES = 100
 #: The plan's file name in a sweep's output folder (written by ff-plan / `flops-fit plan`, read by the later stages).
 PLAN_FILE = "sweep.json"
 #: Bump when the fields entering :func:`experiment_id` change meaning (it changes every id).
@@ -1205,6 +1207,11 @@ class SweepPlanner:
         self.num_model_sizes = _positive_int(
             "num_model_sizes", num_model_sizes, 3, " (a parabola through each IsoFLOP profile needs 3 sizes)"
         )
+        if self.num_model_sizes > MAX_MODEL_SIZES:
+            raise ValueError(
+                f"num_model_sizes={self.num_model_sizes} is more than {MAX_MODEL_SIZES} sizes per budget; IsoFLOP "
+                "profiles are usually 5-15 sizes (Hoffmann et al. used about 9)"
+            )
         if model is not None and not isinstance(model, ModelSpec):
             raise TypeError(
                 f"model must be a ModelSpec (e.g. ModelSpec(MyModel, 'd_model', {{...}})), got {type(model).__name__}"

@@ -181,7 +181,13 @@ def load_runs(path: str | os.PathLike[str], columns: Mapping[str, str] | None = 
     Missing ``num_tokens`` are derived as D = C / (6 N), missing ``compute_budget`` as C = 6 N D, a missing
     ``status`` means ``completed`` and missing ids are numbered; each such choice is logged.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a results file path (.json, .jsonl, .csv or .parquet), got {path!r}")
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(
+            f"results file {str(path)!r} is a directory; pass the file in it (e.g. {str(path / 'results.jsonl')!r})"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
     df = _read_table(path)

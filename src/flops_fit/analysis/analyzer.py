@@ -60,7 +60,10 @@ class ScalingAnalysis:
 
     def predict_optimal_size(self, target_compute: float) -> dict[str, Any]:
         """N_opt, D_opt, expected loss and tokens per parameter at ``target_compute`` FLOPs (with 95% CIs)."""
-        c = float(target_compute)
+        try:
+            c = float(target_compute)
+        except (TypeError, ValueError):
+            c = math.nan
         if not (math.isfinite(c) and c > 0):
             raise ValueError(f"target_compute must be a positive number of FLOPs, got {target_compute!r}")
         fit = self.fits.get(self.approach)

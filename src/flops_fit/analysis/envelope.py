@@ -26,7 +26,7 @@ from flops_fit.analysis._validate import (
     positive_budgets,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
-from flops_fit.analysis.isoflop import optimum_record, with_sample_ci
+from flops_fit.analysis.isoflop import fmt_ci, optimum_record, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
 from flops_fit.runs import validate_runs
@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 #: Number of log-spaced FLOP values at which the envelope is read (Hoffmann et al. used 1,500).
 DEFAULT_GRID_POINTS = 1500
+#: ... and the most it accepts (each bootstrap resample holds a row of this many envelope values).
+MAX_GRID_POINTS = 100_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,7 +105,7 @@ class EnvelopeFit:
                 f"  N_opt: {self.n_opt_fit}",
                 f"  D_opt: {self.d_opt_fit}",
                 f"  L_opt: {self.l_opt_fit}",
-                f"  a = {self.a:.4f}   b = {self.b:.4f}",
+                f"  a = {self.a:.4f}{fmt_ci(self.n_opt_fit.a_ci)}   b = {self.b:.4f}{fmt_ci(self.d_opt_fit.a_ci)}",
             ]
         )
 
@@ -151,6 +153,10 @@ def fit_envelope(
         )
     if int(grid_points) < 10:
         raise ValueError(f"grid_points must be >= 10, got {grid_points}")
+    if int(grid_points) > MAX_GRID_POINTS:
+        raise ValueError(
+            f"grid_points must be at most {MAX_GRID_POINTS:,} (default {DEFAULT_GRID_POINTS}), got {grid_points}"
+        )
     excluded = pd.DataFrame()
     if exclude:
         df, excluded = exclude_outliers(df, what="fit_envelope", budget_rtol=budget_rtol)

@@ -348,7 +348,7 @@ class IsoFLOPFit:
             f"  N_opt: {self.n_opt_fit}",
             f"  D_opt: {self.d_opt_fit}",
             f"  L_opt: {self.l_opt_fit}",
-            f"  a = {self.a:.4f}{_fmt_ci(self.a_ci)}   b = {self.b:.4f}{_fmt_ci(self.b_ci)}",
+            f"  a = {self.a:.4f}{fmt_ci(self.a_ci)}   b = {self.b:.4f}{fmt_ci(self.b_ci)}",
         ]
         lines += [f"  {line}" for line in describe_flagged(self.minima)]
         if len(self.excluded):
@@ -370,7 +370,7 @@ def describe_flagged(minima: pd.DataFrame) -> list[str]:
     return [f"{len(flagged)} flagged budgets by flag: {counts} (see .minima)"]
 
 
-def _fmt_ci(ci: tuple[float, float] | None) -> str:
+def fmt_ci(ci: tuple[float, float] | None) -> str:
     return "" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
 
 

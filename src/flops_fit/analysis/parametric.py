@@ -45,6 +45,7 @@ from flops_fit.analysis._validate import (
     check_ids,
     check_seed,
     positive_arrays,
+    positive_budgets,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
@@ -499,6 +500,16 @@ def _ci_pair(v: Any) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
+def _positive_values(name: str, value: Any) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be positive finite number(s), got {value!r}") from None
+    if not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError(f"{name} must be positive finite number(s), got {value!r}")
+    return arr
+
+
 def _percentile_ci(draws: np.ndarray, axis: int = 0) -> tuple[Any, Any]:
     """95% percentile interval along ``axis`` (NaNs ignored); floats for 1-D input, arrays otherwise."""
     with warnings.catch_warnings():
@@ -613,8 +624,7 @@ class ParametricFit:
 
     def predict_loss(self, N: Any, D: Any) -> Any:
         """Predicted loss at N parameters and D tokens (broadcasts; scalars in, float out)."""
-        n = np.asarray(N, dtype=float)
-        d = np.asarray(D, dtype=float)
+        n, d = (_positive_values(name, v) for name, v in (("N", N), ("D", D)))
         loss = self.E + self.A * np.power(n, -self.alpha) + self.B * np.power(d, -self.beta)
         return float(loss) if np.ndim(loss) == 0 else loss
 
@@ -626,9 +636,7 @@ class ParametricFit:
         bootstrap samples, None without a bootstrap). Floats for scalar C, arrays for array C. A
         degenerate fit (see :attr:`degeneracy`) warns and gives NaN.
         """
-        c = np.asarray(C, dtype=float)
-        if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
-            raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}")
+        c = positive_budgets(C)
         n, d, loss = _allocation(c, self.E, self.A, self.B, self.alpha, self.beta)
         if self.degeneracy is not None:
             warnings.warn(f"optimal(C) is NaN: {self.degeneracy}", UserWarning, stacklevel=2)

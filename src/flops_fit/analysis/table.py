@@ -39,11 +39,9 @@ def chinchilla_table(fit: OptimalFit, budgets: Sequence[float] | np.ndarray) -> 
     try:
         c = np.asarray(budgets, dtype=float).reshape(-1)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"budgets must be a non-empty list of positive FLOP values, got {budgets!r}"
-        ) from None
-    if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
-        raise ValueError(f"budgets must be a non-empty list of positive FLOP values, got {list(c)}")
+        c = np.array([np.nan])
+    if budgets is None or c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
+        raise ValueError(f"budgets must be a non-empty list of positive FLOP values, got {budgets!r}")
     if not callable(getattr(fit, "optimal", None)):
         raise TypeError(
             f"fit must have an optimal(C) method (a fit from flops_fit.analysis), got {type(fit).__name__}"
