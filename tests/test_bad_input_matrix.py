@@ -50,7 +50,7 @@ from flops_fit.planning import ModelSpec, SweepPlanner
 from flops_fit.training import Callback, TrainConfig
 from synth import isoflop_sweep
 
-#: The toy sweep of the find_optimal rows is short and repeats its small dataset; the planner says so.
+#: The toy sweep of the find_optimal rows is short, and one row repeats a small dataset; the planner says so.
 pytestmark = [
     pytest.mark.filterwarnings("ignore:.*fewer than 100 optimiser steps:UserWarning"),
     pytest.mark.filterwarnings("ignore:.*more than one pass over:UserWarning"),
@@ -140,12 +140,13 @@ class FixedSize(nn.Module):
 
 
 class Tokens(torch.utils.data.Dataset):
-    """256 windows of a counting sequence; counts the items read."""
+    """Ten million windows of a counting sequence (made on demand, so the sweeps never repeat data);
+    counts the items read."""
 
     reads = 0
 
     def __len__(self) -> int:
-        return 256
+        return 10_000_000
 
     def __getitem__(self, i: int):
         Tokens.reads += 1
@@ -317,6 +318,8 @@ CASES = [
     find("unknown keyword", {"sizes_span": 4.0}, TypeError, "find_optimal got unexpected keyword(s) ['sizes_span']"),
     find("unknown device", {"device": "tpu9"}, ValueError, "device 'tpu9'"),
     find("budget below one step", {"compute_budgets": [1e3, 1e4]}, ValueError, "min_flops"),
+    find("budgets beyond the data (2,048 tokens)", {"dataset": torch.utils.data.Subset(Tokens(), range(256))},
+         ValueError, "need more than max_epochs=1 pass(es)"),
     # SweepPlanner and ModelSpec
     planner("min_flops=0", {"min_flops": 0.0}, ValueError, "min_flops"),
     planner("min_flops=NaN", {"min_flops": float("nan")}, ValueError, "min_flops"),

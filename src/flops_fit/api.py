@@ -20,7 +20,7 @@ from torch import nn
 
 from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
-from flops_fit.planning import ModelSpec, SweepPlanner, explicit_budgets
+from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
 from flops_fit.training.device import resolve_device
 from flops_fit.training.runner import check_executor
@@ -281,6 +281,8 @@ def find_optimal(
     if item is not None and loss_fn is not None:
         smallest = min(plan.experiments, key=lambda e: e.num_params)
         _probe_loss(spec.build(smallest.size_value, "cpu"), item, batched, loss_fn)
+    if mode == "local" and train:
+        _check_epochs(plan, train_config.max_epochs)
     if not train:
         return plan
 
@@ -312,6 +314,26 @@ def find_optimal(
     result = Result.from_runs(runs, approach=approaches, plan=plan, output_dir=out)
     result.save(out)
     return result
+
+
+def _check_epochs(plan: SweepPlan, max_epochs: float) -> None:
+    """Refuse, before anything is written, a plan whose runs would pass over the data more often than
+    ``TrainConfig.max_epochs`` allows (training would stop at the first such run)."""
+    over = [e for e in plan if e.epochs is not None and e.epochs > max_epochs]
+    if not over:
+        return
+    worst = max(over, key=lambda e: e.epochs or 0.0)
+    fits = [
+        c
+        for c in plan.compute_budgets
+        if all((e.epochs or 0.0) <= max_epochs for e in plan if e.compute_budget == c)
+    ]
+    largest = f"the largest budget that fits is {max(fits):.3g} FLOPs" if fits else "no budget fits"
+    raise ValueError(
+        f"{len(over)} planned run(s) need more than max_epochs={max_epochs:g} pass(es) over the dataset (up to "
+        f"{worst.epochs:.2f} at C={worst.compute_budget:.3g}, N={worst.num_params:.3g}); {largest}. Lower the "
+        "compute_budgets, use more data, or allow repetition with TrainConfig(max_epochs=...)"
+    )
 
 
 def _jsonable(value: Any) -> bool:

@@ -381,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub_parser(
         "demo",
         "run the main job: a real GPT sweep on the bundled text, fitted and reported",
-        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 3e12,1e13,3e13\n  flops-fit demo --mock",
+        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock",
     )
     demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
     demo.add_argument("--budgets", help="FLOP budgets, comma separated (default: sized for a 2-core CPU)")

