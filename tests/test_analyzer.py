@@ -155,8 +155,21 @@ def test_a_plan_keeps_the_analysis_to_its_own_runs(tmp_path, caplog):
 
     viz = ScalingVisualizer.from_files(tmp_path / "results.jsonl", analyzer.scaling_laws_path, plan=plan)
     assert len(viz.runs) == 15  # the figures show the runs the fit saw
+    from flops_fit.result import Result
+
+    assert len(Result.load(tmp_path).runs) == 15  # the report shows the runs ff-analyze fitted
     analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "plan": None}))
     assert analysis.fits["isoflop"].minima["n_points"].sum() == 30
+    # a results file from elsewhere is never filtered by the output folder's plan
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    every.drop(columns=["experiment_id", "curve"]).to_csv(other / "theirs.csv", index=False)
+    analysis = run_analyze(
+        default_config("analyzer", {"output.dir": str(tmp_path), "results": str(other / "theirs.csv")})
+    )
+    assert analysis.fits["isoflop"].minima["n_points"].sum() == 30
+    with pytest.raises(ValueError, match="none of the 30 run"):
+        plan.select_runs(every.assign(experiment_id="someone-else"), "theirs.csv")
 
 
 def test_excluded_runs_are_named_by_their_own_ids(tmp_path, caplog):

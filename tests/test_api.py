@@ -3,6 +3,7 @@
 import json
 import logging
 
+import pytest
 import torch
 from torch import nn
 
@@ -44,6 +45,38 @@ def test_train_false_returns_the_plan(tmp_path):
     )
     assert isinstance(plan, SweepPlan) and len(plan.experiments) == 8
     assert not (tmp_path / "results.jsonl").exists()
+    # the data the runs will see: training holds eval_batches x batch_size samples out (no eval_dataset)
+    cfg = TrainConfig()
+    assert plan.config["dataset_tokens"] == 20_000 - cfg.eval_batches * cfg.batch_size
+
+
+def test_planning_needs_no_training_device(tmp_path):
+    """A plan (train=False) or a mock sweep for a GPU cluster can be made on a machine without the GPU."""
+    plan = find_optimal(
+        Wide,
+        "width",
+        _data(),
+        nn.functional.mse_loss,
+        [1e8, 1e9],
+        train=False,
+        num_model_sizes=3,
+        output_dir=tmp_path,
+        device="cuda:7",
+    )
+    assert len(plan.experiments) == 6
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            find_optimal(
+                Wide,
+                "width",
+                _data(),
+                nn.functional.mse_loss,
+                [1e8, 1e9],
+                num_model_sizes=3,
+                output_dir=tmp_path / "local",
+                device="cuda:7",
+            )
+        assert not (tmp_path / "local").exists()
 
 
 def test_mock_sweep_end_to_end_and_resume(tmp_path):

@@ -47,6 +47,7 @@ from flops_fit.analysis import (
     fit_power_law,
 )
 from flops_fit.planning import ModelSpec, SweepPlanner
+from flops_fit.result import Result
 from flops_fit.training import Callback, TrainConfig
 from synth import isoflop_sweep
 
@@ -248,6 +249,7 @@ TARGETS: dict[str, Callable[..., Any]] = {
     "fit_power_law": lambda tmp, **kw: fit_power_law(**{"x": C, "y": N, "bootstrap": 50, **kw}),
     "chinchilla_table": lambda tmp, **kw: chinchilla_table(**{"fit": FIT, "budgets": [1e21], **kw}),
     "detect_outliers": lambda tmp, **kw: detect_outliers(**{"runs": RUNS, **kw}),
+    "Result.from_runs": lambda tmp, **kw: Result.from_runs(**{"runs": RUNS, "approach": "isoflop", **kw}),
     "ScalingLawAnalyzer": lambda tmp, **kw: ScalingLawAnalyzer(
         **{"results_path": tmp / "results.jsonl", "output_dir": tmp / "fits", **kw}
     ),
@@ -278,6 +280,7 @@ env = partial(Case, "fit_envelope")
 law = partial(Case, "fit_power_law")
 table = partial(Case, "chinchilla_table")
 outliers = partial(Case, "detect_outliers")
+result = partial(Case, "Result.from_runs")
 analyzer = partial(Case, "ScalingLawAnalyzer")
 optimal = partial(Case, "IsoFLOPFit.optimal")
 
@@ -423,6 +426,9 @@ CASES = [
     outliers("residual_z=NaN", {"residual_z": float("nan")}, ValueError, "residual_z"),
     outliers("min_relative_residual=-1", {"min_relative_residual": -1.0}, ValueError, "min_relative_residual"),
     outliers("budget_rtol=-1", {"budget_rtol": -1.0}, ValueError, "budget_rtol"),
+    result("exclude_outliers='no'", {"exclude_outliers": "no"}, TypeError, "exclude_outliers must be True or False"),
+    result("seed=-1", {"seed": -1}, ValueError, "seed must be a non-negative int"),
+    result("bootstrap=10**6", {"bootstrap": 10**6}, ValueError, "bootstrap=1000000"),
     analyzer("unknown approach", {"approach": "approach4"}, ValueError, "approach"),
     analyzer("approach=None", {"approach": None}, TypeError, "approach"),
     analyzer("bootstrap=2.7", {"bootstrap": 2.7}, TypeError, "bootstrap"),
@@ -525,7 +531,9 @@ CLI_CASES = [
     ("plan --out {tmp}/garbage.json", "--out"),
     ("plan --out {tmp}/o --model-kwargs '{\"a\": 1}'", "--model-kwargs need(s) --model"),
     ("plan --out {tmp}/o --size-param width", "--size-param need(s) --model"),
-    ("plan --out {tmp}/o --shape-fn flops_fit.examples.gpt.transformer_shape", "--shape-fn need(s) --model"),
+    ("plan --out {tmp}/o --flops chinchilla --shape-fn flops_fit.examples.gpt.transformer_shape",
+     "--shape-fn need(s) --model"),
+    ("plan --out {tmp}/o --shape-fn flops_fit.examples.gpt.transformer_shape", "read only by --flops chinchilla"),
     ("plan --out {tmp}/o --sample-kwargs '{\"seq_len\": 8}'", "--sample-kwargs needs --sample-fn"),
     ("train {tmp}/nowhere", "is not a directory"),
     ("train {tmp}", "sweep.json"),

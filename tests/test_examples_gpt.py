@@ -253,6 +253,13 @@ def test_rope_buffers_follow_device_and_dtype_but_are_not_saved():
     assert model.rope_cos.device.type == "meta" and model.rope_sin.device.type == "meta"
 
 
+def test_rope_cache_is_computed_on_the_cpu_whatever_the_default_device():
+    """float64 tables: MPS has no float64, so the default-device context must not reach rope_cache."""
+    with torch.device("meta"):
+        cos, sin = rope_cache(16, 8)
+    assert cos.device.type == "cpu" and sin.device.type == "cpu"
+
+
 def test_rope_tables_survive_casts_and_meta_construction():
     """A bf16 -> fp32 round trip leaves exact tables, and a model built on the meta device gets real ones
     when materialised (to_empty + reset_parameters), not uninitialised memory."""
@@ -268,6 +275,10 @@ def test_rope_tables_survive_casts_and_meta_construction():
     meta.reset_parameters()
     torch.testing.assert_close(meta.rope_cos, exact[0], rtol=0, atol=0)
     torch.testing.assert_close(meta.rope_sin, exact[1], rtol=0, atol=0)
+    with torch.device("meta"):
+        loaded = tiny("u-mup")
+    loaded.load_state_dict(tiny("u-mup").state_dict(), assign=True)  # weights arrive; tables are rebuilt
+    torch.testing.assert_close(loaded.rope_cos, exact[0], rtol=0, atol=0)
 
 
 def test_state_dict_round_trip():

@@ -22,6 +22,7 @@ from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
+from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
 from flops_fit.training.runner import check_executor
 
@@ -196,8 +197,8 @@ def find_optimal(
     mode = _check_choice("mode", mode, MODES)
     executor = _check_choice("executor", executor, EXECUTORS)
     check_executor(executor, ray_address, resources, max_retries, device)
-    if executor == "local":
-        resolve_device(device)  # a Ray sweep resolves the device on its workers
+    if executor == "local" and mode == "local" and train:
+        resolve_device(device)  # a Ray sweep resolves it on its workers; planning and mock runs need none
     check_seed(seed)
     unknown = sorted(set(planner_kwargs) - _PLANNER_KEYWORDS)
     if unknown:
@@ -261,7 +262,10 @@ def find_optimal(
     spec = ModelSpec(model_cls, model_size_param, model_kwargs, loss_fn=loss_fn, **spec_kwargs)
     dataset_tokens = planner_kwargs.pop("dataset_tokens", None)
     if dataset_tokens is None and dataset is not None and hasattr(dataset, "__len__") and not batched:
-        dataset_tokens = len(dataset) * (tokens_per_sample or 1)
+        # the training part only: without eval_dataset, training holds samples out for validation
+        n = len(dataset)
+        held_out = holdout_samples(train_config) if eval_dataset is None else 0
+        dataset_tokens = (n - held_out if held_out <= n // 2 else n) * (tokens_per_sample or 1)
     train_dict = dataclasses.asdict(train_config)
     planner = SweepPlanner.from_budgets(
         budgets,

@@ -167,6 +167,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "sweep.flops": args.flops,
         }
     )
+    if args.shape_fn and args.flops != "chinchilla":
+        raise UsageError(f"--shape-fn is read only by --flops chinchilla (got --flops {args.flops})")
     if args.sample_kwargs and not args.sample_fn:
         raise UsageError("--sample-kwargs needs --sample-fn (the function they are passed to)")
     model_options = (

@@ -607,6 +607,11 @@ class SweepPlan:
         or settings); those are left out with a warning naming ``source``, and stay in the file.
         """
         outside = ~runs["experiment_id"].isin({e.experiment_id for e in self.experiments})
+        if len(runs) and outside.all():
+            raise ValueError(
+                f"none of the {len(runs)} run(s) in {source} belong to the given plan (no experiment_id matches); "
+                "pass the plan these runs were trained from, or no plan (ff-analyze plan=null) to use every run"
+            )
         if outside.any():
             logger.warning(
                 "%d of %d run(s) in %s belong to an earlier plan (other budgets, sizes, model, data or "

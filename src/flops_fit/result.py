@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from flops_fit._io import atomic_write_json, atomic_write_text
+from flops_fit.analysis._validate import check_bootstrap, check_flag, check_seed
 from flops_fit.analysis.analyzer import SCALING_LAWS_FILE, ScalingAnalysis, laws_of
 from flops_fit.analysis.approaches import APPROACHES, Fit, has_curves, resolve_approaches, run_approach
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
@@ -38,6 +39,7 @@ from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
+from flops_fit.planning import PLAN_FILE as SWEEP_FILE
 from flops_fit.planning import SweepPlan
 from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
 
@@ -236,10 +238,8 @@ class Result:
         requested approach that fails raises its ValueError.
         """
         names = resolve_approaches(approach)
-        if isinstance(bootstrap, bool) or not isinstance(bootstrap, numbers.Integral) or bootstrap < 0:
-            raise ValueError(f"bootstrap must be an int >= 0 (resamples; e.g. 200), got {bootstrap!r}")
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+        bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
+        exclude_outliers = check_flag("exclude_outliers", exclude_outliers)
         if isinstance(runs, (str, os.PathLike)):
             runs = load_runs(runs)
         runs = validate_runs(runs)
@@ -252,7 +252,7 @@ class Result:
                 continue
             try:
                 fits[name] = run_approach(
-                    name, runs, bootstrap=int(bootstrap), seed=int(seed), exclude=bool(exclude_outliers)
+                    name, runs, bootstrap=bootstrap, seed=seed, exclude=exclude_outliers
                 )
             except ValueError as exc:
                 if len(names) == 1:
@@ -262,7 +262,7 @@ class Result:
         if not fits:
             why = "; ".join(f"{APPROACH_LABELS[k]}: {v}" for k, v in skipped.items())
             raise ValueError(f"no approach could be fitted to these runs ({why})")
-        options = {"bootstrap": int(bootstrap), "seed": int(seed), "exclude_outliers": bool(exclude_outliers)}
+        options = {"bootstrap": bootstrap, "seed": seed, "exclude_outliers": exclude_outliers}
         return cls(
             runs,
             fits,
@@ -875,8 +875,8 @@ class Result:
                 raise ValueError(
                     f"{d / RESULT_FILE} is newer than this flops-fit understands; upgrade flops-fit"
                 )
+        ledger = d / "results.jsonl"
         if runs is None:
-            ledger = d / "results.jsonl"
             if (d / RUNS_FILE).is_file():
                 runs = d / RUNS_FILE
             elif ledger.is_file():  # a sweep directory analysed by ff-analyze / flops-fit analyze
@@ -887,6 +887,9 @@ class Result:
                     "fitted to)"
                 )
         table = load_runs(runs) if isinstance(runs, (str, os.PathLike)) else runs
+        sweep = d / SWEEP_FILE
+        if runs == ledger and sweep.is_file():  # the runs ff-analyze fitted: the folder's plan only
+            table = SweepPlan.load(sweep).select_runs(table, ledger)
         plan = SweepPlan.load(d / PLAN_FILE) if (d / PLAN_FILE).is_file() else None
         result = cls(
             table,

@@ -219,13 +219,15 @@ def run_train(data: Mapping[str, Any]) -> Any:
     return runs
 
 
-def _plan_path(plan: Any, out_dir: Path) -> Path | None:
-    """The ``plan`` key of ff-analyze / ff-visualize: ``auto`` is the output folder's plan if it has one."""
+def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
+    """The ``plan`` key of ff-analyze / ff-visualize. ``auto``: the output folder's plan, when the results
+    are that folder's own ledger and the folder has a plan; a results file from elsewhere is used whole."""
     from flops_fit.planning import PLAN_FILE
 
     if plan == "auto":
         path = out_dir / PLAN_FILE
-        return path if path.is_file() else None
+        own = isinstance(results, str) and Path(results).resolve().parent == out_dir.resolve()
+        return path if own and path.is_file() else None
     if plan is not None and not isinstance(plan, str):
         raise ConfigError(f"plan must be auto, a sweep.json path or null, got {plan!r}")
     return None if plan is None else Path(plan)
@@ -235,15 +237,17 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     from flops_fit._io import atomic_write_text
     from flops_fit.analysis.analyzer import ScalingLawAnalyzer
     from flops_fit.analysis.table import chinchilla_table, to_markdown
+    from flops_fit.runs import completed
 
     cfg = _Config(data)
     output = cfg.section("output")
     out_dir = Path(output.take("dir"))
     output.done()
+    results = cfg.take("results")
     analyzer = ScalingLawAnalyzer(
-        cfg.take("results"),
+        results,
         out_dir,
-        plan=_plan_path(cfg.take("plan"), out_dir),
+        plan=_plan_path(cfg.take("plan"), out_dir, results),
         approach=cfg.take("approach"),
         columns=cfg.take("columns"),
         bootstrap=cfg.take("bootstrap"),
@@ -255,7 +259,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     cfg.done()
     analysis = analyzer.analyze()
     if budgets is None:
-        top = float(analyzer.load_results()["compute_budget"].max())
+        top = float(completed(analyzer.runs_)["compute_budget"].max())
         budgets = [top * 10**k for k in range(4)]
     table = to_markdown(chinchilla_table(analysis.fits[analysis.approach], budgets))
     atomic_write_text(out_dir / "chinchilla_table.md", table + "\n")
@@ -273,11 +277,12 @@ def run_visualize(data: Mapping[str, Any]) -> Any:
     output = cfg.section("output")
     out_dir = Path(output.take("dir"))
     output.done()
+    results = cfg.take("results")
     viz = ScalingVisualizer.from_files(
-        cfg.take("results"),
+        results,
         cfg.take("scaling_laws"),
         target_budgets=cfg.take("target_budgets"),
-        plan=_plan_path(cfg.take("plan"), out_dir),
+        plan=_plan_path(cfg.take("plan"), out_dir, results),
     )
     paths = viz.save_all(out_dir, formats=tuple(cfg.take("formats")), dpi=cfg.take("dpi"))
     cfg.done()

@@ -177,6 +177,7 @@ class ScalingLawAnalyzer:
         from flops_fit.planning import as_plan  # the plan's module needs torch; the fits do not
 
         self.plan = as_plan(plan)
+        self.runs_: pd.DataFrame | None = None
 
     @property
     def scaling_laws_path(self) -> Path:
@@ -206,8 +207,11 @@ class ScalingLawAnalyzer:
         return _fit_power_law(x, y)
 
     def analyze(self) -> ScalingAnalysis:
-        """Fit every requested approach, write ``scaling_laws.json`` atomically and return the analysis."""
-        runs = self._runs()
+        """Fit every requested approach, write ``scaling_laws.json`` atomically and return the analysis.
+
+        The runs table it read (after the plan filter) is kept as ``runs_``.
+        """
+        runs = self.runs_ = self._runs()
         fits: dict[str, Fit] = {}
         for name in self.approaches:
             if name == "envelope" and len(self.approaches) > 1 and not has_curves(runs):

@@ -713,11 +713,11 @@ class ParametricFit:
         N_opt = G (C/6)^a and D_opt = G^-1 (C/6)^b exactly; along the optimum both loss terms scale as
         C^(-alpha a) (alpha a = beta b), so L_opt = E + (A G^-alpha + B G^beta) 6^(alpha a) C^(-alpha a).
         """
-        g, a, b = self.G, self.a, self.b
+        g, a, b, six = self.G, self.a, self.b, FLOPS_PER_PARAM_TOKEN
         c_exp = self.alpha * a
-        n_law = PowerLawFit(k=g * 6.0**-a, a=a, r_squared=math.nan, a_ci=self.ci.get("a"))
-        d_law = PowerLawFit(k=6.0**-b / g, a=b, r_squared=math.nan, a_ci=self.ci.get("b"))
-        k_l = (self.A * g**-self.alpha + self.B * g**self.beta) * 6.0**c_exp
+        n_law = PowerLawFit(k=g * six**-a, a=a, r_squared=math.nan, a_ci=self.ci.get("a"))
+        d_law = PowerLawFit(k=six**-b / g, a=b, r_squared=math.nan, a_ci=self.ci.get("b"))
+        k_l = (self.A * g**-self.alpha + self.B * g**self.beta) * six**c_exp
         l_law = PowerLawFit(k=k_l, a=-c_exp, r_squared=math.nan, offset=self.E, offset_ci=self.ci.get("E"))
         return n_law, d_law, l_law
 

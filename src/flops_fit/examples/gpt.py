@@ -150,8 +150,9 @@ def rope_cache(
 
     Computed in float64 on the CPU and rounded once to ``dtype``.
     """
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    cpu = torch.device("cpu")  # explicit: a default-device context (meta, MPS without float64) must not apply
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=cpu) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64, device=cpu), inv_freq)
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
@@ -281,24 +282,25 @@ class GPT(nn.Module):
             if unit_scaled
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
-        cos, sin = rope_cache(config.max_seq_len, config.head_dim)
         # Non-persistent buffers: not in state_dict; they follow .to(device) and .to(dtype), and are
-        # recomputed from scratch after every such move (see _apply) and by reset_parameters, so a
-        # bf16 -> fp32 round trip leaves no rounding behind and a model built on the meta device gets
-        # real tables when it is materialised.
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        # recomputed from scratch after every such move (see _apply), by reset_parameters and after
+        # load_state_dict, on the device of the parameters: a bf16 -> fp32 round trip leaves no rounding
+        # behind, and a model built on the meta device gets real tables when it is materialised.
+        shape = (config.max_seq_len, config.head_dim // 2)
+        self.register_buffer("rope_cos", torch.empty(shape), persistent=False)  # the default device
+        self.register_buffer("rope_sin", torch.empty(shape), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._fill_rope())
         self.reset_parameters()
 
+    @torch.no_grad()
     def _fill_rope(self) -> None:
-        device, dtype = self.rope_cos.device, self.rope_cos.dtype
+        device, dtype = self.token_emb.weight.device, self.rope_cos.dtype
         cos, sin = rope_cache(self.config.max_seq_len, self.config.head_dim, dtype=dtype)
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     def _apply(self, fn: Any, recurse: bool = True) -> GPT:
         super()._apply(fn, recurse)
-        with torch.no_grad():
-            self._fill_rope()
+        self._fill_rope()
         return self
 
     @torch.no_grad()

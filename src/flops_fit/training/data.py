@@ -62,6 +62,11 @@ class BatchLayout:
         return self.micro_batch_size * self.accum_steps
 
 
+def holdout_samples(config: TrainConfig) -> int:
+    """Samples a map-style dataset gives up for validation when no eval_dataset is passed."""
+    return config.eval_batches * config.batch_size
+
+
 def batch_layout(config: TrainConfig, world_size: int = 1, rank: int = 0) -> BatchLayout:
     """Split ``config.batch_size`` over ``world_size`` processes and ``config.micro_batch_size``."""
     if config.batch_size % world_size:
@@ -616,7 +621,7 @@ def prepare_data(
     tokens_per_step = tps * layout.batch_size
     total_steps = math.ceil(num_tokens / tokens_per_step)
     if eval_dataset is None:
-        n_eval = config.eval_batches * layout.batch_size
+        n_eval = holdout_samples(config)
         if n_eval > n // 2:
             raise ValueError(
                 f"the dataset has {n} samples, too few to hold out eval_batches * batch_size = {n_eval} for "
