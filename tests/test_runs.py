@@ -134,6 +134,16 @@ def test_load_errors(tmp_path):
         load_runs(c, columns={"num_params": "Model Size"})
     with pytest.raises(ValueError, match="unknown canonical"):
         load_runs(c, columns={"params": "num_params"})
+    with pytest.raises(ValueError, match=r"reads column\(s\) \['num_params'\] for more than one"):
+        load_runs(c, columns={"num_params": "num_params", "num_tokens": "num_params"})
+    with pytest.raises(FileNotFoundError, match="is a directory"):
+        load_runs(tmp_path)
+    with pytest.raises(TypeError, match="path must be a results file path"):
+        load_runs(None)
+    header = tmp_path / "header.csv"
+    header.write_text("num_params,num_tokens,final_loss\n")
+    with pytest.raises(ValueError, match=r"header.csv holds no runs \(no rows\)"):
+        load_runs(header)
 
 
 def test_runs_from_arrays_defaults_to_6nd():

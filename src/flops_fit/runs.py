@@ -191,7 +191,15 @@ def load_runs(path: str | os.PathLike[str], columns: Mapping[str, str] | None = 
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
     df = _read_table(path)
+    if df.empty:
+        raise ValueError(f"{path.name} holds no runs (no rows)")
     if columns:
+        doubled = sorted({src for src in columns.values() if list(columns.values()).count(src) > 1})
+        if doubled:
+            raise ValueError(
+                f"columns mapping reads column(s) {doubled} for more than one canonical name; map each of your "
+                "file's columns once"
+            )
         unknown_targets = sorted(set(columns) - set(REQUIRED_COLUMNS) - set(OPTIONAL_COLUMNS))
         if unknown_targets:
             raise ValueError(
