@@ -250,6 +250,18 @@ def test_ctrl_c_checkpoints_and_reraises_with_how_to_resume(tmp_path, reference)
     assert_same_run(resumed, model, *reference)
 
 
+def test_ctrl_c_between_a_step_and_its_evaluation_loses_no_curve_point(tmp_path, reference):
+    """on_log runs before the step's evaluation: a Ctrl-C there checkpoints the step without it, and the
+    resumed run makes the evaluation up before training on."""
+    path = tmp_path / "exp.pt"
+    with pytest.raises(KeyboardInterrupt):
+        fit(path=path, callbacks=[CrashAt(8, KeyboardInterrupt)])  # eval_every=4: step 8 evaluates
+    assert load_checkpoint(path)["step"] == 8
+    resumed, model = fit(path=path)
+    assert resumed.resumed_from_step == 8
+    assert_same_run(resumed, model, *reference)  # the curve included
+
+
 def test_sigint_stops_at_a_step_boundary(tmp_path, reference):
     class SendSigint(Callback):
         def on_log(self, step, tokens, train_loss, lr):

@@ -247,6 +247,67 @@ def test_dataloader_needs_an_eval_set_and_a_matching_batch_size():
     assert a.status == "completed" and a.final_loss == pytest.approx(b.final_loss, abs=1e-6)
 
 
+def test_a_short_last_loader_batch_is_skipped(caplog):
+    """100 samples in batches of 8: the 4-sample tail of each epoch is not an optimiser step (20 steps
+    cross an epoch boundary)."""
+    import logging
+
+    data = DataLoader(CountingLM(n=100), batch_size=8)  # drop_last=False
+    cfg = TrainConfig(**{**FAST.to_dict(), "max_epochs": 2.0})
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        out = run(num_tokens=20 * 8 * SEQ, config=cfg, data=data, eval_dataset=CountingLM(n=32, seed=1))
+    assert out.status == "completed" and out.steps == 20
+    assert out.tokens_seen == 20 * 8 * SEQ  # every step a full batch
+    assert "skipping 1 DataLoader batch(es) per epoch" in caplog.text
+
+
+class ShardedStream(IterableDataset):
+    """Items 0..n-1 (the index in base VOCAB in the first two tokens), split between DataLoader workers."""
+
+    def __init__(self, n: int = 200, split: bool = True):
+        self.n, self.split = n, split
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        lo, hi = 0, self.n
+        if info is not None and self.split:
+            per = math.ceil(self.n / info.num_workers)
+            lo, hi = info.id * per, min((info.id + 1) * per, self.n)
+        for i in range(lo, hi):
+            x = torch.arange(SEQ) % VOCAB
+            x[0], x[1] = i // VOCAB, i % VOCAB
+            yield x, (x + 1) % VOCAB
+
+
+class IndexSpy(TinyLM):
+    def __init__(self):
+        super().__init__()
+        self.trained: list[torch.Tensor] = []
+        self.evaluated: list[torch.Tensor] = []
+
+    def forward(self, x):
+        (self.trained if self.training else self.evaluated).append(x[:, 0] * VOCAB + x[:, 1])
+        return super().forward(x)
+
+
+def test_the_held_out_slice_of_a_stream_read_by_workers_is_never_trained_on():
+    cfg = TrainConfig(batch_size=8, lr=1e-2, eval_batches=2, log_every=4, eval_every=0, num_workers=2)
+    torch.manual_seed(0)
+    model = IndexSpy()
+    out = run(
+        num_tokens=12 * 8 * SEQ, config=cfg, model=model, data=ShardedStream(n=VOCAB * VOCAB, split=True)
+    )
+    assert out.status == "completed"
+    trained = set(torch.cat(model.trained).tolist())
+    evaluated = set(torch.cat(model.evaluated).tolist())
+    assert len(evaluated) > 0 and trained.isdisjoint(evaluated)
+    with pytest.raises(ValueError, match="does not split its items between workers"):
+        run(config=cfg, model=IndexSpy(), data=ShardedStream(split=False))
+
+
 def test_one_shot_iterators_are_refused():
     items = ((x, y) for x, y in CountingLM())
     with pytest.raises(TypeError, match="re-iterable"):

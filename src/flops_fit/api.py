@@ -22,6 +22,7 @@ from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
+from flops_fit.training.config import RESULT_FIELDS
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
 from flops_fit.training.runner import check_executor
@@ -41,9 +42,6 @@ _PLANNER_KEYWORDS = _SPEC_KEYWORDS | {
 MODES = ("local", "mock", "function")
 EXECUTORS = ("local", "ray")
 DEFAULT_OUTPUT_DIR = "flops_fit_out"
-#: TrainConfig fields that do not change what a run computes: left out of the experiment ids, so changing
-#: them (e.g. checkpointing more often) still resumes the same sweep.
-BOOKKEEPING_KEYS = frozenset({"checkpoint_every_s", "checkpoint_every_steps", "num_workers", "log_every"})
 
 
 def _check_budgets(compute_budgets: Any) -> list[float]:
@@ -277,7 +275,7 @@ def find_optimal(
         batch_size=train_config.batch_size,
         tokens_per_sample=tokens_per_sample,
         data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset),
-        train_config={k: v for k, v in train_dict.items() if _jsonable(v) and k not in BOOKKEEPING_KEYS},
+        train_config={k: v for k, v in train_dict.items() if _jsonable(v) and k in RESULT_FIELDS},
         seed=train_config.seed,
         **planner_kwargs,
     )

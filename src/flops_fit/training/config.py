@@ -34,6 +34,13 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Fields that change a run's result, and so enter experiment ids: the trajectory, and the arithmetic
+#: precision (a checkpoint resumes across precisions, but a bf16 and an fp32 run are different experiments).
+#: Micro-batching and compilation change the result only by float reassociation (~1e-7), so changing
+#: them to fit memory or speed keeps a sweep's ids.
+RESULT_FIELDS: tuple[str, ...] = (*TRAJECTORY_FIELDS, "precision")
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -305,6 +305,7 @@ class IterableTrainData:
         self.dataset = dataset
         self.skip_per_epoch = skip_per_epoch
         self.samples_per_epoch = samples_per_epoch
+        self._declared = samples_per_epoch  # from len(dataset), when it has one
         self.layout = layout
         self.seed = config.seed
         self.num_workers = config.num_workers
@@ -323,6 +324,13 @@ class IterableTrainData:
             count = 0
             for item in stream:
                 count += 1
+                if self._declared is not None and count > self._declared:
+                    raise ValueError(
+                        f"the iterable dataset yielded more than its len() of {self._declared + self.skip_per_epoch} "
+                        f"samples in one pass with num_workers={self.num_workers}: every DataLoader worker "
+                        "iterates a copy of it, so it must split its items between workers "
+                        "(torch.utils.data.get_worker_info()), or use num_workers=0"
+                    )
                 yield item
             if count == 0:
                 raise DataExhaustedError("the iterable dataset yielded no training samples in an epoch")
@@ -408,14 +416,28 @@ class LoaderTrainData:
         self.needed_batches = 0
 
     def _batches(self) -> Iterator[Any]:
+        """Full batches only: a short one (the last of an epoch with ``drop_last=False``) is skipped, so every
+        optimiser step sees ``batch_size`` samples and ``tokens_seen`` follows the plan."""
+        expected = self.layout.batch_size // self.layout.world_size
         epoch = 0
         while True:
-            count = 0
+            count = short = 0
             for batch in _seeded_batches(self.loader, self.seed, epoch):
+                size = leading_length(split_item(batch, "a DataLoader batch")[1])
+                if size != expected:
+                    short += 1
+                    continue
                 count += 1
                 yield batch
+            if short and epoch == 0:
+                logger.warning(
+                    "skipping %d DataLoader batch(es) per epoch with a number of samples other than %d (e.g. the "
+                    "short last batch; pass drop_last=True to the DataLoader): every step is a full batch",
+                    short,
+                    expected,
+                )
             if count == 0:
-                raise DataExhaustedError("the DataLoader yielded no batches in an epoch")
+                raise DataExhaustedError("the DataLoader yielded no full batches in an epoch")
             self.batches_per_epoch = count
             if self.needed_batches / count > self.max_epochs:
                 raise DataExhaustedError(
@@ -513,6 +535,20 @@ class LoaderEvalData:
                 break
             if i % self.layout.world_size == self.layout.rank:
                 yield split_item(batch, "a validation DataLoader batch")
+
+
+def _same_item(a: Any, b: Any) -> bool:
+    """Exact equality of two dataset items (tensors, arrays, numbers, or tuples/lists/dicts of them)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_item(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_item(a[k], b[k]) for k in a)
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except (TypeError, ValueError):
+        return False
 
 
 def _take(iterable: Iterable[Any], count: int) -> list[Any]:
@@ -660,8 +696,18 @@ def _prepare_iterable(
             "slice is read first and later epochs or a resumed run iterate it again: wrap it in an "
             "IterableDataset whose __iter__ starts a fresh pass"
         )
-    wanted_eval = config.eval_batches * layout.batch_size if eval_dataset is None else 0
-    head = _take(dataset, wanted_eval + 1)
+    wanted_eval = holdout_samples(config) if eval_dataset is None else 0
+    # The held-out slice is the head of the stream training reads and skips: with DataLoader workers the
+    # stream interleaves the workers' items, which is not the dataset's own order.
+    head = _take(_item_stream(dataset, config.num_workers, config.seed, 0), wanted_eval + 1)
+    workers = config.num_workers
+    if workers > 1 and len(head) >= workers and all(_same_item(head[0], item) for item in head[1:workers]):
+        raise ValueError(
+            f"every one of the {workers} DataLoader workers starts with the same sample: the iterable dataset "
+            "does not split its items between workers (torch.utils.data.get_worker_info()), so each worker "
+            "yields all of them and every sample would be trained on num_workers times; split them, or use "
+            "num_workers=0"
+        )
     if len(head) <= wanted_eval:
         raise ValueError(
             f"the iterable dataset yields {len(head)} samples, too few to hold out eval_batches * batch_size = "

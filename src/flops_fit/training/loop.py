@@ -547,6 +547,8 @@ class _Run:
         with _InterruptGuard() as interrupt:
             try:
                 self._emit("on_train_start", info)
+                if self._evaluation_missed():
+                    self._record_eval(self.state.step)
                 stream = self.train_data.steps(self.state.step, self.total_steps)
                 window: list[torch.Tensor] = []
                 window_start = self.state.step
@@ -635,6 +637,18 @@ class _Run:
                 if stream is not None and hasattr(stream, "close"):
                     stream.close()
         return self._finish(status, error, final_loss)
+
+    def _evaluation_missed(self) -> bool:
+        """True when a resumed run's checkpoint sits at an evaluation step whose evaluation was interrupted
+        (a Ctrl-C between the step and its evaluation): it is made up before training goes on."""
+        step, curve = self.state.step, self.state.curve
+        return (
+            self.resumed_from is not None
+            and bool(self.eval_every)
+            and 0 < step < self.total_steps
+            and step % self.eval_every == 0
+            and (not curve or curve[-1][0] < self.state.tokens_seen)
+        )
 
     def _record_eval(self, step: int) -> float:
         value = self._evaluate()
