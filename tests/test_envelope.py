@@ -54,6 +54,11 @@ def test_envelope_bootstrap_gives_intervals_and_round_trips():
     assert "Approach 1" in fit.summary()
     lo, hi = fit.n_opt_fit.a_ci
     assert f"a = {fit.a:.4f} [{lo:.4f}, {hi:.4f}]" in fit.summary()  # the summary shows the intervals
+    # prediction intervals are percentiles of the draws' own predictions, as in Approach 2
+    s = fit.samples
+    loss_draws = s[:, 4] + np.exp(s[:, 5] + s[:, 6] * np.log(1e21))
+    assert opt["optimal_loss_ci"] == pytest.approx(tuple(np.nanpercentile(loss_draws, [2.5, 97.5])))
+    assert again.optimal(1e21)["optimal_loss_ci"] == pytest.approx(opt["optimal_loss_ci"])
 
 
 def test_no_curves_is_a_clear_error():

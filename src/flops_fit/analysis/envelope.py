@@ -26,7 +26,7 @@ from flops_fit.analysis._validate import (
     positive_budgets,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
-from flops_fit.analysis.isoflop import fmt_ci, optimum_record, with_sample_ci
+from flops_fit.analysis.isoflop import fmt_ci, optimum_from_laws, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
 from flops_fit.runs import validate_runs
@@ -48,6 +48,7 @@ class EnvelopeFit:
     l_opt_fit: PowerLawFit
     envelope: pd.DataFrame
     excluded: pd.DataFrame = field(default_factory=pd.DataFrame)
+    samples: np.ndarray | None = None  # bootstrap draws, columns as IsoFLOPFit.samples
 
     approach = "envelope"
 
@@ -61,16 +62,8 @@ class EnvelopeFit:
 
     def optimal(self, C: Any) -> dict[str, Any]:
         """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs)."""
-        c = positive_budgets(C)
-        return optimum_record(
-            c,
-            self.n_opt_fit.predict(c),
-            self.d_opt_fit.predict(c),
-            self.l_opt_fit.predict(c),
-            self.n_opt_fit.predict_interval(c),
-            self.d_opt_fit.predict_interval(c),
-            self.l_opt_fit.predict_interval(c),
-        )
+        laws = (self.n_opt_fit, self.d_opt_fit, self.l_opt_fit)
+        return optimum_from_laws(positive_budgets(C), laws, self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,16 +77,19 @@ class EnvelopeFit:
             "excluded": self.excluded.drop(columns=[c for c in ("curve",) if c in self.excluded]).to_dict(
                 orient="records"
             ),
+            "samples": None if self.samples is None else self.samples.tolist(),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EnvelopeFit:
+        samples = d.get("samples")
         return cls(
             n_opt_fit=PowerLawFit.from_dict(d["n_opt_fit"]),
             d_opt_fit=PowerLawFit.from_dict(d["d_opt_fit"]),
             l_opt_fit=PowerLawFit.from_dict(d["l_opt_fit"]),
             envelope=pd.DataFrame(d.get("envelope", {})),
             excluded=pd.DataFrame.from_records(d.get("excluded", [])),
+            samples=None if samples is None else np.asarray(samples, dtype=float),
         )
 
     def summary(self) -> str:
@@ -177,9 +173,10 @@ def fit_envelope(
             "model reach the same FLOPs); train more sizes, smaller and larger, so the best size changes with compute"
         )
     n_fit, d_fit, l_fit = _laws(env)
+    samples = None
     if bootstrap > 0:
-        n_fit, d_fit, l_fit = _bootstrap_laws(runs_c, grid, (n_fit, d_fit, l_fit), int(bootstrap), seed)
-    return EnvelopeFit(n_fit, d_fit, l_fit, env, excluded)
+        (n_fit, d_fit, l_fit), samples = _bootstrap_laws(runs_c, grid, (n_fit, d_fit, l_fit), bootstrap, seed)
+    return EnvelopeFit(n_fit, d_fit, l_fit, env, excluded, samples)
 
 
 def _run_curves(df: pd.DataFrame) -> list[tuple[float, float, np.ndarray, np.ndarray]]:
@@ -278,8 +275,9 @@ def _bootstrap_laws(
     fits: tuple[PowerLawFit, PowerLawFit, PowerLawFit],
     reps: int,
     seed: int,
-) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
-    """Resample whole runs with replacement, rebuild the envelope and refit: 95% percentile intervals."""
+) -> tuple[tuple[PowerLawFit, PowerLawFit, PowerLawFit], np.ndarray | None]:
+    """Resample whole runs with replacement, rebuild the envelope and refit: the laws with 95% percentile
+    intervals, and the draws (columns ln k_N, a, ln k_D, b, L_opt offset, ln k, exponent)."""
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(runs_c), (reps, len(runs_c)))
     present = np.zeros(picks.shape, dtype=bool)
@@ -302,8 +300,9 @@ def _bootstrap_laws(
         draws.append(np.concatenate([laws[0][:, 1:], laws[1][:, 1:], laws[2]], axis=1))
     s = np.concatenate(draws)
     if len(s) < 2:
-        return fits
-    return tuple(
+        return fits, None
+    laws = tuple(
         with_sample_ci(fit, s, cols)
         for fit, cols in zip(fits, ((0, 1, None), (2, 3, None), (5, 6, 4)), strict=True)
     )
+    return laws, s

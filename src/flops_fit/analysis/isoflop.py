@@ -290,22 +290,9 @@ class IsoFLOPFit:
 
     def optimal(self, C: Any) -> dict[str, Any]:
         """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs), with 95% intervals."""
-        c = positive_budgets(C)
-        n, d, l = self.n_opt_fit.predict(c), self.d_opt_fit.predict(c), self.l_opt_fit.predict(c)
-        if self.samples is not None and len(self.samples):
-            s = self.samples
-            lc = np.log(c)[..., None]
-            n_draw = np.exp(s[:, 0] + s[:, 1] * lc)
-            d_draw = np.exp(s[:, 2] + s[:, 3] * lc)
-            l_draw = s[:, 4] + np.exp(s[:, 5] + s[:, 6] * lc)
-            n_ci = _vector_ci(n_draw)
-            d_ci = _vector_ci(d_draw)
-            l_ci = _vector_ci(l_draw)
-        else:
-            n_ci = self.n_opt_fit.predict_interval(c)
-            d_ci = self.d_opt_fit.predict_interval(c)
-            l_ci = self.l_opt_fit.predict_interval(c)
-        return optimum_record(c, n, d, l, n_ci, d_ci, l_ci)
+        return optimum_from_laws(
+            positive_budgets(C), (self.n_opt_fit, self.d_opt_fit, self.l_opt_fit), self.samples
+        )
 
     def to_dict(self) -> dict[str, Any]:
         minima = self.minima.copy()
@@ -379,6 +366,27 @@ def _vector_ci(draws: np.ndarray) -> tuple[Any, Any]:
     if np.ndim(lo) == 0:
         return float(lo), float(hi)
     return lo, hi
+
+
+def optimum_from_laws(
+    c: np.ndarray, laws: tuple[PowerLawFit, PowerLawFit, PowerLawFit], samples: np.ndarray | None
+) -> dict[str, Any]:
+    """``optimal(C)`` of a fit made of the laws N_opt(C), D_opt(C), L_opt(C) (Approaches 1 and 2).
+
+    With bootstrap draws ``samples`` (columns ln k_N, a, ln k_D, b, then the L_opt law's offset, ln k,
+    exponent) the intervals are 95% percentiles of the draws' predictions at C; without, the laws' own
+    regression intervals.
+    """
+    n_fit, d_fit, l_fit = laws
+    n, d, l = n_fit.predict(c), d_fit.predict(c), l_fit.predict(c)
+    if samples is not None and len(samples):
+        s, lc = samples, np.log(c)[..., None]
+        n_ci = _vector_ci(np.exp(s[:, 0] + s[:, 1] * lc))
+        d_ci = _vector_ci(np.exp(s[:, 2] + s[:, 3] * lc))
+        l_ci = _vector_ci(s[:, 4] + np.exp(s[:, 5] + s[:, 6] * lc))
+    else:
+        n_ci, d_ci, l_ci = n_fit.predict_interval(c), d_fit.predict_interval(c), l_fit.predict_interval(c)
+    return optimum_record(c, n, d, l, n_ci, d_ci, l_ci)
 
 
 def optimum_record(
