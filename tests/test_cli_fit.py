@@ -62,6 +62,19 @@ def test_bad_input_exits_2(argv, needle, capsys):
     assert needle in capsys.readouterr().err
 
 
+def test_fit_prints_the_checks_a_result_makes(tmp_path, capsys):
+    """Budgets in GFLOPs instead of FLOPs: Approach 3 reads C on the 6ND scale, and the command says so."""
+    import pandas as pd
+
+    n, d, l, c = isoflop_sweep()
+    path = tmp_path / "gflops.csv"
+    pd.DataFrame({"N": n, "D": d, "C": c / 1e9, "L": l}).to_csv(path, index=False)
+    argv = ["fit", str(path), "--n-col", "N", "--d-col", "D", "--c-col", "C", "--loss-col", "L"]
+    assert main([*argv, "--approach", "all"]) == 0
+    out = capsys.readouterr().out
+    assert "Warnings:" in out and "not 6ND FLOPs" in out
+
+
 def test_console_script_help():
     out = subprocess.run(
         [sys.executable, "-m", "flops_fit.cli", "fit", "--help"], capture_output=True, text=True, check=True

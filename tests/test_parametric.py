@@ -15,6 +15,7 @@ import flops_fit
 from flops_fit.analysis import parametric
 from flops_fit.analysis._validate import canonical_order
 from flops_fit.analysis.parametric import CHINCHILLA_INIT_GRID, ParametricFit, fit_parametric
+from synth import isoflop_sweep
 
 CHINCHILLA_CSV = Path(flops_fit.__file__).parent / "data" / "chinchilla_epoch.csv"
 
@@ -402,3 +403,15 @@ def test_optimal_rejects_bad_budgets(chinchilla_fit):
     for bad in (-1.0, 0.0, math.nan, [1e20, math.inf]):
         with pytest.raises(ValueError, match="positive finite compute budget"):
             chinchilla_fit.optimal(bad)
+
+
+def test_a_floor_that_collapses_to_zero_is_reported():
+    """Data with no irreducible loss (E = 0 in the generating law): the fit's E goes to about 0, which is
+    said (a warning and ParametricFit.floor_collapsed); a law with a real floor is not flagged."""
+    p = {"E": 0.0, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+    n, d, l, _ = isoflop_sweep(noise=0.002, seed=4, p=p)
+    with pytest.warns(UserWarning, match="is about 0"):
+        fit = fit_parametric(n, d, l)
+    assert fit.E < 1e-3 * l.min() and fit.floor_collapsed is not None
+    n, d, l, _ = isoflop_sweep(noise=0.002, seed=4)
+    assert fit_parametric(n, d, l).floor_collapsed is None

@@ -120,6 +120,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print()
         print(to_markdown(table))
         out[name] = fit.to_dict()
+    if fits:  # the checks a Result makes: budgets not on the 6ND scale, approaches that disagree, ...
+        from flops_fit.result import Result
+
+        notes = Result(runs, fits).warnings
+        if notes:
+            print("\nWarnings:")
+            print("\n".join(f"  - {note}" for note in notes))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
@@ -342,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser(
         "fit",
         help="fit scaling laws to a results file",
-        description="Fit scaling laws to a results file and print them with 95%% intervals and a Chinchilla table.",
+        description="Fit scaling laws to a results file and print them with 95% intervals and a Chinchilla table.",
         epilog=(
             "examples:\n"
             "  flops-fit fit chinchilla --approach parametric --bootstrap 200\n"

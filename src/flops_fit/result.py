@@ -478,6 +478,8 @@ class Result:
             if isinstance(fit, ParametricFit):
                 if fit.degeneracy is not None:
                     notes.append(f"{label} is degenerate: {fit.degeneracy}")
+                elif fit.floor_collapsed is not None:
+                    notes.append(f"{label}: {fit.floor_collapsed}")
                 if not fit.converged:
                     notes.append(f"{label}: the optimiser did not converge; treat its estimates with care")
             excluded = getattr(fit, "excluded", None)

@@ -494,7 +494,7 @@ def fit_isoflop(
     if n_used < 2:
         raise ValueError(
             f"Approach 2 needs at least 2 budgets with a bracketed minimum, got {n_used} of {len(minima)} "
-            f"(flags: {minima['flags'].tolist()}). Re-plan the sweep so each budget's sizes straddle the optimum."
+            f"({'; '.join(describe_flagged(minima))}). Re-plan the sweep so each budget's sizes straddle the optimum."
         )
     n_fit, d_fit, l_fit = _laws(minima)
     samples = None

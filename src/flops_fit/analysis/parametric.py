@@ -76,6 +76,9 @@ MIN_EXPONENT = 1e-3
 #: A term changing the predicted loss by less than this fraction of E across the fitted N (or D) range is
 #: not identified by the data (an order of magnitude below the Huber delta of 1e-3 in log loss).
 MIN_TERM_CHANGE = 1e-4
+#: An irreducible loss E below this fraction of the lowest loss the fit predicts on its data is reported as
+#: collapsed to zero: the data do not pin E, and the exponents then carry the loss floor too.
+MIN_FLOOR_FRACTION = 1e-3
 
 # Optimiser settings. The objective the optimiser sees is the summed Huber loss divided by delta * sum(w),
 # i.e. the weighted mean absolute log residual in the linear part of the Huber loss, so the tight
@@ -622,6 +625,23 @@ class ParametricFit:
                     )
         return None
 
+    @property
+    def floor_collapsed(self) -> str | None:
+        """Why the fitted irreducible loss E is not to be trusted (it collapsed to about 0), or None.
+
+        Needs the data ranges (known for fits made by :func:`fit_parametric`).
+        """
+        if self.n_range is None or self.d_range is None:
+            return None
+        lowest = self.E + self.A * self.n_range[1] ** -self.alpha + self.B * self.d_range[1] ** -self.beta
+        if self.E >= MIN_FLOOR_FRACTION * lowest:
+            return None
+        return (
+            f"E = {self.E:.3g} is about 0 (below {MIN_FLOOR_FRACTION:.1%} of the lowest predicted loss on the data, "
+            f"{lowest:.3g}): the data do not pin the irreducible loss, so alpha and beta also carry the loss floor "
+            "and predictions fall without bound; add runs at larger N and D, or compare with a fit that fixes E"
+        )
+
     def predict_loss(self, N: Any, D: Any) -> Any:
         """Predicted loss at N parameters and D tokens (broadcasts; scalars in, float out)."""
         n, d = (_positive_values(name, v) for name, v in (("N", N), ("D", D)))
@@ -980,6 +1000,8 @@ def _fit_clean(
     )
     if fit.degeneracy is not None:
         warnings.warn(f"Approach 3 fit is degenerate: {fit.degeneracy}", UserWarning, stacklevel=3)
+    elif fit.floor_collapsed is not None:
+        warnings.warn(f"Approach 3: {fit.floor_collapsed}", UserWarning, stacklevel=3)
     if not converged:
         warnings.warn(
             f"Approach 3 optimum not converged (normalised gradient {np.abs(grad).max():.2g} > {_CONVERGED_GTOL:g}); "
