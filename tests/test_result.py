@@ -205,6 +205,17 @@ def test_approaches_that_disagree_beyond_their_intervals_are_called_out(runs):
     assert "disagree" in res.summary()
 
 
+def test_approaches_that_disagree_on_the_loss_are_called_out(runs):
+    """Same allocation, a loss floor 0.2 nats higher: the exponents agree, L_opt does not."""
+    n, d, l, c = isoflop_sweep(budgets=BUDGETS, sizes=7, seed=0)
+    iso = fit_isoflop(n, d, l, c, bootstrap=20, seed=0)
+    n2, d2, l2, _ = isoflop_sweep(budgets=BUDGETS, sizes=7, seed=1, p={**TRUE, "E": TRUE["E"] + 0.2})
+    par = fit_parametric(n2, d2, l2, bootstrap=20, seed=0)
+    notes = [w for w in Result(runs.drop(columns="curve"), {"isoflop": iso, "parametric": par}).warnings]
+    assert any("disagree on the loss L_opt at C = 1e+20" in w for w in notes)
+    assert not any("exponent a" in w for w in notes)
+
+
 def test_without_intervals_agreement_is_not_judged(runs):
     res = Result.from_runs(runs.drop(columns="curve"), bootstrap=0)
     assert any("not judged for Approach 3 (parametric)" in w for w in res.warnings)

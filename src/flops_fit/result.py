@@ -423,7 +423,7 @@ class Result:
         return out
 
     def _agreement_notes(self) -> list[str]:
-        """Pairs of approaches whose 95% intervals of a or N_opt (at the largest budget) do not overlap."""
+        """Pairs of approaches whose 95% intervals of a, N_opt or L_opt (at the largest budget) do not overlap."""
         if len(self.fits) < 2:
             return []
         table = self.compare_approaches()
@@ -431,7 +431,12 @@ class Result:
         notes: list[str] = []
         unjudged: set[str] = set()
         names = list(self.fits)
-        for q, what in (("a", "the exponent a of N_opt ∝ C^a"), ("N_opt", f"N_opt at C = {c:.3g} FLOPs")):
+        quantities = (
+            ("a", "the exponent a of N_opt ∝ C^a"),
+            ("N_opt", f"N_opt at C = {c:.3g} FLOPs"),
+            ("L_opt", f"the loss L_opt at C = {c:.3g} FLOPs"),
+        )
+        for q, what in quantities:
             rows = table[table["quantity"] == q].set_index("approach")
             for i, first in enumerate(names):
                 for second in names[i + 1 :]:
