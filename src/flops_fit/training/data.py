@@ -324,7 +324,7 @@ class IterableTrainData:
             count = 0
             for item in stream:
                 count += 1
-                if self._declared is not None and count > self._declared:
+                if self.num_workers > 1 and self._declared is not None and count > self._declared:
                     raise ValueError(
                         f"the iterable dataset yielded more than its len() of {self._declared + self.skip_per_epoch} "
                         f"samples in one pass with num_workers={self.num_workers}: every DataLoader worker "
