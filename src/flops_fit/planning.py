@@ -51,7 +51,7 @@ from flops_fit.flops import (
     split_sample,
 )
 from flops_fit.flops import flops_per_token as _flops_per_token
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs
 
 logger = logging.getLogger(__name__)
 
@@ -1138,6 +1138,18 @@ def as_plan(plan: SweepPlan | str | os.PathLike[str] | None) -> SweepPlan | None
             f"plan file {str(plan)!r} does not exist; pass the sweep's sweep.json, or plan=None for every run"
         )
     return SweepPlan.load(plan)
+
+
+def load_plan_runs(
+    results: str | os.PathLike[str],
+    plan: SweepPlan | str | os.PathLike[str] | None,
+    columns: Mapping[str, str] | None = None,
+) -> pd.DataFrame:
+    """The runs table of the file ``results`` (:func:`flops_fit.runs.load_runs`); with a ``plan`` (see
+    :func:`as_plan`), only that plan's runs (:meth:`SweepPlan.select_runs`)."""
+    runs = load_runs(results, columns=columns)
+    sweep = as_plan(plan)
+    return runs if sweep is None else sweep.select_runs(runs, results)
 
 
 class SweepPlanner:

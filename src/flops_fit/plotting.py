@@ -44,7 +44,7 @@ from flops_fit.analysis.isoflop import (
     IsoFLOPFit,
 )
 from flops_fit.analysis.parametric import ParametricFit
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -261,12 +261,9 @@ class ScalingVisualizer:
         ``budget_rtol`` defaults to the IsoFLOP fit's own (else the library default). ``plan`` (a
         ``sweep.json`` path or a SweepPlan) keeps only that plan's runs, as the analyzer's ``plan`` does.
         """
-        from flops_fit.planning import as_plan
+        from flops_fit.planning import load_plan_runs
 
-        runs = load_runs(results_path, columns=columns)
-        sweep = as_plan(plan)
-        if sweep is not None:
-            runs = sweep.select_runs(runs, results_path)
+        runs = load_plan_runs(results_path, plan, columns)
         path = Path(scaling_laws_path)
         if not path.is_file():
             raise FileNotFoundError(

@@ -40,7 +40,7 @@ from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
 from flops_fit.planning import PLAN_FILE as SWEEP_FILE
-from flops_fit.planning import SweepPlan
+from flops_fit.planning import SweepPlan, load_plan_runs
 from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
 
 logger = logging.getLogger(__name__)
@@ -893,10 +893,10 @@ class Result:
                     f"neither {d / RUNS_FILE} nor {ledger} exists; pass runs= (the results file the laws were "
                     "fitted to)"
                 )
-        table = load_runs(runs) if isinstance(runs, (str, os.PathLike)) else runs
-        sweep = d / SWEEP_FILE
-        if runs == ledger and sweep.is_file():  # the runs ff-analyze fitted: the folder's plan only
-            table = SweepPlan.load(sweep).select_runs(table, ledger)
+        table = runs
+        if isinstance(runs, (str, os.PathLike)):
+            sweep = d / SWEEP_FILE  # the runs ff-analyze fitted from this folder's ledger: its plan's only
+            table = load_plan_runs(runs, sweep if runs == ledger and sweep.is_file() else None)
         plan = SweepPlan.load(d / PLAN_FILE) if (d / PLAN_FILE).is_file() else None
         result = cls(
             table,

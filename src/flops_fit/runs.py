@@ -116,6 +116,12 @@ def _as_curve(value: Any, run_id: str) -> list[list[float]] | None:
     return arr.tolist()
 
 
+def list_ids(ids: pd.Series, limit: int = 8) -> str:
+    """The first ``limit`` run ids, comma separated, and how many more there are (for log messages)."""
+    shown = ", ".join(ids.astype(str).head(limit))
+    return shown if len(ids) <= limit else f"{shown} and {len(ids) - limit} more"
+
+
 def runs_from_arrays(
     N: Any, D: Any, L: Any, C: Any = None, *, ids: Sequence[str] | None = None
 ) -> pd.DataFrame:

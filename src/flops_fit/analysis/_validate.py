@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -99,15 +100,29 @@ def check_budget_rtol(budget_rtol: Any) -> float:
     return float(budget_rtol)
 
 
+def check_positive(name: str, value: Any, hint: str) -> float:
+    """``value`` as a positive finite float, or a TypeError/ValueError naming ``name`` (``hint``: e.g. its default)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a positive number ({hint}), got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive finite number ({hint}), got {value}")
+    return float(value)
+
+
+def positive_values(name: str, value: Any, what: str, *, allow_empty: bool = True) -> np.ndarray:
+    """``value`` (a number or an array) as a float array of positive finite ``what``, or a ValueError naming it."""
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be positive finite {what}, got {value!r}") from None
+    if (arr.size == 0 and not allow_empty) or not np.all(np.isfinite(arr) & (arr > 0)):
+        raise ValueError(f"{name} must be positive finite {what}, got {value!r}")
+    return arr
+
+
 def positive_budgets(C: Any) -> np.ndarray:
     """Compute budget(s) C (FLOPs) as a float array, or a ValueError if any is not positive and finite."""
-    try:
-        c = np.asarray(C, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}") from None
-    if c.size == 0 or not np.all(np.isfinite(c) & (c > 0)):
-        raise ValueError(f"C must be positive finite compute budget(s) in FLOPs, got {C!r}")
-    return c
+    return positive_values("C", C, "compute budget(s) in FLOPs", allow_empty=False)
 
 
 def canonical_order(*columns: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.analysis.power_law import fit_power_law as _fit_power_law
-from flops_fit.runs import completed, load_runs
+from flops_fit.runs import completed
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +153,7 @@ class ScalingLawAnalyzer:
         budget_rtol: float = DEFAULT_BUDGET_RTOL,
         plan: str | os.PathLike[str] | Any | None = None,
     ) -> None:
-        if isinstance(approach, str) or isinstance(approach, Sequence):
-            self.approaches = resolve_approaches(approach)
-        else:
-            raise TypeError(
-                f"approach must be a name such as 'isoflop' or 'all', or a list of names, got {approach!r}"
-            )
+        self.approaches = resolve_approaches(approach)
         if columns is not None and not isinstance(columns, Mapping):
             raise TypeError(
                 f"columns must map canonical names to your file's columns, e.g. {{'num_params': 'Model Size'}}, "
@@ -185,8 +180,9 @@ class ScalingLawAnalyzer:
 
     def _runs(self) -> pd.DataFrame:
         """Every run of the results file, or only the plan's runs when a plan was given."""
-        runs = load_runs(self.results_path, columns=self.columns)
-        return runs if self.plan is None else self.plan.select_runs(runs, self.results_path)
+        from flops_fit.planning import load_plan_runs
+
+        return load_plan_runs(self.results_path, self.plan, self.columns)
 
     def load_results(self) -> pd.DataFrame:
         """The completed runs of the results file (.json, .jsonl, .csv or .parquet) as a runs table."""

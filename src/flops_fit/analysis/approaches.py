@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,7 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
-from flops_fit.runs import validate_runs
+from flops_fit.runs import list_ids, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,10 @@ Fit = EnvelopeFit | IsoFLOPFit | ParametricFit
 
 def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
     """``"all"`` -> every approach; a name or list of names -> validated canonical names."""
+    if not isinstance(approach, Iterable):
+        raise TypeError(
+            f"approach must be a name such as 'isoflop' or 'all', or a list of names, got {approach!r}"
+        )
     names = [approach] if isinstance(approach, str) else list(approach)
     out: list[str] = []
     for name in names:
@@ -96,15 +100,12 @@ def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
     valid = (np.isfinite(vals) & (vals > 0)).all(axis=1)
     invalid = completed & ~valid
     if invalid.any():
-        names = runs.loc[invalid, "experiment_id"].astype(str)
-        more = "" if len(names) <= 8 else f" and {len(names) - 8} more"
         logger.warning(
             "%s: left out %d completed run(s) whose compute_budget, num_params, num_tokens or final_loss is "
-            "not positive and finite: %s%s",
+            "not positive and finite: %s",
             what,
             int(invalid.sum()),
-            ", ".join(names.head(8)),
-            more,
+            list_ids(runs.loc[invalid, "experiment_id"]),
         )
     usable = completed & valid
     if not usable.any():

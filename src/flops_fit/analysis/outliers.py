@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis._validate import check_budget_rtol
+from flops_fit.analysis._validate import check_budget_rtol, check_positive
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
-from flops_fit.runs import validate_runs
+from flops_fit.runs import list_ids, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +83,6 @@ def _profile_outliers(
     return members[flagged] if flagged else members[:0]
 
 
-def _positive_number(name: str, value: Any, default: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a positive number (default {default}), got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number (default {default}), got {value}")
-    return float(value)
-
-
 def detect_outliers(
     runs: pd.DataFrame,
     *,
@@ -108,9 +98,9 @@ def detect_outliers(
     ``residual_z`` robust standard deviations, more than ``min_relative_residual`` and more than half the step to
     its neighbouring sizes from a robust cubic of log-loss in ln N; flagged one at a time, worst first.
     """
-    residual_z = _positive_number("residual_z", residual_z, RESIDUAL_Z)
-    min_relative_residual = _positive_number(
-        "min_relative_residual", min_relative_residual, MIN_RELATIVE_RESIDUAL
+    residual_z = check_positive("residual_z", residual_z, f"default {RESIDUAL_Z}")
+    min_relative_residual = check_positive(
+        "min_relative_residual", min_relative_residual, f"default {MIN_RELATIVE_RESIDUAL}"
     )
     budget_rtol = check_budget_rtol(budget_rtol)
     df = validate_runs(runs)
@@ -164,14 +154,10 @@ def report_excluded(excluded: pd.DataFrame, what: str) -> None:
     """Log a warning naming the runs ``what`` (a fit's name) leaves out, and why (``outlier_reason``)."""
     if not len(excluded):
         return
-    counts = excluded["outlier_reason"].value_counts().to_dict()
-    ids = ", ".join(excluded["experiment_id"].astype(str).head(8))
-    more = "" if len(excluded) <= 8 else f" and {len(excluded) - 8} more"
     logger.warning(
-        "%s: excluded %d run(s) %s: %s%s (pass exclude=False to keep them)",
+        "%s: excluded %d run(s) %s: %s (pass exclude=False to keep them)",
         what,
         len(excluded),
-        counts,
-        ids,
-        more,
+        excluded["outlier_reason"].value_counts().to_dict(),
+        list_ids(excluded["experiment_id"]),
     )

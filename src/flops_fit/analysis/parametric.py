@@ -43,9 +43,11 @@ from flops_fit.analysis._validate import (
     check_budget_rtol,
     check_flag,
     check_ids,
+    check_positive,
     check_seed,
     positive_arrays,
     positive_budgets,
+    positive_values,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
@@ -503,16 +505,6 @@ def _ci_pair(v: Any) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
-def _positive_values(name: str, value: Any) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be positive finite number(s), got {value!r}") from None
-    if not np.all(np.isfinite(arr) & (arr > 0)):
-        raise ValueError(f"{name} must be positive finite number(s), got {value!r}")
-    return arr
-
-
 def _percentile_ci(draws: np.ndarray, axis: int = 0) -> tuple[Any, Any]:
     """95% percentile interval along ``axis`` (NaNs ignored); floats for 1-D input, arrays otherwise."""
     with warnings.catch_warnings():
@@ -644,7 +636,7 @@ class ParametricFit:
 
     def predict_loss(self, N: Any, D: Any) -> Any:
         """Predicted loss at N parameters and D tokens (broadcasts; scalars in, float out)."""
-        n, d = (_positive_values(name, v) for name, v in (("N", N), ("D", D)))
+        n, d = (positive_values(name, v, "number(s)") for name, v in (("N", N), ("D", D)))
         loss = self.E + self.A * np.power(n, -self.alpha) + self.B * np.power(d, -self.beta)
         return float(loss) if np.ndim(loss) == 0 else loss
 
@@ -990,7 +982,7 @@ def _fit_clean(
         beta=float(best_theta[4]),
         objective=best_f * scale,
         n_points=int((w > 0).sum()),
-        huber_delta=float(huber_delta),
+        huber_delta=huber_delta,
         ci=ci,
         samples=samples,
         n_starts=int(starts.shape[0]),
@@ -1086,12 +1078,7 @@ def fit_parametric(
     Needs at least 5 points and at least 2 distinct N and 2 distinct D; raises ValueError otherwise.
     """
     n, d, loss = positive_arrays(N=N, D=D, L=L)
-    if isinstance(huber_delta, bool) or not isinstance(huber_delta, (int, float, np.floating, np.integer)):
-        raise TypeError(f"huber_delta must be a positive number, got {type(huber_delta).__name__}")
-    if not (math.isfinite(huber_delta) and huber_delta > 0):
-        raise ValueError(
-            f"huber_delta must be a positive finite number (Chinchilla: 1e-3), got {huber_delta}"
-        )
+    huber_delta = check_positive("huber_delta", huber_delta, "Chinchilla: 1e-3")
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
     budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
     names = check_ids(ids, n.size)
@@ -1116,7 +1103,7 @@ def fit_parametric(
         d,
         loss,
         w,
-        huber_delta=float(huber_delta),
+        huber_delta=huber_delta,
         starts=starts,
         bootstrap=int(bootstrap),
         seed=int(seed),
