@@ -32,17 +32,20 @@ def _data(n=20_000, seed=0):
     return torch.utils.data.TensorDataset(x, y)
 
 
-def test_train_false_returns_the_plan(tmp_path):
-    plan = find_optimal(
+def _wide_sweep(tmp_path, **kwargs):
+    """find_optimal on the Wide model and _data() at budgets 1e8, 1e9 (train=False unless given)."""
+    return find_optimal(
         Wide,
         "width",
         _data(),
         nn.functional.mse_loss,
         [1e8, 1e9],
-        train=False,
-        num_model_sizes=4,
-        output_dir=tmp_path,
+        **{"output_dir": tmp_path, "train": False, **kwargs},
     )
+
+
+def test_train_false_returns_the_plan(tmp_path):
+    plan = _wide_sweep(tmp_path, num_model_sizes=4)
     assert isinstance(plan, SweepPlan) and len(plan.experiments) == 8
     assert not (tmp_path / "results.jsonl").exists()
     # the data the runs will see: training holds eval_batches x batch_size samples out (no eval_dataset)
@@ -52,30 +55,11 @@ def test_train_false_returns_the_plan(tmp_path):
 
 def test_planning_needs_no_training_device(tmp_path):
     """A plan (train=False) or a mock sweep for a GPU cluster can be made on a machine without the GPU."""
-    plan = find_optimal(
-        Wide,
-        "width",
-        _data(),
-        nn.functional.mse_loss,
-        [1e8, 1e9],
-        train=False,
-        num_model_sizes=3,
-        output_dir=tmp_path,
-        device="cuda:7",
-    )
+    plan = _wide_sweep(tmp_path, num_model_sizes=3, device="cuda:7")
     assert len(plan.experiments) == 6
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            find_optimal(
-                Wide,
-                "width",
-                _data(),
-                nn.functional.mse_loss,
-                [1e8, 1e9],
-                num_model_sizes=3,
-                output_dir=tmp_path / "local",
-                device="cuda:7",
-            )
+            _wide_sweep(tmp_path / "local", num_model_sizes=3, device="cuda:7", train=True)
         assert not (tmp_path / "local").exists()
 
 

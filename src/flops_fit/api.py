@@ -325,11 +325,7 @@ def _check_epochs(plan: SweepPlan, max_epochs: float) -> None:
     if not over:
         return
     worst = max(over, key=lambda e: e.epochs or 0.0)
-    fits = [
-        c
-        for c in plan.compute_budgets
-        if all((e.epochs or 0.0) <= max_epochs for e in plan if e.compute_budget == c)
-    ]
+    fits = sorted(set(plan.compute_budgets) - {e.compute_budget for e in over})
     largest = f"the largest budget that fits is {max(fits):.3g} FLOPs" if fits else "no budget fits"
     raise ValueError(
         f"{len(over)} planned run(s) need more than max_epochs={max_epochs:g} pass(es) over the dataset (up to "

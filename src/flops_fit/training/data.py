@@ -415,16 +415,16 @@ class LoaderTrainData:
         self.tokens_per_step = 0
         self.needed_batches = 0
 
-    def _batches(self) -> Iterator[Any]:
-        """Full batches only: a short one (the last of an epoch with ``drop_last=False``) is skipped, so every
+    def _batches(self) -> Iterator[Batch]:
+        """Full batches only, as (inputs, targets): a short one (the last of an epoch with ``drop_last=False``) is skipped, so every
         optimiser step sees ``batch_size`` samples and ``tokens_seen`` follows the plan."""
         expected = self.layout.batch_size // self.layout.world_size
         epoch = 0
         while True:
             count = short = 0
-            for batch in _seeded_batches(self.loader, self.seed, epoch):
-                size = leading_length(split_item(batch, "a DataLoader batch")[1])
-                if size != expected:
+            for raw in _seeded_batches(self.loader, self.seed, epoch):
+                batch = split_item(raw, "a DataLoader batch")
+                if leading_length(batch[1]) != expected:
                     short += 1
                     continue
                 count += 1
@@ -453,7 +453,7 @@ class LoaderTrainData:
         for _ in range(start_step * world):
             next(batches)
         for _ in range(start_step, total_steps):
-            group = [split_item(next(batches), "a DataLoader batch") for _ in range(world)]
+            group = [next(batches) for _ in range(world)]
             yield [group[rank]], sum(self.tokens_of(b) for b in group)
 
     def position(self, step: int) -> dict[str, int]:
