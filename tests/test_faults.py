@@ -483,7 +483,8 @@ class FailingWrites:
     and the ledger's appends.
 
     A read-only folder refuses to open the file (and, with ``read_only``, to delete an existing file in
-    it); a full disk opens it and fails the first write. With ``ledger_ok``, the fault switches itself
+    it); a full disk opens it and fails the first write, or with ``file_ok`` the first write past that
+    many bytes (torch's zip writer then reports a RuntimeError). With ``ledger_ok``, the fault switches itself
     on after that many ledger writes, and the first failing one first writes half of its bytes (a disk
     filling up mid-write returns a short count, the next write fails).
     """
@@ -497,6 +498,7 @@ class FailingWrites:
         ledger: bool = True,
         ledger_ok: int | None = None,
         read_only: Path | None = None,
+        file_ok: int = 0,
     ):
         self.code, self.active, self.ledger_ok = code, False, ledger_ok
         self.failures: list[str] = []
@@ -509,11 +511,13 @@ class FailingWrites:
 
         class FullFile:
             def __init__(self, fh: Any):
-                self.fh = fh
+                self.fh, self.room = fh, file_ok
 
             def write(self, data: Any) -> int:
-                fail("checkpoint write")
-                return 0  # not reached
+                if len(data) > self.room:
+                    fail("checkpoint write")
+                self.room -= len(data)
+                return self.fh.write(data)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(self.fh, name)
@@ -601,8 +605,11 @@ def test_disk_full_during_a_ledger_append_raises_and_keeps_finished_records(tmp_
     assert len(runs) == len(expected)
 
 
-def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, caplog, one_run):
-    disk = FailingWrites(monkeypatch, errno.ENOSPC)
+@pytest.mark.parametrize("room", [0, 4096], ids=["at-the-first-write", "part-way"])
+def test_disk_full_while_checkpointing_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch, caplog, one_run, room
+):
+    disk = FailingWrites(monkeypatch, errno.ENOSPC, file_ok=room)
     eid = ONE.experiments[0].experiment_id
     path = tmp_path / "checkpoints" / f"{eid}.pt"
     callbacks = [ActivateAt(disk, experiment=1, step=6), RaiseAt(experiment=1, step=14)]  # full, then crash

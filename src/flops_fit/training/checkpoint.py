@@ -18,7 +18,7 @@ import random
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -30,9 +30,41 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
+class _WriteErrors:
+    """A binary file for ``torch.save`` that remembers the first ``OSError`` its writes raise: torch's zip
+    writer reports a failed write (a full disk part-way through) as a ``RuntimeError``."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    atomic_write(path, lambda fh: torch.save(dict(state), fh))
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, ``os.replace``).
+
+    Any failure to write the file (disk full, I/O error) raises ``OSError``, whatever layer it surfaced in.
+    """
+
+    def write(fh: IO[bytes]) -> None:
+        out = _WriteErrors(fh)
+        try:
+            torch.save(dict(state), out)
+        except RuntimeError as exc:
+            if out.error is None:
+                raise
+            raise out.error from exc
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, discard_corrupt: bool = True) -> dict[str, Any] | None:
