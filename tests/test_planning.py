@@ -177,13 +177,37 @@ def test_budget_ids_survive_adding_budgets_and_change_with_definition():
     for change in (
         {"lr_rule": 3e-4},
         {"data_id": "c4-v2"},
-        {"train_config": {"warmup": 100}},
+        {"train_config": {"warmup_frac": 0.1}},
         {"seed": 1},
         {"batch_size": 64},
         {"dataset_tokens": 1e12},
     ):
         other = {e.experiment_id for e in SweepPlanner(1e17, 1e19, 3, 4, **change).plan()}
         assert not other & base, change
+
+
+def test_train_config_fields_that_do_not_change_a_result_keep_the_ids():
+    base = SweepPlanner(1e17, 1e19, 3, 4, train_config={"lr": 1e-3}).plan()
+    # max_epochs is only a limit; micro-batching and workers change how a run runs, not what it computes
+    other = SweepPlanner(
+        1e17, 1e19, 3, 4, train_config={"lr": 1e-3, "max_epochs": 4.0, "micro_batch_size": 2, "num_workers": 2}
+    ).plan()
+    assert [e.experiment_id for e in other] == [e.experiment_id for e in base]
+    assert other.config["train_config"]["max_epochs"] == 4.0  # still recorded, for the runner
+    changed = SweepPlanner(1e17, 1e19, 3, 4, train_config={"lr": 1e-3, "divergence_factor": 5.0}).plan()
+    assert not {e.experiment_id for e in changed} & {e.experiment_id for e in base}
+
+
+@pytest.mark.parametrize(
+    "config, error, match",
+    [
+        ({"warmup": 100}, ValueError, r"train_config has unknown TrainConfig field\(s\) \['warmup'\]; allowed: "),
+        ({"lr": -1.0}, ValueError, r"train_config: TrainConfig.lr must be a number"),
+    ],
+)
+def test_train_config_is_checked_against_train_config_fields(config, error, match):
+    with pytest.raises(error, match=match):
+        SweepPlanner(1e17, 1e19, 3, 4, train_config=config)
 
 
 def test_experiment_id_is_canonical():
@@ -249,7 +273,7 @@ def test_repeated_data_is_flagged():
 
 def test_save_load_round_trip(tmp_path):
     plan = SweepPlanner(
-        1e15, 1e17, 3, 3, lr_rule=1e-3, data_id="owt", train_config={"wd": 0.1}, dataset_tokens=1e12
+        1e15, 1e17, 3, 3, lr_rule=1e-3, data_id="owt", train_config={"weight_decay": 0.1}, dataset_tokens=1e12
     ).plan()
     path = plan.save(tmp_path / "sub" / "plan.json")
     raw = json.loads(path.read_text())

@@ -22,7 +22,6 @@ from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
-from flops_fit.training.config import RESULT_FIELDS
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
 from flops_fit.training.runner import check_executor
@@ -275,7 +274,7 @@ def find_optimal(
         batch_size=train_config.batch_size,
         tokens_per_sample=tokens_per_sample,
         data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset),
-        train_config={k: v for k, v in train_dict.items() if _jsonable(v) and k in RESULT_FIELDS},
+        train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
         seed=train_config.seed,
         **planner_kwargs,
     )

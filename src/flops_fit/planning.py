@@ -80,6 +80,15 @@ ShapeFn = Callable[[nn.Module], "TransformerShape | Mapping[str, Any]"]
 # --------------------------------------------------------------------------------------------------
 
 
+def _result_config(train_config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The fields of a recorded train_config that enter experiment ids: those changing a run's result."""
+    if train_config is None:
+        return None
+    from flops_fit.training.config import RESULT_FIELDS  # here: flops_fit.training imports this module
+
+    return {k: v for k, v in train_config.items() if k in RESULT_FIELDS}
+
+
 def _plain(value: Any, name: str) -> Any:
     """Convert a config value to plain JSON types (dict, list, str, int, float, bool, None)."""
     if value is None or isinstance(value, (bool, str)):
@@ -1169,8 +1178,10 @@ class SweepPlanner:
         ``callable(num_params) -> lr``; None leaves the learning rate to the runner.
     batch_size, tokens_per_sample : one optimiser step sees ``batch_size * tokens_per_sample`` tokens.
         ``tokens_per_sample`` defaults to the targets per sample of ``model.sample_fn``, else 1.
-    data_id, train_config : identity of the data and the runner's training settings; recorded in the
-        plan and part of every experiment id.
+    data_id : identity of the data; recorded in the plan and part of every experiment id.
+    train_config : the runner's training settings, a mapping of :class:`~flops_fit.training.TrainConfig`
+        fields (unknown fields and bad values are errors); recorded in the plan, and its fields that change
+        a run's result (``flops_fit.training.config.RESULT_FIELDS``) are part of every experiment id.
     prior : a previous fit to centre on: ``.optimal(C) -> {"optimal_params": N}``, a
         :class:`~flops_fit.analysis.power_law.PowerLawFit` of N_opt against C, or ``callable(C) -> N``.
     seed : training seed recorded per experiment; also seeds sample batches and calibration.
@@ -1264,6 +1275,11 @@ class SweepPlanner:
         if train_config is not None and not isinstance(train_config, Mapping):
             raise TypeError(f"train_config must be a mapping, got {type(train_config).__name__}")
         self.train_config = None if train_config is None else _plain(train_config, "train_config")
+        if self.train_config is not None:
+            # imported here: flops_fit.training imports this module
+            from flops_fit.training.config import config_from_mapping
+
+            config_from_mapping(self.train_config, "train_config")
         self.prior = prior
         if prior is not None and not (
             hasattr(prior, "optimal") or isinstance(prior, PowerLawFit) or callable(prior)
@@ -1479,7 +1495,7 @@ class SweepPlanner:
             "flops": self.flops_name,
             "data_id": self.data_id,
             "dataset_tokens": self.dataset_tokens,
-            "train_config": self.train_config,
+            "train_config": _result_config(self.train_config),
             "batch_size": self.batch_size,
             "tokens_per_sample": tokens_per_sample,
             "seed": self.seed,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 Schedule = Literal["cosine", "wsd", "constant"]
@@ -14,7 +15,8 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 
 
 # Fields that change what the run computes; the rest (workers, logging, checkpoint cadence, compile,
-# micro-batching) only change how it runs, so a checkpoint stays valid across them.
+# micro-batching) only change how it runs, so a checkpoint stays valid across them. ``max_epochs`` is
+# only a limit (a run needing more passes is refused), so raising it keeps ids and checkpoints.
 TRAJECTORY_FIELDS: tuple[str, ...] = (
     "batch_size",
     "lr",
@@ -29,7 +31,6 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
     "eval_every",
     "eval_batches",
     "seed",
-    "max_epochs",
     "divergence_factor",
 )
 
@@ -190,3 +191,19 @@ class TrainConfig:
         out = asdict(self)
         out["betas"] = list(self.betas)
         return out
+
+
+def config_from_mapping(values: Mapping[str, Any], where: str) -> TrainConfig:
+    """A :class:`TrainConfig` from a mapping of some of its fields (a JSON list for ``betas``), the rest
+    defaults. Unknown fields and bad values are errors naming ``where``."""
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{where} has unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = dict(values)
+    if isinstance(kwargs.get("betas"), list):
+        kwargs["betas"] = tuple(kwargs["betas"])
+    try:
+        return TrainConfig(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from exc

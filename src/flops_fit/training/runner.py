@@ -51,7 +51,7 @@ from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelS
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
-from flops_fit.training.config import TrainConfig
+from flops_fit.training.config import RESULT_FIELDS, TrainConfig, config_from_mapping
 from flops_fit.training.data import batch_layout, prepare_data
 from flops_fit.training.device import resolve_device
 from flops_fit.training.distributed import launched_world_size, make_processes
@@ -757,17 +757,17 @@ class TrainingRunner:
                         other,
                     )
                 known = {k: v for k, v in recorded.items() if k in names}
-                return self._config_from_mapping(known, "the plan's train_config")
+                return config_from_mapping(known, "the plan's train_config")
             return TrainConfig()
         if isinstance(train_config, Mapping):
-            train_config = self._config_from_mapping(train_config, "train_config")
+            train_config = config_from_mapping(train_config, "train_config")
         if not isinstance(train_config, TrainConfig):
             raise TypeError(
                 f"train_config must be a TrainConfig or a mapping of its fields, got {type(train_config).__name__}"
             )
         if isinstance(recorded, Mapping):
             mine = train_config.to_dict()
-            differ = sorted(k for k, v in recorded.items() if k in mine and mine[k] != v)
+            differ = sorted(k for k, v in recorded.items() if k in RESULT_FIELDS and k in mine and mine[k] != v)
             if differ:
                 logger.warning(
                     "train_config differs from the one recorded in the plan in %s; experiment ids do not "
@@ -775,17 +775,6 @@ class TrainingRunner:
                     differ,
                 )
         return train_config
-
-    @staticmethod
-    def _config_from_mapping(values: Mapping[str, Any], where: str) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{where} has unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
-        kwargs = dict(values)
-        if isinstance(kwargs.get("betas"), list):
-            kwargs["betas"] = tuple(kwargs["betas"])
-        return TrainConfig(**kwargs)
 
     # -- paths and state -------------------------------------------------------------------------------
 
