@@ -190,7 +190,11 @@ def test_train_config_fields_that_do_not_change_a_result_keep_the_ids():
     base = SweepPlanner(1e17, 1e19, 3, 4, train_config={"lr": 1e-3}).plan()
     # max_epochs is only a limit; micro-batching and workers change how a run runs, not what it computes
     other = SweepPlanner(
-        1e17, 1e19, 3, 4, train_config={"lr": 1e-3, "max_epochs": 4.0, "micro_batch_size": 2, "num_workers": 2}
+        1e17,
+        1e19,
+        3,
+        4,
+        train_config={"lr": 1e-3, "max_epochs": 4.0, "micro_batch_size": 2, "num_workers": 2},
     ).plan()
     assert [e.experiment_id for e in other] == [e.experiment_id for e in base]
     assert other.config["train_config"]["max_epochs"] == 4.0  # still recorded, for the runner
@@ -201,7 +205,11 @@ def test_train_config_fields_that_do_not_change_a_result_keep_the_ids():
 @pytest.mark.parametrize(
     "config, error, match",
     [
-        ({"warmup": 100}, ValueError, r"train_config has unknown TrainConfig field\(s\) \['warmup'\]; allowed: "),
+        (
+            {"warmup": 100},
+            ValueError,
+            r"train_config has unknown TrainConfig field\(s\) \['warmup'\]; allowed: ",
+        ),
         ({"lr": -1.0}, ValueError, r"train_config: TrainConfig.lr must be a number"),
     ],
 )

@@ -200,11 +200,11 @@ def test_finished_experiments_are_skipped(tmp_path, monkeypatch):
     first = runner.run_sweep()
     before = runner.results_path.read_bytes()
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("nothing should be trained")
+    def nothing_to_run(*args, **kwargs):
+        raise AssertionError("nothing should run again")
 
-    monkeypatch.setattr(runner_mod, "train", no_training)
-    again = local_runner(tmp_path).run_sweep()  # other mode, same ids: all finished
+    monkeypatch.setattr(runner_mod.MockLaw, "simulate", nothing_to_run)
+    again = TrainingRunner("mock", plan=make_plan(), output_dir=tmp_path, progress=False).run_sweep()
     assert runner.results_path.read_bytes() == before
     assert list(again["final_loss"]) == list(first["final_loss"])
 
@@ -567,3 +567,29 @@ def test_progress_display_on_a_terminal(tmp_path, monkeypatch, capsys):
     assert set(runs["status"]) == {"completed"}
     err = capsys.readouterr().err
     assert "sweep" in err and "3/3 experiments" in err and "FLOP/s" in err
+
+
+def test_records_made_another_way_are_not_taken_as_finished(tmp_path, caplog):
+    """A mock loss is never reused as a trained one (nor one of another mock seed or law): such
+    experiments run again, with a warning, and their new records supersede the old ones."""
+    plan = make_plan(widths=(8, 16))
+    TrainingRunner("mock", plan=plan, output_dir=tmp_path, seed=3, progress=False).run_sweep()
+    mock_losses = [r["final_loss"] for r in read_records(tmp_path / "results.jsonl")]
+
+    same = TrainingRunner("mock", plan=plan, output_dir=tmp_path, seed=3, progress=False)
+    assert same.pending() == []
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        assert (
+            len(TrainingRunner("mock", plan=plan, output_dir=tmp_path, seed=4, progress=False).pending()) == 2
+        )
+    assert "2 finished record(s)" in caplog.text and "mode='mock' here" in caplog.text
+
+    caplog.clear()
+    local = TrainingRunner(
+        "local", plan=plan, output_dir=tmp_path, dataset=CountingLM(), loss_fn=lm_loss, progress=False
+    )
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        runs = local.run_sweep()
+    assert "were made another way" in caplog.text
+    assert list(runs["mode"]) == ["local", "local"] and list(runs["final_loss"]) != mock_losses
+    assert local.pending() == []

@@ -48,7 +48,7 @@ from torch import nn
 from flops_fit._io import remove_temporaries
 from flops_fit.ledger import append_record, encode_record, read_records
 from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
-from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, validate_runs
+from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
 from flops_fit.training.config import RESULT_FIELDS, TrainConfig, config_from_mapping
@@ -767,7 +767,9 @@ class TrainingRunner:
             )
         if isinstance(recorded, Mapping):
             mine = train_config.to_dict()
-            differ = sorted(k for k, v in recorded.items() if k in RESULT_FIELDS and k in mine and mine[k] != v)
+            differ = sorted(
+                k for k, v in recorded.items() if k in RESULT_FIELDS and k in mine and mine[k] != v
+            )
             if differ:
                 logger.warning(
                     "train_config differs from the one recorded in the plan in %s; experiment ids do not "
@@ -791,12 +793,38 @@ class TrainingRunner:
     def _checkpoint_path(self, experiment_id: str) -> Path:
         return self._checkpoint_root / f"{experiment_id}.pt"
 
+    def _produced_here(self, record: Mapping[str, Any]) -> bool:
+        """Whether ``record`` came from this runner's mode (and for mock mode, its seed and law): a mock
+        loss is never taken for a trained one, nor the reverse. Records that do not say count."""
+        if record.get("mode", self.mode) != self.mode:
+            return False
+        if self.mode == "mock":
+            assert self.mock_law is not None
+            return (
+                record.get("mock_seed", self.seed) == self.seed
+                and record.get("mock_law", self.mock_law.to_dict()) == self.mock_law.to_dict()
+            )
+        return True
+
     def _finished(self, records: Iterable[Mapping[str, Any]]) -> set[str]:
-        done = set()
+        done, other = set(), []
+        planned = {e.experiment_id for e in self.plan}
         for r in latest_records(records):
             status = r.get("status", "completed")  # as load_runs reads a record without a status
             if status in ("completed", "diverged") or (status == "failed" and not self.retry_failed):
-                done.add(str(r["experiment_id"]))
+                if self._produced_here(r):
+                    done.add(str(r["experiment_id"]))
+                elif str(r["experiment_id"]) in planned:
+                    other.append(str(r["experiment_id"]))
+        if other:
+            logger.warning(
+                "%d finished record(s) in %s were made another way (mode, or mock seed/law, differs from "
+                "mode=%r here): %s; those experiments run again and their new records supersede them",
+                len(other),
+                self.results_path,
+                self.mode,
+                list_ids(pd.Series(other)),
+            )
         return done
 
     def pending(self) -> list[Experiment]:
