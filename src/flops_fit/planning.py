@@ -61,7 +61,8 @@ MAX_MODEL_SIZES = 100
 #: The plan's file name in a sweep's output folder (written by ff-plan / `flops-fit plan`, read by the later stages).
 PLAN_FILE = "sweep.json"
 #: Bump when the fields entering :func:`experiment_id` change meaning (it changes every id).
-ID_VERSION = 1
+#: 2: numbers hashed by value (``0`` and ``0.0`` alike); only result-changing train_config fields.
+ID_VERSION = 2
 DEFAULT_SIZE_SPAN = 8.0
 #: Runs with fewer optimiser steps than this get a warning: warmup and decay barely fit.
 FEW_STEPS = 100
@@ -115,11 +116,14 @@ def _plain(value: Any, name: str) -> Any:
 
 
 def _canonical(value: Any) -> Any:
-    """Floats as 12-significant-digit strings so last-bit differences never change an id."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+    """Numbers rounded to 12 significant digits, so last-bit differences never change an id, and hashed by
+    value: an integral one (below 2**53) as an int, so ``0``, ``0.0`` and ``1e-17`` agree; others as strings."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
-    if isinstance(value, float):
-        return format(value, ".12g")
+    if isinstance(value, (int, float)):
+        text = format(float(value), ".12g")
+        rounded = float(text)
+        return int(rounded) if rounded.is_integer() and abs(rounded) < 2.0**53 else text
     if isinstance(value, Mapping):
         return {k: _canonical(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
