@@ -224,7 +224,14 @@ def test_experiment_id_is_canonical():
     assert a == b
     assert experiment_id({"compute_budget": 1.1e18}) != experiment_id({"compute_budget": 1e18})
     # a number is hashed by value, however it is written (a YAML 0 and a Python 0.0 are one run)
-    for same in ((0, 0.0), (1, 1.0), (64, 64.0), (1.0, 1.0000000000000002), (10**18, 1e18), (0.1, 0.1 + 1e-17)):
+    for same in (
+        (0, 0.0),
+        (1, 1.0),
+        (64, 64.0),
+        (1.0, 1.0000000000000002),
+        (10**18, 1e18),
+        (0.1, 0.1 + 1e-17),
+    ):
         assert experiment_id({"x": same[0]}) == experiment_id({"x": same[1]}), same
     assert experiment_id({"x": 1}) != experiment_id({"x": 1.5}) != experiment_id({"x": "1"})
 

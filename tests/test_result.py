@@ -146,6 +146,18 @@ def test_predict_rejects_bad_budgets(result, bad):
         result.predict(bad)
 
 
+@pytest.mark.parametrize("approach", ["all", ["isoflop", "parametric"]])
+def test_methods_of_one_approach_refuse_several(result, approach):
+    for call in (
+        lambda: result.predict(1e21, approach=approach),
+        lambda: result.chinchilla_table(approach=approach),
+    ):
+        with pytest.raises(
+            ValueError, match=r"approach must name one fitted approach, got .*; use one of \["
+        ):
+            call()
+
+
 def wide_params(width: int, depth: int = 4) -> int:
     return depth * (width * width + width)
 

@@ -94,6 +94,22 @@ def test_torn_last_line_is_skipped(tmp_path, caplog):
     assert "torn" in caplog.text
 
 
+def test_a_byte_order_mark_does_not_hide_the_first_record(tmp_path):
+    path = tmp_path / "results.jsonl"
+    append_record(path, ROWS[0])
+    append_record(path, ROWS[1])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as saved by an editor that adds one
+    assert [r["experiment_id"] for r in read_records(path)] == ["a", "b"]
+
+
+def test_runs_without_a_status_are_completed(tmp_path):
+    rows = [dict(r) for r in ROWS]
+    del rows[1]["status"]  # e.g. an older results file joined with a ledger
+    (tmp_path / "runs.json").write_text(json.dumps(rows))
+    runs = load_runs(tmp_path / "runs.json")
+    assert list(runs["status"]) == ["completed"] * 2 + [r["status"] for r in ROWS[2:]]
+
+
 def test_ledger_writes_strict_json(tmp_path):
     path = tmp_path / "r.jsonl"
     append_record(path, {"experiment_id": "x", "final_loss": float("nan"), "v": np.float32(1.5)})

@@ -85,7 +85,7 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     killed process); a non-object line is skipped likewise.
     """
     records: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    with open(path, encoding="utf-8-sig", errors="replace") as fh:  # -sig: a BOM an editor may add
         for lineno, line in enumerate(fh, start=1):
             text = line.strip()
             if not text:

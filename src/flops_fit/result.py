@@ -280,7 +280,13 @@ class Result:
         if approach is None:
             assert self.primary is not None
             return self.primary, self.fits[self.primary]
-        (name,) = resolve_approaches(approach)
+        names = resolve_approaches(approach)
+        if len(names) != 1:
+            raise ValueError(
+                f"approach must name one fitted approach, got {approach!r}; use one of {list(self.fits)} "
+                "(or None for the primary one)"
+            )
+        (name,) = names
         if name not in self.fits:
             why = f" ({self.skipped[name]})" if name in self.skipped else ""
             raise ValueError(f"approach {name!r} was not fitted{why}; fitted: {list(self.fits)}")

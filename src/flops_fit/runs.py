@@ -243,6 +243,13 @@ def complete_runs(df: pd.DataFrame, *, source: str = "runs") -> pd.DataFrame:
     if "status" not in df:
         logger.info("%s: no status column; treating every run as completed", source)
         df["status"] = "completed"
+    elif df["status"].isna().any():  # e.g. an older results file joined with a ledger
+        logger.info(
+            "%s: %d run(s) without a status; treating them as completed",
+            source,
+            int(df["status"].isna().sum()),
+        )
+        df["status"] = df["status"].fillna("completed")
     if "experiment_id" not in df:
         df["experiment_id"] = [f"run-{i}" for i in range(len(df))]
     return validate_runs(df)

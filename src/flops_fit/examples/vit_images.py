@@ -5,7 +5,7 @@
 A real IsoFLOP sweep of :class:`flops_fit.examples.vit.VisionTransformer` (swept over ``d_model``) on
 Fashion-MNIST (Debian package ``dataset-fashion-mnist``, or any folder with the four IDX files). Here D is
 counted in images, and FLOPs are measured per image with ``FlopCounterMode`` (``flops="measured"``): one
-image costs about 6 N x (patches + 1) FLOPs, so the language-model rule 6 N D would undercount it.
+image costs about 6 N x patches FLOPs (no class token: the head pools the patches), so the language-model rule 6 N D would undercount it.
 Fashion-MNIST has 60,000 training images, so the larger budgets see the data more than once; this is
 allowed explicitly here (``max_epochs``) and every repeating run is flagged in the plan. The learning rate
 (2e-2, batch 32) and the size grid (d_model in multiples of 4, one head) were chosen with a small
