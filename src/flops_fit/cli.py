@@ -340,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flops-fit",
         description="Compute-optimal scaling laws for your own model and data (Chinchilla Approaches 1-3).",
+        epilog=(
+            "examples:\n"
+            "  flops-fit demo                      # the main job: a real GPT sweep on the bundled text\n"
+            "  flops-fit fit chinchilla            # fit the bundled Chinchilla points\n"
+            "  flops-fit plan --help               # each subcommand has its own examples"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

@@ -489,6 +489,12 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="write a self-contained HTML report of a saved result",
         description="Write one self-contained HTML file (figures embedded, laws with 95% intervals, table, "
         "back-test, warnings, runs) for a directory written by Result.save / find_optimal.",
+        epilog=(
+            "examples:\n"
+            "  flops-fit report flops_fit_demo\n"
+            "  flops-fit report runs/gpt -o gpt_report.html --no-backtest"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("dir", help="directory holding scaling_laws.json and runs.json (from Result.save)")
     parser.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html)")
