@@ -214,3 +214,25 @@ def test_bootstrap_covers_l_opt_truth_and_is_seeded():
     again = fit_isoflop(n, d, l, c, bootstrap=400, seed=0)
     np.testing.assert_array_equal(again.samples, fit.samples)
     assert not np.array_equal(fit_isoflop(n, d, l, c, bootstrap=400, seed=1).samples, fit.samples)
+
+
+def test_budgets_are_grouped_before_outliers_are_dropped():
+    """Dropping an outlier that is the smallest run of its bucket must not regroup the rest: the fit's
+    buckets are those of every run, as the plots and the report group them."""
+    from flops_fit.analysis.bucketing import bucket_budgets
+
+    rows = []
+    for c in (1e18, 1e19, 1e20):
+        for i, f in enumerate(np.geomspace(1 / 8, 8, 7)):
+            n, ci = np.sqrt(c / 120) * f, c * (1.01 + 0.004 * i)
+            rows.append((n, ci / (6 * n), 2 + 0.05 * np.log(f) ** 2 + 1e-3 * np.sin(7 * i), ci))
+    n = np.sqrt(1e19 / 120)
+    rows.append((n, 1e19 / (6 * n), 3.5, 1e19))  # the outlier, anchoring its bucket at exactly 1e19
+    rows.append((2 * n, 1.055e19 / (12 * n), 2 + 0.05 * np.log(2) ** 2, 1.055e19))  # 5.5% above it
+    N, D, L, C = map(np.array, zip(*rows, strict=True))
+    with pytest.warns(UserWarning, match="too_few_points"):
+        fit = fit_isoflop(N, D, L, C)
+    assert list(fit.excluded["outlier_reason"]) == ["profile_residual"]
+    centers = bucket_budgets(C)[1]
+    assert len(fit.minima) == len(centers) == 4
+    np.testing.assert_allclose(fit.minima["compute_budget"].iloc[2], 1.055e19)

@@ -224,11 +224,27 @@ def _quadratic_fit(dx: np.ndarray, dl: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.linalg.solve(r, rhs[..., None])[..., 0]
 
 
+def _grouped(C: np.ndarray, labels: np.ndarray | None, budget_rtol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Buckets numbered 0.. in increasing budget, and their geometric-mean budgets (FLOPs): from
+    :func:`bucket_budgets`, or from ``labels`` given for these runs by a grouping of a larger set."""
+    if labels is None:
+        return bucket_budgets(C, rtol=budget_rtol)
+    _, dense = np.unique(labels, return_inverse=True)
+    dense = dense.reshape(-1)
+    return dense, np.exp(np.bincount(dense, weights=np.log(C)) / np.bincount(dense))
+
+
 def budget_minima(
-    N: np.ndarray, D: np.ndarray, L: np.ndarray, C: np.ndarray, budget_rtol: float = DEFAULT_BUDGET_RTOL
+    N: np.ndarray,
+    D: np.ndarray,
+    L: np.ndarray,
+    C: np.ndarray,
+    budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    labels: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per budget bucket: its optimum and flags (see :func:`fit_profile`)."""
-    labels, centers = bucket_budgets(C, rtol=budget_rtol)
+    """One row per budget bucket: its optimum and flags (see :func:`fit_profile`). ``labels``: each run's
+    bucket when the buckets were formed before some runs were dropped (see :func:`fit_isoflop`)."""
+    labels, centers = _grouped(C, labels, budget_rtol)
     rows = []
     for k, center in enumerate(centers):
         m = labels == k
@@ -465,16 +481,22 @@ def fit_isoflop(
         n, d, l, c = positive_arrays(1, N=N, D=D, L=L, C=C)
     names = check_ids(ids, n.size)
     excluded = pd.DataFrame()
+    # Budgets are grouped over every run, as outlier detection and the plots group them: dropping an
+    # outlier (say the smallest run of its bucket) must not regroup the rest.
+    labels = bucket_budgets(c, rtol=budget_rtol)[0]
     if exclude:
         kept, excluded = exclude_outliers(
-            runs_from_arrays(n, d, l, c, ids=names), what="fit_isoflop", budget_rtol=budget_rtol
+            runs_from_arrays(n, d, l, c, ids=names).assign(budget_bucket=labels),
+            what="fit_isoflop",
+            budget_rtol=budget_rtol,
         )
-        n, d, l, c = (
-            kept[k].to_numpy() for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
+        n, d, l, c, labels = (
+            kept[k].to_numpy()
+            for k in ("num_params", "num_tokens", "final_loss", "compute_budget", "budget_bucket")
         )
     order = canonical_order(c, n, d, l)
-    n, d, l, c = n[order], d[order], l[order], c[order]
-    minima = budget_minima(n, d, l, c, budget_rtol)
+    n, d, l, c, labels = n[order], d[order], l[order], c[order], labels[order]
+    minima = budget_minima(n, d, l, c, budget_rtol, labels=labels)
     if len(minima) < 2:
         raise ValueError(
             f"Approach 2 needs runs at 2 or more compute budgets; all {n.size} runs fall in one budget bucket "
@@ -499,7 +521,7 @@ def fit_isoflop(
     n_fit, d_fit, l_fit = _laws(minima)
     samples = None
     if bootstrap > 0:
-        samples = _bootstrap(n, d, l, c, minima, budget_rtol, int(bootstrap), seed)
+        samples = _bootstrap(n, d, l, c, minima, labels, int(bootstrap), seed)
         n_fit, d_fit, l_fit = (
             with_sample_ci(f, samples, cols)
             for f, cols in ((n_fit, (0, 1, None)), (d_fit, (2, 3, None)), (l_fit, (5, 6, 4)))
@@ -535,13 +557,13 @@ def _bootstrap(
     l: np.ndarray,
     c: np.ndarray,
     minima: pd.DataFrame,
-    rtol: float,
+    labels: np.ndarray,
     reps: int,
     seed: int,
 ) -> np.ndarray:
     """Resample runs within each budget bucket, redo minima and laws; rows: ln k_N, a, ln k_D, b, E, ln k_L, c_L."""
     rng = np.random.default_rng(seed)
-    labels, centers = bucket_budgets(c, rtol=rtol)
+    labels, centers = _grouped(c, labels, 0.0)
     shape = (reps, len(centers))
     used = np.zeros(shape, dtype=bool)
     n_star, d_star, l_star = (np.full(shape, np.nan) for _ in range(3))
