@@ -212,3 +212,23 @@ def test_nothing_to_fit_says_how_the_runs_ended():
         ValueError, match=rf"nothing to fit: none of the {n.size} run\(s\).*'failed': {n.size}"
     ):
         run_approach("isoflop", runs)
+
+
+def test_all_picks_the_primary_as_a_result_does_and_skips_what_cannot_be_fitted(tmp_path, caplog):
+    """With curves every approach fits and Approach 2 is primary (not Approach 1, first by number); with
+    one budget Approaches 2 and 3 cannot fit, so they are skipped with their reasons and 1 is kept."""
+    _sweep_into(tmp_path / "many", [1e17, 1e18, 1e19])
+    analysis = ScalingLawAnalyzer(
+        tmp_path / "many" / "results.jsonl", tmp_path / "many", approach="all"
+    ).analyze()
+    assert set(analysis.fits) == {"envelope", "isoflop", "parametric"} and analysis.approach == "isoflop"
+
+    _sweep_into(tmp_path / "one", [1e18])
+    analyzer = ScalingLawAnalyzer(tmp_path / "one" / "results.jsonl", tmp_path / "one", approach="all")
+    with caplog.at_level("WARNING", logger="flops_fit"):
+        analysis = analyzer.analyze()
+    assert set(analysis.fits) == {"envelope"} and analysis.approach == "envelope"
+    assert "skipping isoflop: Approach 2 needs runs at 2 or more compute budgets" in caplog.text
+    assert "skipping parametric: Approach 3 needs runs at 2 or more compute budgets" in caplog.text
+    with pytest.raises(ValueError, match="2 or more compute budgets"):  # asked for alone: an error
+        ScalingLawAnalyzer(tmp_path / "one" / "results.jsonl", tmp_path / "one", approach="isoflop").analyze()

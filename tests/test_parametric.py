@@ -415,3 +415,12 @@ def test_a_floor_that_collapses_to_zero_is_reported():
     assert fit.E < 1e-3 * l.min() and fit.floor_collapsed is not None
     n, d, l, _ = isoflop_sweep(noise=0.002, seed=4)
     assert fit_parametric(n, d, l).floor_collapsed is None
+
+
+def test_points_in_one_budget_are_refused():
+    """All points on one IsoFLOP line (C = 6ND within 5%): N and D move together, so the fit is refused."""
+    n = np.geomspace(1e7, 1e9, 9)
+    d = 1e19 / (6 * n)
+    loss = 1.7 + 400 / n**0.34 + 400 / d**0.28
+    with pytest.raises(ValueError, match=r"Approach 3 needs runs at 2 or more compute budgets; all 9 points"):
+        fit_parametric(n, d, loss)

@@ -26,7 +26,14 @@ import pandas as pd
 from flops_fit._io import atomic_write_json, atomic_write_text
 from flops_fit.analysis._validate import check_bootstrap, check_flag, check_seed
 from flops_fit.analysis.analyzer import SCALING_LAWS_FILE, ScalingAnalysis, laws_of
-from flops_fit.analysis.approaches import APPROACHES, Fit, has_curves, resolve_approaches, run_approach
+from flops_fit.analysis.approaches import (
+    APPROACHES,
+    PRIMARY_ORDER,
+    Fit,
+    has_curves,
+    resolve_approaches,
+    run_approach,
+)
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.envelope import EnvelopeFit
 from flops_fit.analysis.isoflop import (
@@ -52,8 +59,6 @@ RUNS_CSV_FILE = "runs.csv"
 TABLE_FILE = "chinchilla_table.md"
 PLAN_FILE = "plan.json"
 
-#: Default primary approach: the first of these that was fitted.
-PRIMARY_ORDER: tuple[str, ...] = ("isoflop", "parametric", "envelope")
 #: The default Chinchilla table runs over the decades from the smallest observed budget to this factor
 #: beyond the largest.
 TABLE_REACH = 100.0

@@ -20,7 +20,14 @@ import pandas as pd
 
 from flops_fit._io import atomic_write_json
 from flops_fit.analysis._validate import check_bootstrap, check_budget_rtol, check_flag, check_seed
-from flops_fit.analysis.approaches import Fit, fit_from_dict, has_curves, resolve_approaches, run_approach
+from flops_fit.analysis.approaches import (
+    PRIMARY_ORDER,
+    Fit,
+    fit_from_dict,
+    has_curves,
+    resolve_approaches,
+    run_approach,
+)
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
@@ -163,7 +170,7 @@ class ScalingLawAnalyzer:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output_dir {str(self.output_dir)!r} is a file; pass a directory")
-        self.approach = self.approaches[0]
+        self.approach = next(n for n in PRIMARY_ORDER if n in self.approaches)  # as a Result picks it
         self.columns = dict(columns) if columns else None
         self.bootstrap = check_bootstrap(bootstrap)
         self.seed = check_seed(seed)
@@ -209,19 +216,30 @@ class ScalingLawAnalyzer:
         """
         runs = self.runs_ = self._runs()
         fits: dict[str, Fit] = {}
+        skipped: dict[str, str] = {}
         for name in self.approaches:
             if name == "envelope" and len(self.approaches) > 1 and not has_curves(runs):
                 logger.info("skipping Approach 1 (envelope): the runs carry no loss curves")
                 continue
-            fits[name] = run_approach(
-                name,
-                runs,
-                bootstrap=self.bootstrap,
-                seed=self.seed,
-                exclude=self.exclude_outliers,
-                budget_rtol=self.budget_rtol,
+            try:
+                fits[name] = run_approach(
+                    name,
+                    runs,
+                    bootstrap=self.bootstrap,
+                    seed=self.seed,
+                    exclude=self.exclude_outliers,
+                    budget_rtol=self.budget_rtol,
+                )
+            except ValueError as exc:
+                if len(self.approaches) == 1:
+                    raise
+                skipped[name] = str(exc)  # several asked for: fit every one the data supports
+                logger.warning("skipping %s: %s", name, exc)
+        if not fits:
+            raise ValueError(
+                "no approach could be fitted: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
             )
-        primary = self.approach if self.approach in fits else next(iter(fits))
+        primary = next(n for n in PRIMARY_ORDER if n in fits)
         n_fit, d_fit, l_fit = laws_of(fits[primary])
         iso = fits.get("isoflop")
         if isinstance(iso, IsoFLOPFit):

@@ -27,6 +27,8 @@ _ALIASES = {
     "approach2": "isoflop",
     "approach3": "parametric",
 }
+#: The primary approach (the one whose laws a result reports first) is the first of these that was fitted.
+PRIMARY_ORDER: tuple[str, ...] = ("isoflop", "parametric", "envelope")
 _FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
 
 Fit = EnvelopeFit | IsoFLOPFit | ParametricFit

@@ -49,7 +49,7 @@ from flops_fit.analysis._validate import (
     positive_budgets,
     positive_values,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
@@ -833,7 +833,7 @@ def _check_weights(weights: Any, n: int) -> np.ndarray:
     return w
 
 
-def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray) -> None:
+def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray, c: np.ndarray, budget_rtol: float) -> None:
     used = w > 0
     n_used = int(used.sum())
     if n_used < MIN_POINTS:
@@ -847,6 +847,13 @@ def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray) -> None:
                 f"Approach 3 needs at least 2 distinct {name} ({what}) to separate the N and D terms, "
                 f"got {distinct}; train more than one {'model size' if name == 'N' else 'data size'}"
             )
+    centers = bucket_budgets(c[used], rtol=budget_rtol)[1]
+    if centers.size < 2:
+        raise ValueError(
+            f"Approach 3 needs runs at 2 or more compute budgets; all {n_used} points fall in one budget bucket "
+            f"(C ≈ {centers[0]:.3g} FLOPs, budgets within {budget_rtol:.0%} are merged). On one IsoFLOP line N "
+            "and D move together, so the N and D terms are not told apart: train the sweep at several budgets."
+        )
 
 
 def _resample_counts(
@@ -1075,7 +1082,8 @@ def fit_parametric(
     ``budget_rtol``) before fitting; they are reported in ``excluded``, named by ``ids`` (default ``run-0``,
     ``run-1``, ...). ``C`` plays no other part in the fit.
 
-    Needs at least 5 points and at least 2 distinct N and 2 distinct D; raises ValueError otherwise.
+    Needs at least 5 points, at least 2 distinct N and 2 distinct D, and runs at 2 or more budgets (one
+    IsoFLOP line does not separate the N and D terms); raises ValueError otherwise.
     """
     n, d, loss = positive_arrays(N=N, D=D, L=L)
     huber_delta = check_positive("huber_delta", huber_delta, "Chinchilla: 1e-3")
@@ -1085,19 +1093,19 @@ def fit_parametric(
     w = np.ones_like(n) if weights is None else _check_weights(weights, n.size)
     starts = _grid_starts(init_grid)
     excluded = pd.DataFrame()
+    budgets = FLOPS_PER_PARAM_TOKEN * n * d if C is None else positive_arrays(C=C)[0]
+    if budgets.size != n.size:
+        raise ValueError(f"C must have one budget per point: got {budgets.size} for {n.size} points")
     if exclude:
-        budgets = None if C is None else positive_arrays(C=C)[0]
-        if budgets is not None and budgets.size != n.size:
-            raise ValueError(f"C must have one budget per point: got {budgets.size} for {n.size} points")
         flagged = detect_outliers(runs_from_arrays(n, d, loss, budgets, ids=names), budget_rtol=budget_rtol)
         mask = flagged["outlier"].to_numpy()
         if mask.any():
             excluded = flagged[mask].reset_index(drop=True)
             report_excluded(excluded, "fit_parametric")
-            n, d, loss, w = n[~mask], d[~mask], loss[~mask], w[~mask]
+            n, d, loss, w, budgets = n[~mask], d[~mask], loss[~mask], w[~mask], budgets[~mask]
     order = canonical_order(n, d, loss, w)
-    n, d, loss, w = n[order], d[order], loss[order], w[order]
-    _check_design(n, d, w)
+    n, d, loss, w, budgets = n[order], d[order], loss[order], w[order], budgets[order]
+    _check_design(n, d, w, budgets, budget_rtol)
     fit = _fit_clean(
         n,
         d,
