@@ -497,6 +497,7 @@ def test_function_mode_accepts_diverged_without_loss(tmp_path):
         ),
         ({"mode": "local", "device": "cuda:7"}, ValueError, "CUDA"),
         ({"mode": "local", "callbacks": [print]}, TypeError, "subclass"),
+        ({"mode": "mock", "progress": "maybe"}, TypeError, "progress must be True or False"),
         ({"mode": "function", "train_fn": "script.sh"}, TypeError, "train_fn"),
         ({"mode": "mock", "seed": -1}, ValueError, "seed"),
         ({"mode": "mock", "mock_law": {"gamma": 1}}, ValueError, "unknown key"),

@@ -122,7 +122,7 @@ def test_plan_from_config_rejects_unread_keys():
     cfg = yaml.safe_load((CONF / "planner.yaml").read_text())
     cfg.pop("hydra")
     plan, path = plan_from_config(cfg)
-    assert path.name == "sweep.json" and len(plan.experiments) == 12
+    assert path.name == "sweep.json" and len(plan.experiments) == 21  # 3 budgets x 7 sizes
     cfg["sweep"]["typo_key"] = 3
     with pytest.raises(ConfigError, match=r"sweep\.typo_key"):
         plan_from_config(cfg)

@@ -59,7 +59,10 @@ def _instantiate(spec: Any, what: str) -> Any:
         return None
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         raise ConfigError(f"{what} must be null or a mapping with _target_ (an import path), got {spec!r}")
-    return hydra.utils.instantiate(spec)
+    try:
+        return hydra.utils.instantiate(spec)
+    except Exception as exc:  # Hydra wraps import and call failures in its own error types
+        raise ConfigError(f"{what} {spec['_target_']!r} could not be built: {exc}") from None
 
 
 def _import(path: Any, what: str) -> Any:
@@ -177,14 +180,21 @@ def _run(stage: Any, cfg: DictConfig) -> None:
 
 
 def run_train(data: Mapping[str, Any]) -> Any:
-    from flops_fit.training import TrainConfig
+    from flops_fit.training.config import config_from_mapping
     from flops_fit.training.runner import TrainingRunner
 
     cfg = _Config(data)
     output = cfg.section("output")
     out_dir, plan_file = Path(output.take("dir")), output.take("plan_file")
     output.done()
-    train = TrainConfig(**(cfg.take("train") or {}))
+    train_keys = cfg.take("train") or {}
+    from_plan = sorted(set(train_keys) & {"batch_size", "seed"})
+    if from_plan:
+        raise ConfigError(
+            f"train.{from_plan[0]} is set per experiment by the plan; remove it here and set "
+            f"sweep.{from_plan[0]} when planning (ff-plan)"
+        )
+    train = config_from_mapping(train_keys, "train")
     executor = cfg.take("executor")
     if executor == "ray":
         from flops_fit.training.ray_executor import require_ray
@@ -193,26 +203,33 @@ def run_train(data: Mapping[str, Any]) -> Any:
             require_ray()
         except ImportError as exc:
             raise ConfigError(f"executor=ray: {exc}") from None
+    options = {
+        key: cfg.take(key)
+        for key in (
+            "mode",
+            "seed",
+            "device",
+            "retry_failed",
+            "progress",
+            "ray_address",
+            "resources",
+            "max_retries",
+            "checkpoint_dir",
+        )
+    }
+    objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn")}
+    cfg.done()  # every key read before anything is built
     runner = TrainingRunner(
-        mode=cfg.take("mode"),
         sweep_path=out_dir / plan_file,
         output_dir=out_dir,
-        dataset=_instantiate(cfg.take("dataset"), "dataset"),
-        eval_dataset=_instantiate(cfg.take("eval_dataset"), "eval_dataset"),
-        loss_fn=_instantiate(cfg.take("loss_fn"), "loss_fn"),
-        train_fn=_import(cfg.take("train_fn"), "train_fn"),
+        dataset=_instantiate(objects["dataset"], "dataset"),
+        eval_dataset=_instantiate(objects["eval_dataset"], "eval_dataset"),
+        loss_fn=_instantiate(objects["loss_fn"], "loss_fn"),
+        train_fn=_import(objects["train_fn"], "train_fn"),
         train_config=train,
-        seed=cfg.take("seed"),
-        device=cfg.take("device"),
-        retry_failed=cfg.take("retry_failed"),
-        progress=cfg.take("progress"),
         executor=executor,
-        ray_address=cfg.take("ray_address"),
-        resources=cfg.take("resources"),
-        max_retries=cfg.take("max_retries"),
-        checkpoint_dir=cfg.take("checkpoint_dir"),
+        **options,
     )
-    cfg.done()
     runs = runner.run_sweep()
     done = int((runs["status"] == "completed").sum()) if len(runs) else 0
     print(f"{done} of {len(runs)} finished experiments completed; results in {runner.results_path}")
@@ -257,6 +274,13 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     )
     budgets = cfg.take("table_budgets")
     cfg.done()
+    if budgets is not None:
+        from flops_fit.analysis._validate import positive_budgets
+
+        try:
+            budgets = list(positive_budgets(budgets))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"table_budgets: {exc}") from None
     analysis = analyzer.analyze()
     if budgets is None:
         top = float(completed(analyzer.runs_)["compute_budget"].max())
@@ -284,8 +308,13 @@ def run_visualize(data: Mapping[str, Any]) -> Any:
         target_budgets=cfg.take("target_budgets"),
         plan=_plan_path(cfg.take("plan"), out_dir, results),
     )
-    paths = viz.save_all(out_dir, formats=tuple(cfg.take("formats")), dpi=cfg.take("dpi"))
+    formats, dpi = cfg.take("formats"), cfg.take("dpi")
     cfg.done()
+    if isinstance(formats, str):  # formats=png on the command line
+        formats = [f.strip() for f in formats.split(",")]
+    if not isinstance(formats, (list, tuple)):
+        raise ConfigError(f"formats must be a list of file types, e.g. formats=[png,pdf], got {formats!r}")
+    paths = viz.save_all(out_dir, formats=tuple(formats), dpi=dpi)
     for p in paths:
         print(f"wrote {p}")
     return paths

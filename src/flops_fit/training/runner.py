@@ -574,7 +574,9 @@ class TrainingRunner:
         if not isinstance(retry_failed, bool):
             raise TypeError(f"retry_failed must be True or False, got {retry_failed!r}")
         self.retry_failed = retry_failed
-        self.progress = bool(progress)
+        if not isinstance(progress, bool):
+            raise TypeError(f"progress must be True or False, got {progress!r}")
+        self.progress = progress
         self.device = device
         self.dataset = dataset
         self.eval_dataset = eval_dataset
