@@ -518,6 +518,7 @@ CLI_CASES = [
     ("fit chinchilla --loss-col nope", "'nope'"),
     ("fit chinchilla --frobnicate", "--frobnicate"),
     ("fit chinchilla --approach isoflop --json {tmp}/no/such/dir/fits.json", "--json"),
+    ("fit chinchilla --approach isoflop --json {tmp}", "is a folder"),
     ("plan --out {tmp}/o --min-flops -5", "min_flops"),
     ("plan --out {tmp}/o --sizes 2", "num_model_sizes"),
     ("plan --out {tmp}/o --num-budgets x", "--num-budgets"),

@@ -57,3 +57,18 @@ def test_cli_plan_train_analyze_plot_report(tmp_path, capsys):
         "report.html",
     ):
         assert (out / name).is_file(), name
+
+
+@pytest.mark.parametrize("module", ["gpt_text", "vit_images"])
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--budgets", "abc"], "--budgets must be numbers"), (["--budgets", "-5"], "positive finite")],
+)
+def test_example_programs_refuse_bad_input_without_a_traceback(module, args, needle, tmp_path, capsys):
+    import importlib
+
+    program = importlib.import_module(f"flops_fit.examples.{module}")
+    assert program.main(["--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"python -m flops_fit.examples.{module}: error: " in err and needle in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ class UsageError(ValueError):
     """Bad command-line input (exit status 2)."""
 
 
-def _floats(text: str, what: str) -> list[float]:
+def floats(text: str, what: str) -> list[float]:
+    """Positive finite numbers from a comma-separated option value (``what`` names the option)."""
     try:
         values = [float(v) for v in text.replace(",", " ").split()]
     except ValueError:
@@ -93,9 +94,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     approaches = resolve_approaches(args.approach)
     _check_bootstrap_arg(args.bootstrap)
-    budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    budgets = floats(args.budgets, "--budgets") if args.budgets else None
     if args.json and not Path(args.json).expanduser().parent.is_dir():
         raise UsageError(f"--json {args.json!r}: its folder does not exist; create it or choose another path")
+    if args.json and Path(args.json).expanduser().is_dir():
+        raise UsageError(f"--json {args.json!r} is a folder; give a file name, e.g. {args.json}/fits.json")
     path, runs = _load_results(args.file, _column_args(args))
     completed = runs[runs["status"] == "completed"]
     print(f"{len(runs)} runs from {path.name} ({len(completed)} completed)")
@@ -157,7 +160,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {"output.dir": str(_dir_arg(args.out, "--out", must_exist=False))}
     if args.budgets:
-        overrides["compute.budgets"] = _floats(args.budgets, "--budgets")
+        overrides["compute.budgets"] = floats(args.budgets, "--budgets")
     else:
         overrides.update(
             {
@@ -303,7 +306,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     if args.budgets:
-        overrides["table_budgets"] = _floats(args.budgets, "--budgets")
+        overrides["table_budgets"] = floats(args.budgets, "--budgets")
     run_analyze(default_config("analyzer", overrides))
     return 0
 
@@ -322,7 +325,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: a real sweep of the GPT example on the bundled text corpus."""
     from flops_fit.examples.gpt_text import run_demo
 
-    budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    budgets = floats(args.budgets, "--budgets") if args.budgets else None
     if args.executor == "local" and args.ray_address:
         raise UsageError("--ray-address needs --executor ray")
     run_demo(
@@ -532,10 +535,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     logging.captureWarnings(True)
+    return guarded(f"flops-fit {args.command}", lambda: int(args.func(args)))
+
+
+def guarded(prog: str, call: Callable[[], int]) -> int:
+    """Run a command: bad input and unusable paths end it with status 2 and one line naming the problem
+    (no traceback), Ctrl-C with 130."""
     try:
-        return int(args.func(args))
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"flops-fit {args.command}: error: {exc}", file=sys.stderr)
+        return call()
+    except (UsageError, ValueError, TypeError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

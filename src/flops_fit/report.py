@@ -450,6 +450,10 @@ def write_report(
         if base is None:
             raise ValueError("write_report needs path= for a Result without output_dir")
         path = Path(base) / REPORT_FILE
+    if Path(path).is_dir():
+        raise ValueError(
+            f"path {str(path)!r} is a folder; give the report's file name, e.g. {Path(path) / REPORT_FILE}"
+        )
     text = render_report(result, backtest=backtest, title=title, figures=figures)
     out = atomic_write_text(path, text)
     logger.info("wrote the report to %s", out)

@@ -123,16 +123,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ray-address", dest="ray_address", help="--executor ray: the cluster to join")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
-    run_demo(
-        args.out,
-        budgets,
-        mock=args.mock,
-        device=args.device,
-        executor=args.executor,
-        ray_address=args.ray_address,
-    )
-    return 0
+    from flops_fit.cli import floats, guarded
+
+    def call() -> int:
+        budgets = floats(args.budgets, "--budgets") if args.budgets else None
+        run_demo(
+            args.out,
+            budgets,
+            mock=args.mock,
+            device=args.device,
+            executor=args.executor,
+            ray_address=args.ray_address,
+        )
+        return 0
+
+    return guarded("python -m flops_fit.examples.gpt_text", call)
 
 
 if __name__ == "__main__":

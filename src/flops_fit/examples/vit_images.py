@@ -97,9 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else None
-    run(args.out, budgets, mock=args.mock, device=args.device, data_dir=args.data_dir)
-    return 0
+    from flops_fit.cli import floats, guarded
+
+    def call() -> int:
+        budgets = floats(args.budgets, "--budgets") if args.budgets else None
+        run(args.out, budgets, mock=args.mock, device=args.device, data_dir=args.data_dir)
+        return 0
+
+    return guarded("python -m flops_fit.examples.vit_images", call)
 
 
 if __name__ == "__main__":
