@@ -148,6 +148,18 @@ def not_a_dict(e: Experiment) -> float:
 # --- same results as the local executor ---------------------------------------------------------------
 
 
+def test_an_unreachable_cluster_is_named(tmp_path, monkeypatch):
+    """No cluster at ray_address: a ValueError naming it (the CLI's status 2), not a ConnectionError."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if ray.is_initialized():
+        pytest.skip("a cluster is already initialised in this process")
+    runner = TrainingRunner(
+        "mock", plan=make_plan(), output_dir=tmp_path, executor="ray", ray_address="auto", progress=False
+    )
+    with pytest.raises(ValueError, match=r"cannot reach a Ray cluster at ray_address='auto'"):
+        runner.run_sweep()
+
+
 def test_mock_sweep_on_ray_is_identical_to_local_and_resumes(tmp_path, cluster):
     plan = make_plan(widths=(8, 16, 24, 32))
     local = TrainingRunner("mock", plan=plan, output_dir=tmp_path / "local", seed=3, progress=False)

@@ -293,7 +293,13 @@ class _Connection:
             return self
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         self.implicit = address is None
-        context = ray.init(address=address, log_to_driver=True)
+        try:
+            context = ray.init(address=address, log_to_driver=True)
+        except ConnectionError as exc:  # no cluster there (auto with none running, a wrong host or port)
+            raise ValueError(
+                f"cannot reach a Ray cluster at ray_address={address!r} ({exc}); start one (ray start --head), "
+                "fix the address, or leave ray_address unset for a local cluster"
+            ) from None
         self.opened = True
         session = getattr(context, "address_info", {}).get("session_dir")
         if session:
