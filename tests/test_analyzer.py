@@ -232,3 +232,28 @@ def test_all_picks_the_primary_as_a_result_does_and_skips_what_cannot_be_fitted(
     assert "skipping parametric: Approach 3 needs runs at 2 or more compute budgets" in caplog.text
     with pytest.raises(ValueError, match="2 or more compute budgets"):  # asked for alone: an error
         ScalingLawAnalyzer(tmp_path / "one" / "results.jsonl", tmp_path / "one", approach="isoflop").analyze()
+
+
+def test_reports_and_plots_of_a_folder_show_the_runs_the_analysis_read(tmp_path, caplog):
+    """Analysed without the plan filter (plan=None), a folder's ledger holds two plans' runs; Result.load
+    and the visualizer then read back exactly those runs, not the folder's current plan's."""
+    from flops_fit.plotting import ScalingVisualizer
+    from flops_fit.result import Result
+
+    out = tmp_path / "mix"
+    first = _sweep_into(out, [1e17, 1e18, 1e19])
+    second = _sweep_into(out, [1e18, 1e19, 1e20])  # sweep.json now holds the second plan
+    ledger = out / "results.jsonl"
+    analysis = ScalingLawAnalyzer(ledger, out, approach="isoflop").analyze()
+    every = {e.experiment_id for e in first} | {e.experiment_id for e in second}
+    assert set(analysis.run_ids) == every
+    assert set(Result.load(out).runs["experiment_id"]) == every
+    assert set(ScalingVisualizer.from_files(ledger, out / "scaling_laws.json").runs["experiment_id"]) == every
+
+    # A Result saved here, then refitted by the analyzer: its notes (primary, options) belong to the old
+    # laws and are ignored, with a warning.
+    Result.load(out).save(out, plots=False)
+    ScalingLawAnalyzer(ledger, out, approach="parametric").analyze()
+    with caplog.at_level("WARNING", logger="flops_fit"):
+        again = Result.load(out)
+    assert again.primary == "parametric" and "belongs to an earlier fit" in caplog.text

@@ -32,6 +32,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import Formatter
 
 from flops_fit._io import atomic_write
+from flops_fit.analysis.analyzer import ScalingAnalysis
 from flops_fit.analysis.approaches import APPROACHES, fit_from_dict
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.envelope import EnvelopeFit
@@ -281,9 +282,15 @@ class ScalingVisualizer:
                 "ScalingLawAnalyzer(...).analyze()"
             )
         fits = {name: fit_from_dict(d) for name, d in fit_dicts.items()}
+        if isinstance(data.get("run_ids"), list):  # exactly the runs the analysis read
+            runs = ScalingAnalysis.from_dict(data).runs_of(runs)
         if budget_rtol is None:
             iso = fits.get("isoflop")
-            budget_rtol = iso.budget_rtol if isinstance(iso, IsoFLOPFit) else DEFAULT_BUDGET_RTOL
+            budget_rtol = (
+                iso.budget_rtol
+                if isinstance(iso, IsoFLOPFit)
+                else float(data.get("budget_rtol") or DEFAULT_BUDGET_RTOL)
+            )
         return cls(runs, fits, budget_rtol=budget_rtol, target_budgets=target_budgets)
 
     def __repr__(self) -> str:

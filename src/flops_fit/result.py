@@ -9,6 +9,7 @@ their intervals, and saves to / loads from a directory of JSON, CSV, Markdown an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -816,7 +817,17 @@ class Result:
         ratio = (
             float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
         )
-        return ScalingAnalysis(n_fit, d_fit, l_fit, points, ratio, self.primary, dict(self.fits))
+        return ScalingAnalysis(
+            n_fit,
+            d_fit,
+            l_fit,
+            points,
+            ratio,
+            self.primary,
+            dict(self.fits),
+            run_ids=tuple(self.runs["experiment_id"].astype(str)),
+            budget_rtol=self.budget_rtol,
+        )
 
     def save(self, directory: str | os.PathLike[str] | None = None, *, plots: bool = True) -> Path:
         """Write the result to ``directory`` (default :attr:`output_dir`); :meth:`load` reads it back.
@@ -835,10 +846,11 @@ class Result:
             directory = self.output_dir
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / SCALING_LAWS_FILE, self.to_analysis().to_dict())
+        laws = atomic_write_json(out / SCALING_LAWS_FILE, self.to_analysis().to_dict())
         backtest = self._cache.get("backtest")
         meta = {
             "version": RESULT_VERSION,
+            "laws_sha256": _sha256(laws),  # which scaling_laws.json these notes belong to
             "primary": self.primary,
             "budget_rtol": self.budget_rtol,
             "skipped": dict(self.skipped),
@@ -893,6 +905,16 @@ class Result:
                 raise ValueError(
                     f"{d / RESULT_FILE} is newer than this flops-fit understands; upgrade flops-fit"
                 )
+            stale = meta.get("laws_sha256", _sha256(laws_path)) != _sha256(laws_path) or (
+                meta.get("primary") is not None and meta["primary"] not in analysis.fits
+            )
+            if stale:  # the laws were refitted since (e.g. by flops-fit analyze): its notes are not theirs
+                logger.warning(
+                    "%s belongs to an earlier fit than %s; ignoring its primary approach, back-test and options",
+                    d / RESULT_FILE,
+                    laws_path.name,
+                )
+                meta = {}
         ledger = d / "results.jsonl"
         if runs is None:
             if (d / RUNS_FILE).is_file():
@@ -906,8 +928,11 @@ class Result:
                 )
         table = runs
         if isinstance(runs, (str, os.PathLike)):
-            sweep = d / SWEEP_FILE  # the runs ff-analyze fitted from this folder's ledger: its plan's only
-            table = load_plan_runs(runs, sweep if runs == ledger and sweep.is_file() else None)
+            if analysis.run_ids is not None:  # exactly the runs the analysis read
+                table = analysis.runs_of(load_plan_runs(runs, None))
+            else:  # written before run ids were recorded: the folder's plan, as ff-analyze applies it
+                sweep = d / SWEEP_FILE
+                table = load_plan_runs(runs, sweep if runs == ledger and sweep.is_file() else None)
         plan = SweepPlan.load(d / PLAN_FILE) if (d / PLAN_FILE).is_file() else None
         result = cls(
             table,
@@ -915,7 +940,7 @@ class Result:
             plan=plan,
             primary=meta.get("primary", analysis.approach),
             output_dir=d,
-            budget_rtol=meta.get("budget_rtol"),
+            budget_rtol=meta.get("budget_rtol", analysis.budget_rtol),
             skipped=meta.get("skipped") or {},
             fit_options=meta.get("fit_options") or {},
         )
@@ -923,3 +948,8 @@ class Result:
             result._cache["backtest"] = pd.DataFrame.from_records(meta["backtest"])
         result._cache["plan_trusted"] = bool(trust_plan)
         return result
+
+
+def _sha256(path: Path) -> str:
+    """The hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -64,6 +64,10 @@ class ScalingAnalysis:
     optimal_ratio: float
     approach: str = "isoflop"
     fits: dict[str, Fit] = field(default_factory=dict)
+    #: The ``experiment_id`` of every run the analysis read (after any plan filter), and the budget
+    #: grouping it used: plots and reports of the same folder then show exactly these runs.
+    run_ids: tuple[str, ...] | None = None
+    budget_rtol: float | None = None
 
     def predict_optimal_size(self, target_compute: float) -> dict[str, Any]:
         """N_opt, D_opt, expected loss and tokens per parameter at ``target_compute`` FLOPs (with 95% CIs)."""
@@ -101,6 +105,8 @@ class ScalingAnalysis:
             "optimal_points": _records(self.optimal_points),
             "optimal_ratio": self.optimal_ratio,
             "fits": {name: fit.to_dict() for name, fit in self.fits.items()},
+            "run_ids": None if self.run_ids is None else list(self.run_ids),
+            "budget_rtol": self.budget_rtol,
         }
 
     @classmethod
@@ -116,7 +122,19 @@ class ScalingAnalysis:
             optimal_ratio=float(d.get("optimal_ratio", math.nan)),
             approach=str(d.get("approach", "isoflop")),
             fits={name: fit_from_dict(fd) for name, fd in (d.get("fits") or {}).items()},
+            run_ids=None if d.get("run_ids") is None else tuple(str(i) for i in d["run_ids"]),
+            budget_rtol=None if d.get("budget_rtol") is None else float(d["budget_rtol"]),
         )
+
+    def runs_of(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``runs`` this analysis read (all of them when it did not record its run ids)."""
+        if self.run_ids is None:
+            return runs
+        keep = runs["experiment_id"].astype(str).isin(set(self.run_ids))
+        missing = len(set(self.run_ids) - set(runs["experiment_id"].astype(str)))
+        if missing:
+            logger.warning("%d run(s) the analysis read are not in this results table", missing)
+        return runs[keep].reset_index(drop=True)
 
     def summary(self) -> str:
         parts = [f"Scaling laws (primary approach: {self.approach})"]
@@ -256,7 +274,17 @@ class ScalingLawAnalyzer:
         ratio = (
             float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
         )
-        analysis = ScalingAnalysis(n_fit, d_fit, l_fit, points, ratio, primary, fits)
+        analysis = ScalingAnalysis(
+            n_fit,
+            d_fit,
+            l_fit,
+            points,
+            ratio,
+            primary,
+            fits,
+            run_ids=tuple(runs["experiment_id"].astype(str)),
+            budget_rtol=self.budget_rtol,
+        )
         write_json_atomic(self.scaling_laws_path, analysis.to_dict())
         logger.info("wrote %s", self.scaling_laws_path)
         return analysis
