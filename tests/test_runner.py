@@ -594,3 +594,33 @@ def test_records_made_another_way_are_not_taken_as_finished(tmp_path, caplog):
     assert "were made another way" in caplog.text
     assert list(runs["mode"]) == ["local", "local"] and list(runs["final_loss"]) != mock_losses
     assert local.pending() == []
+
+
+def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
+    """While one runner writes a sweep folder, another one on it stops at once (EBUSY, naming the holder)
+    instead of racing it for the ledger; the lock goes with the runner."""
+    import errno
+    import multiprocessing
+
+    from flops_fit.ledger import exclusive_folder
+
+    ctx = multiprocessing.get_context("fork")
+    holding, release = ctx.Event(), ctx.Event()
+
+    def hold() -> None:
+        with exclusive_folder(tmp_path):
+            holding.set()
+            release.wait(30)
+
+    other = ctx.Process(target=hold)
+    other.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(OSError, match=rf"another flops-fit runner \(process {other.pid}\)") as info:
+            TrainingRunner("mock", plan=make_plan(), output_dir=tmp_path, progress=False).run_sweep()
+        assert info.value.errno == errno.EBUSY
+        assert not (tmp_path / "results.jsonl").exists()
+    finally:
+        release.set()
+        other.join(30)
+    assert len(TrainingRunner("mock", plan=make_plan(), output_dir=tmp_path, progress=False).run_sweep()) == 3

@@ -6,15 +6,52 @@ line (a writer killed mid-append) and skip it with a warning, so a crash never m
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+#: Held (``flock``) by the runner writing a sweep folder; holds that runner's process id.
+LOCK_FILE = ".flops_fit.lock"
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive lock on a sweep folder while a runner writes to it: a second runner on the same
+    folder is refused at once (``OSError`` EBUSY naming the holder) instead of racing the first for the
+    ledger and the plan file. POSIX ``flock``; where it is missing (Windows) nothing is locked. The lock
+    goes with the process, so a killed runner never leaves the folder locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OSError(
+                errno.EBUSY,
+                f"another flops-fit runner (process {holder}) is writing to this sweep folder; wait for it to "
+                "finish, or give this sweep another output_dir",
+                str(folder),
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _json_default(value: Any) -> Any:

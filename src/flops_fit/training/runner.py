@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from flops_fit._io import remove_temporaries
-from flops_fit.ledger import append_record, encode_record, read_records
+from flops_fit.ledger import append_record, encode_record, exclusive_folder, read_records
 from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
@@ -878,7 +878,14 @@ class TrainingRunner:
             flops_fit.training.ray_executor.WorkersLostError: executor="ray": some experiments lost their
                 worker more than ``max_retries`` times (after every other experiment finished and was
                 recorded); their checkpoints are kept and running again resumes them.
+            OSError: another runner is writing to ``output_dir`` (errno EBUSY).
         """
+        if int(os.environ.get("RANK", "0")) != 0:  # data-parallel ranks follow rank 0, which holds the lock
+            return self._run_sweep()
+        with exclusive_folder(self.output_dir):
+            return self._run_sweep()
+
+    def _run_sweep(self) -> pd.DataFrame:
         procs = (
             make_processes(None, self.device) if self.mode == "local" and self.executor == "local" else None
         )
