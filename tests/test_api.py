@@ -178,3 +178,32 @@ def test_bookkeeping_settings_do_not_change_experiment_ids(tmp_path):
     base = ids(TrainConfig())
     assert ids(TrainConfig(checkpoint_every_s=5.0, log_every=3)) == base
     assert ids(TrainConfig(lr=1e-2)) != base  # the learning rate defines the run
+
+
+def test_default_data_id_tells_datasets_of_the_same_size_apart():
+    """Without data_id=, other data of the same type and size (or another held-out set or loss) gives
+    other ids; the same data gives the same; data drawn at random on each read falls back to type and size."""
+    from torch.utils.data import Dataset, TensorDataset
+
+    from flops_fit.api import _data_id
+
+    def counting() -> TensorDataset:
+        return TensorDataset(torch.arange(1024 * 9).reshape(1024, 9), torch.zeros(1024))
+
+    noise = TensorDataset(
+        torch.randint(0, 11, (1024, 9), generator=torch.Generator().manual_seed(0)), torch.zeros(1024)
+    )
+    assert _data_id(counting()) == _data_id(counting()) != _data_id(noise)
+    assert _data_id(counting(), noise) != _data_id(counting(), counting())
+    assert _data_id(counting(), loss_fn=torch.nn.functional.cross_entropy) != _data_id(
+        counting(), loss_fn=torch.nn.functional.mse_loss
+    )
+
+    class Augmented(Dataset):
+        def __len__(self) -> int:
+            return 10
+
+        def __getitem__(self, i: int):
+            return torch.rand(3), torch.tensor(0)
+
+    assert _data_id(Augmented()).endswith("Augmented[10]")

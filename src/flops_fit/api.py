@@ -8,6 +8,7 @@ the mode, executor and approach names. Re-running with the same ``output_dir`` r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import logging
 import os
@@ -273,7 +274,7 @@ def find_optimal(
         dataset_tokens=dataset_tokens,
         batch_size=train_config.batch_size,
         tokens_per_sample=tokens_per_sample,
-        data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset),
+        data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset, eval_dataset, loss_fn),
         train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
         seed=train_config.seed,
         **planner_kwargs,
@@ -337,12 +338,66 @@ def _jsonable(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool, list, tuple, dict))
 
 
-def _data_id(dataset: Any) -> str | None:
-    """A description of the dataset for experiment ids: its ``data_id`` attribute, or type and size."""
+#: Items of a map-style dataset whose contents enter its default data id (first, evenly spaced, last).
+_FINGERPRINT_ITEMS = 5
+
+
+def _data_id(dataset: Any, eval_dataset: Any = None, loss_fn: Any = None) -> str | None:
+    """What the runs train on, for experiment ids when the user names no ``data_id``: the dataset (and the
+    held-out set) by its ``data_id`` attribute, else by type, size and a hash of a few of its items, and
+    the loss function by import name; so other data of the same size, or another loss, are other runs."""
     if dataset is None:
         return None
+    parts = [_dataset_id(dataset)]
+    if eval_dataset is not None:
+        parts.append(f"eval={_dataset_id(eval_dataset)}")
+    if loss_fn is not None:
+        parts.append(
+            f"loss={getattr(loss_fn, '__module__', '?')}.{getattr(loss_fn, '__qualname__', type(loss_fn).__qualname__)}"
+        )
+    return "; ".join(parts)
+
+
+def _dataset_id(dataset: Any) -> str:
     explicit = getattr(dataset, "data_id", None)
     if isinstance(explicit, str):
         return explicit
-    size = len(dataset) if hasattr(dataset, "__len__") else "stream"
-    return f"{type(dataset).__module__}.{type(dataset).__qualname__}[{size}]"
+    name = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        return f"{name}[stream]"  # reading a stream to hash it could consume it: name data_id= instead
+    n = len(dataset)
+    picks = sorted(
+        {round(k * (n - 1) / (_FINGERPRINT_ITEMS - 1)) for k in range(_FINGERPRINT_ITEMS)} if n else set()
+    )
+    reads = []
+    for _ in range(2):  # twice: items drawn at random on each access (augmentation) cannot name the data
+        digest = hashlib.sha256()
+        for i in picks:
+            _hash_item(digest, dataset[i])
+        reads.append(digest.hexdigest()[:12])
+    if reads[0] != reads[1]:
+        logger.info("%s gives different items on each read; naming it by type and size (pass data_id=)", name)
+        return f"{name}[{n}]"
+    return f"{name}[{n}, {reads[0]}]"
+
+
+def _hash_item(digest: Any, item: Any) -> None:
+    """Feed a data item's contents (tensors, arrays, numbers, strings, nested sequences) to ``digest``."""
+    if isinstance(item, torch.Tensor):
+        t = item.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif hasattr(item, "tobytes") and hasattr(item, "dtype"):  # NumPy arrays and scalars
+        digest.update(f"{item.dtype}{getattr(item, 'shape', ())}".encode() + item.tobytes())
+    elif isinstance(item, (bool, int, float, str, bytes)) or item is None:
+        digest.update(repr(item).encode())
+    elif isinstance(item, Mapping):
+        for key in sorted(item, key=str):
+            digest.update(repr(key).encode())
+            _hash_item(digest, item[key])
+    elif isinstance(item, (list, tuple)):
+        digest.update(f"{type(item).__name__}{len(item)}".encode())
+        for part in item:
+            _hash_item(digest, part)
+    else:  # an object whose repr may hold its address: its type only
+        digest.update(type(item).__qualname__.encode())
