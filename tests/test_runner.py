@@ -624,3 +624,19 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
         release.set()
         other.join(30)
     assert len(TrainingRunner("mock", plan=make_plan(), output_dir=tmp_path, progress=False).run_sweep()) == 3
+
+
+def test_runs_trained_with_other_settings_are_not_taken_as_finished(tmp_path, caplog):
+    """A plan that records no train_config keeps its ids whatever the runner trains with; the records say
+    what they were trained with, so a resumed sweep with another learning rate trains again."""
+    plan = make_plan(widths=(8,), steps=4)
+    first = local_runner(tmp_path, plan, train_config=TrainConfig(lr=3e-2, eval_batches=1, log_every=1))
+    first.run_sweep()
+    same = local_runner(tmp_path, plan, train_config=TrainConfig(lr=3e-2, eval_batches=1, log_every=2))
+    assert same.pending() == []  # log_every does not change a result
+    other = local_runner(tmp_path, plan, train_config=TrainConfig(lr=1e-3, eval_batches=1, log_every=1))
+    with caplog.at_level(logging.WARNING, logger="flops_fit"):
+        assert [e.experiment_id for e in other.pending()] == [plan.experiments[0].experiment_id]
+    assert "result-changing train_config" in caplog.text
+    runs = other.run_sweep()
+    assert list(runs["learning_rate"]) == [1e-3]

@@ -47,7 +47,7 @@ from torch import nn
 
 from flops_fit._io import remove_temporaries
 from flops_fit.ledger import append_record, encode_record, exclusive_folder, read_records
-from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan
+from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan, experiment_id
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
@@ -796,8 +796,9 @@ class TrainingRunner:
         return self._checkpoint_root / f"{experiment_id}.pt"
 
     def _produced_here(self, record: Mapping[str, Any]) -> bool:
-        """Whether ``record`` came from this runner's mode (and for mock mode, its seed and law): a mock
-        loss is never taken for a trained one, nor the reverse. Records that do not say count."""
+        """Whether ``record`` came from this runner's mode (for mock mode, its seed and law; for local
+        training, its result-changing TrainConfig fields): a mock loss is never taken for a trained one,
+        nor a run trained with another learning rate for this one. Records that do not say count."""
         if record.get("mode", self.mode) != self.mode:
             return False
         if self.mode == "mock":
@@ -806,6 +807,10 @@ class TrainingRunner:
                 record.get("mock_seed", self.seed) == self.seed
                 and record.get("mock_law", self.mock_law.to_dict()) == self.mock_law.to_dict()
             )
+        config = self._configs.get(str(record.get("experiment_id")))
+        if self.mode == "local" and config is not None and isinstance(record.get("train_config"), Mapping):
+            # trained with other result-changing settings (a plan that records none keeps the same ids)
+            return experiment_id(dict(record["train_config"])) == experiment_id(_result_settings(config))
         return True
 
     def _finished(self, records: Iterable[Mapping[str, Any]]) -> set[str]:
@@ -820,8 +825,9 @@ class TrainingRunner:
                     other.append(str(r["experiment_id"]))
         if other:
             logger.warning(
-                "%d finished record(s) in %s were made another way (mode, or mock seed/law, differs from "
-                "mode=%r here): %s; those experiments run again and their new records supersede them",
+                "%d finished record(s) in %s were made another way than mode=%r here (another mode, mock "
+                "seed or law, or result-changing train_config): %s; those experiments run again and their "
+                "new records supersede them",
                 len(other),
                 self.results_path,
                 self.mode,
@@ -1167,6 +1173,7 @@ class _ExperimentJob:
             "error": outcome.error,
             "steps": outcome.steps,
             "learning_rate": config.lr,
+            "train_config": _result_settings(config),
             "train_loss": outcome.train_loss,
             "wall_time_s": outcome.wall_time_s,
             "tokens_per_s": outcome.tokens_per_s,
@@ -1176,6 +1183,11 @@ class _ExperimentJob:
             "world_size": procs.world_size,
             "timestamp": stamp,
         }
+
+
+def _result_settings(config: TrainConfig) -> dict[str, Any]:
+    """The fields of ``config`` that change a run's result (recorded with each trained run)."""
+    return {k: v for k, v in config.to_dict().items() if k in RESULT_FIELDS}
 
 
 def _check_result(e: Experiment, result: Any, base: Mapping[str, Any]) -> dict[str, Any]:
