@@ -2,6 +2,7 @@
 
 import json
 import logging
+import warnings
 
 import pytest
 import torch
@@ -207,3 +208,44 @@ def test_default_data_id_tells_datasets_of_the_same_size_apart():
             return torch.rand(3), torch.tensor(0)
 
     assert _data_id(Augmented()).endswith("Augmented[10]")
+
+
+def test_six_nd_far_from_the_models_real_cost_is_called_out(tmp_path):
+    """A ViT classifies one target per image but runs its 16 patches: under the default 6nd convention
+    each run would train ~16x its budget. The plan warns and says how to count the real FLOPs."""
+    from torch.utils.data import TensorDataset
+
+    from flops_fit.examples.vit import VisionTransformer
+
+    images = TensorDataset(torch.randn(4096, 1, 28, 28), torch.randint(0, 10, (4096,)))
+    kwargs = {"patch_size": 7, "num_layers": 1, "num_heads": 1}
+    with pytest.warns(
+        UserWarning, match=r"flops='6nd' counts 6 N .* per target .*\(1\dx\).*flops='measured'"
+    ):
+        find_optimal(
+            VisionTransformer,
+            "d_model",
+            images,
+            torch.nn.functional.cross_entropy,
+            [1e10, 3e10],
+            model_kwargs=kwargs,
+            num_model_sizes=3,
+            train=False,
+            output_dir=tmp_path,
+            size_multiple=2,
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="flops='6nd'")
+        find_optimal(
+            VisionTransformer,
+            "d_model",
+            images,
+            torch.nn.functional.cross_entropy,
+            [1e10, 3e10],
+            model_kwargs=kwargs,
+            num_model_sizes=3,
+            train=False,
+            output_dir=tmp_path,
+            size_multiple=2,
+            flops="measured",
+        )

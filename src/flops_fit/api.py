@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from torch import nn
 from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
@@ -119,6 +121,35 @@ def _probe_loss(model: nn.Module, item: Any, batched: bool, loss_fn: Callable[..
     if not torch.isfinite(loss.detach()):
         raise ValueError(f"loss_fn returned {loss.item()} on the first batch of a freshly built model")
     loss.backward()
+
+
+#: A model whose measured training FLOPs per target differ from 6N by more than this factor gets a warning
+#: under the default ``flops="6nd"`` (a ViT's patches, a CNN's convolutions): its budgets would be off as much.
+SIX_ND_TOLERANCE = 2.0
+
+
+def _check_six_nd(
+    spec: ModelSpec, smallest: Any, item: Any, batched: bool, loss_fn: Callable[..., Any]
+) -> None:
+    """Warn when 6 N FLOPs per target (the 6nd convention) is far from what the model really costs."""
+    from flops_fit.flops import measure_flops_per_token
+
+    sample = item if batched else torch.utils.data.default_collate([item, item])
+    try:
+        measured = measure_flops_per_token(spec.build(smallest.size_value, "meta"), sample, loss_fn)
+    except Exception as exc:  # the check is advice: a model FlopCounterMode cannot follow is not an error
+        logger.debug("could not measure FLOPs to check the 6nd convention: %s", exc)
+        return
+    ratio = measured / (FLOPS_PER_PARAM_TOKEN * smallest.num_params)
+    if not 1 / SIX_ND_TOLERANCE <= ratio <= SIX_ND_TOLERANCE:
+        warnings.warn(
+            f"flops='6nd' counts 6 N = {FLOPS_PER_PARAM_TOKEN * smallest.num_params:.3g} FLOPs per target for the "
+            f"smallest model, but one training step measures {measured:.3g} per target ({ratio:.2g}x): every "
+            "run would train that much more (or less) compute than its budget. Pass flops='measured' (or a "
+            "callable) to count the model's real FLOPs.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_model_kwargs(model_cls: Any, size_param: str, model_kwargs: Mapping[str, Any]) -> None:
@@ -283,6 +314,8 @@ def find_optimal(
     if item is not None and loss_fn is not None:
         smallest = min(plan.experiments, key=lambda e: e.num_params)
         _probe_loss(spec.build(smallest.size_value, "cpu"), item, batched, loss_fn)
+        if plan.flops == "6nd":
+            _check_six_nd(spec, smallest, item, batched, loss_fn)
     if mode == "local" and train:
         _check_epochs(plan, train_config.max_epochs)
     if not train:
