@@ -72,3 +72,15 @@ def test_example_programs_refuse_bad_input_without_a_traceback(module, args, nee
     err = capsys.readouterr().err
     assert f"python -m flops_fit.examples.{module}: error: " in err and needle in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch):
+    """--lr and --weight-decay reach the runner's TrainConfig (the u-muP GPT needs lr ~0.5, no decay)."""
+    import flops_fit.stages as stages
+
+    seen = {}
+    monkeypatch.setattr(stages, "run_train", lambda data: seen.update(data["train"]))
+    out = tmp_path / "sweep"
+    assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20"]) == 0
+    assert main(["train", str(out), "--mode", "local", "--lr", "0.5", "--weight-decay", "0"]) == 0
+    assert seen["lr"] == 0.5 and seen["weight_decay"] == 0.0

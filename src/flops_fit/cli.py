@@ -285,6 +285,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = {"_target_": target, **({"_partial_": True} if key == "loss_fn" else {})}
     if args.train_fn:
         overrides["train_fn"] = args.train_fn
+    if args.lr is not None:
+        overrides["train.lr"] = args.lr
+    if args.weight_decay is not None:
+        overrides["train.weight_decay"] = args.weight_decay
     try:
         run_train(default_config("trainer", overrides))
     except WorkersLostError as exc:
@@ -476,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--train-fn", dest="train_fn", help="mode=function: import path of train_fn(experiment)"
     )
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    train.add_argument(
+        "--lr",
+        type=float,
+        help="--mode local: peak learning rate where the plan sets none (default 3e-4; the u-muP GPT example "
+        "wants about 0.5)",
+    )
+    train.add_argument(
+        "--weight-decay",
+        dest="weight_decay",
+        type=float,
+        help="--mode local: AdamW weight decay (default 0.1)",
+    )
     train.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     train.add_argument(
         "--executor", default="local", help="local (one after another here) or ray (a cluster)"
