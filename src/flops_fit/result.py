@@ -397,6 +397,15 @@ class Result:
         """:meth:`chinchilla_table` as a GitHub-flavoured Markdown table."""
         return to_markdown(self.chinchilla_table(budgets, approach))
 
+    def tables_markdown(self, budgets: Sequence[float] | None = None) -> str:
+        """Every fitted approach's table (default budgets: see :meth:`chinchilla_table`): the text of
+        ``chinchilla_table.md``."""
+        tables = [
+            f"## {APPROACH_LABELS[name]}\n\n{self.table_markdown(budgets, approach=name)}\n"
+            for name in self.fits
+        ]
+        return "# Compute-optimal allocation (95% intervals)\n\n" + "\n".join(tables)
+
     def table_latex(self, budgets: Sequence[float] | None = None, approach: str | None = None) -> str:
         """:meth:`chinchilla_table` as a booktabs LaTeX table."""
         name, _ = self._fit(approach)
@@ -862,12 +871,7 @@ class Result:
         atomic_write_json(out / RUNS_FILE, runs_to_records(self.runs), allow_nan=False)
         flat = self.runs.drop(columns=[c for c in ("curve",) if c in self.runs.columns])
         atomic_write_text(out / RUNS_CSV_FILE, flat.to_csv(index=False, float_format="%.17g"))
-        tables = [
-            f"## {APPROACH_LABELS[name]}\n\n{self.table_markdown(approach=name)}\n" for name in self.fits
-        ]
-        atomic_write_text(
-            out / TABLE_FILE, "# Compute-optimal allocation (95% intervals)\n\n" + "\n".join(tables)
-        )
+        atomic_write_text(out / TABLE_FILE, self.tables_markdown())
         if self.plan is not None:
             self.plan.save(out / PLAN_FILE)
         if plots:

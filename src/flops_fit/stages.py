@@ -253,8 +253,7 @@ def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
 def run_analyze(data: Mapping[str, Any]) -> Any:
     from flops_fit._io import atomic_write_text
     from flops_fit.analysis.analyzer import ScalingLawAnalyzer
-    from flops_fit.analysis.table import chinchilla_table, to_markdown
-    from flops_fit.runs import completed
+    from flops_fit.result import TABLE_FILE, Result
 
     cfg = _Config(data)
     output = cfg.section("output")
@@ -282,15 +281,14 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"table_budgets: {exc}") from None
     analysis = analyzer.analyze()
-    if budgets is None:
-        top = float(completed(analyzer.runs_)["compute_budget"].max())
-        budgets = [top * 10**k for k in range(4)]
-    table = to_markdown(chinchilla_table(analysis.fits[analysis.approach], budgets))
-    atomic_write_text(out_dir / "chinchilla_table.md", table + "\n")
+    result = Result(
+        analyzer.runs_, analysis.fits, primary=analysis.approach, budget_rtol=analyzer.budget_rtol
+    )
+    atomic_write_text(out_dir / TABLE_FILE, result.tables_markdown(budgets))  # as Result.save writes it
     print(analysis.summary())
     print()
-    print(table)
-    print(f"\nwrote {analyzer.scaling_laws_path} and {out_dir / 'chinchilla_table.md'}")
+    print(result.table_markdown(budgets))
+    print(f"\nwrote {analyzer.scaling_laws_path} and {out_dir / TABLE_FILE}")
     return analysis
 
 
