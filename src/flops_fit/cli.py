@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from importlib.resources import files
@@ -219,8 +220,33 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 **_json_object(args.sample_kwargs, "--sample-kwargs"),
             }
         overrides["model"] = model
-    run_plan(default_config("planner", overrides))
+    try:
+        run_plan(default_config("planner", overrides))
+    except (ValueError, TypeError) as exc:  # the planner names its keywords: say which flag they are
+        raise UsageError(_flag_names(str(exc))) from None
     return 0
+
+
+#: The planner's keyword names, as ``flops-fit plan`` spells them.
+_PLAN_FLAGS = {
+    "num_compute_budgets": "--num-budgets",
+    "num_model_sizes": "--sizes",
+    "min_flops": "--min-flops",
+    "max_flops": "--max-flops",
+    "tokens_per_sample": "--tokens-per-sample",
+    "batch_size": "--batch-size",
+    "size_multiple": "--size-multiple",
+    "size_param": "--size-param",
+    "model_kwargs": "--model-kwargs",
+    "size_span / size_values": "the model sizes (--size-multiple)",
+}
+
+
+def _flag_names(message: str) -> str:
+    """``message`` with the planner's keyword names replaced by the flags that set them."""
+    for name, flag in _PLAN_FLAGS.items():
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
+    return message
 
 
 def _resources(text: str | None) -> dict[str, float] | None:
