@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,19 @@ def test_plan_from_config_rejects_unread_keys():
 
 def test_console_scripts_installed():
     assert all(shutil.which(s) for s in ("ff-plan", "ff-train", "ff-analyze", "ff-visualize", "flops-fit"))
+
+
+def test_analyze_and_visualize_read_another_tools_columns(tmp_path):
+    """A CSV with its own column names: ff-analyze and ff-visualize both take the same columns mapping."""
+    import pandas as pd
+
+    from flops_fit.stages import default_config, run_analyze, run_visualize
+
+    csv = files("flops_fit") / "data" / "chinchilla_epoch.csv"
+    theirs = tmp_path / "theirs.csv"
+    pd.read_csv(csv).to_csv(theirs, index=False)
+    columns = {"num_params": "Model Size", "compute_budget": "Training FLOP", "final_loss": "loss"}
+    common = {"output.dir": str(tmp_path / "out"), "results": str(theirs), "columns": columns}
+    run_analyze(default_config("analyzer", {**common, "approach": "isoflop"}))
+    paths = run_visualize(default_config("visualizer", {**common, "formats": ["png"]}))
+    assert any(p.name == "isoflop.png" for p in paths)

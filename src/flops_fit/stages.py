@@ -219,6 +219,10 @@ def run_train(data: Mapping[str, Any]) -> Any:
     }
     objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn")}
     cfg.done()  # every key read before anything is built
+    readers = {"dataset": "local", "eval_dataset": "local", "loss_fn": "local", "train_fn": "function"}
+    for key, mode in readers.items():
+        if objects[key] is not None and options["mode"] != mode:
+            raise ConfigError(f"{key} is read only by mode={mode} (mode={options['mode']} here); remove it")
     runner = TrainingRunner(
         sweep_path=out_dir / plan_file,
         output_dir=out_dir,
@@ -305,6 +309,7 @@ def run_visualize(data: Mapping[str, Any]) -> Any:
         cfg.take("scaling_laws"),
         target_budgets=cfg.take("target_budgets"),
         plan=_plan_path(cfg.take("plan"), out_dir, results),
+        columns=cfg.take("columns"),
     )
     formats, dpi = cfg.take("formats"), cfg.take("dpi")
     cfg.done()
