@@ -37,3 +37,24 @@ def test_buckets_are_ordered_and_tight(cs):
     perm = np.random.default_rng(0).permutation(c.size)
     labels2, _centers2 = bucket_budgets(c[perm])
     np.testing.assert_array_equal(labels2, labels[perm])
+
+
+def test_lowest_loss_per_budget_needs_a_profile():
+    """Without an IsoFLOP fit, a budget's optimum is its lowest-loss run only where it holds a profile
+    (3+ sizes): a single run at some budget is no optimum. Analyses, results and plots share this rule."""
+    import pandas as pd
+
+    from flops_fit.analysis.bucketing import lowest_loss_per_budget
+
+    runs = pd.DataFrame(
+        {
+            "compute_budget": [1e18, 1.01e18, 1.02e18, 1e19, 1e20, 1e20],
+            "num_params": [1e7, 2e7, 4e7, 5e7, 1e8, 2e8],
+            "num_tokens": [1.6e10, 8.3e9, 4.2e9, 3.3e10, 1.7e11, 8.3e10],
+            "final_loss": [3.0, 2.9, 3.1, 2.5, 2.2, 2.1],
+        }
+    )
+    best = lowest_loss_per_budget(runs)
+    assert list(best["optimal_params"]) == [2e7] and list(best["n_sizes"]) == [3]
+    assert best["compute_budget"].iloc[0] == pytest.approx((1e18 * 1.01e18 * 1.02e18) ** (1 / 3))
+    assert len(lowest_loss_per_budget(runs, min_sizes=1)) == 3

@@ -34,7 +34,7 @@ from matplotlib.ticker import Formatter
 from flops_fit._io import atomic_write
 from flops_fit.analysis.analyzer import ScalingAnalysis
 from flops_fit.analysis.approaches import APPROACHES, fit_from_dict
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.envelope import EnvelopeFit
 from flops_fit.analysis.isoflop import (
     FLAG_CONCAVE,
@@ -45,7 +45,7 @@ from flops_fit.analysis.isoflop import (
     IsoFLOPFit,
 )
 from flops_fit.analysis.parametric import ParametricFit
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, validate_runs
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, usable_mask, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +177,7 @@ def _check_targets(target_budgets: Any) -> tuple[float, ...]:
 
 def _usable_points(runs: pd.DataFrame) -> pd.DataFrame:
     """Completed runs whose C, N, D and loss are positive and finite (the only ones a log plot can show)."""
-    cols = ["compute_budget", "num_params", "num_tokens", "final_loss"]
-    vals = runs[cols].to_numpy(float)
-    ok = (runs["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
+    ok = usable_mask(runs)
     if not ok.any():
         raise ValueError(
             "runs holds no completed run with positive finite compute_budget, num_params, num_tokens and "
@@ -708,20 +706,9 @@ class ScalingVisualizer:
             used = pts["used"].astype(bool).to_numpy()
             label = "IsoFLOP minimum per budget"
         else:
-            sizes = self._points.groupby("bucket")["num_params"].nunique()
-            profiles = sizes.index[sizes >= 3]
-            if not len(profiles):
+            pts = lowest_loss_per_budget(self._points, self.budget_rtol)
+            if not len(pts):
                 return handles
-            work = self._points[self._points["bucket"].isin(profiles)]
-            best = work.loc[work.groupby("bucket")["final_loss"].idxmin()]
-            pts = pd.DataFrame(
-                {
-                    "compute_budget": self.budgets[best["bucket"].to_numpy()],
-                    "optimal_params": best["num_params"].to_numpy(float),
-                    "optimal_tokens": best["num_tokens"].to_numpy(float),
-                    "optimal_loss": best["final_loss"].to_numpy(float),
-                }
-            )
             used = np.ones(len(pts), dtype=bool)
             label = "lowest-loss run per budget"
         c = pts["compute_budget"].to_numpy(float)

@@ -35,7 +35,7 @@ from flops_fit.analysis.approaches import (
     resolve_approaches,
     run_approach,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.envelope import EnvelopeFit
 from flops_fit.analysis.isoflop import (
     MIN_POINTS_PER_BUDGET,
@@ -49,7 +49,7 @@ from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
 from flops_fit.planning import PLAN_FILE as SWEEP_FILE
 from flops_fit.planning import SweepPlan, load_plan_runs
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, validate_runs
+from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, usable_mask, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +74,6 @@ APPROACH_LABELS: dict[str, str] = {
 }
 _FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
 _RUN_KEYS = ("compute_budget", "num_params", "num_tokens", "final_loss")
-
-
-def _usable_mask(runs: pd.DataFrame) -> np.ndarray:
-    """Completed runs whose C, N, D and loss are positive and finite (what the fits can use)."""
-    vals = runs[list(_RUN_KEYS)].to_numpy(float)
-    return (runs["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
 
 
 def _ci_pair(ci: Any) -> tuple[float, float]:
@@ -217,7 +211,7 @@ class Result:
         set_(self, "budget_rtol", float(rtol))
         set_(self, "skipped", {str(k): str(v) for k, v in self.skipped.items()})
         set_(self, "fit_options", dict(self.fit_options))
-        if not _usable_mask(self.runs).any():
+        if not usable_mask(self.runs).any():
             raise ValueError("runs holds no completed run with positive finite C, N, D and loss")
 
     # ------------------------------------------------------------------------------------------------
@@ -301,7 +295,7 @@ class Result:
     @property
     def usable_runs(self) -> pd.DataFrame:
         """Completed runs with positive finite C, N, D and loss."""
-        return self.runs[_usable_mask(self.runs)].reset_index(drop=True)
+        return self.runs[usable_mask(self.runs)].reset_index(drop=True)
 
     @property
     def budgets(self) -> np.ndarray:
@@ -758,7 +752,7 @@ class Result:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        usable = int(_usable_mask(self.runs).sum())
+        usable = int(usable_mask(self.runs).sum())
         return (
             f"Result(runs={len(self.runs)}, usable={usable}, budgets={len(self.budgets)}, "
             f"fits={list(self.fits)}, primary={self.primary!r}, warnings={len(self.warnings)})"
@@ -812,17 +806,7 @@ class Result:
         if isinstance(iso, IsoFLOPFit):
             points = iso.minima[iso.minima["used"]].reset_index(drop=True)
         else:
-            usable = self.usable_runs
-            labels, centers = bucket_budgets(usable["compute_budget"].to_numpy(float), rtol=self.budget_rtol)
-            best = usable.assign(_b=labels).loc[lambda d: d.groupby("_b")["final_loss"].idxmin()]
-            points = pd.DataFrame(
-                {
-                    "compute_budget": centers[best["_b"].to_numpy()],
-                    "optimal_params": best["num_params"].to_numpy(float),
-                    "optimal_tokens": best["num_tokens"].to_numpy(float),
-                    "optimal_loss": best["final_loss"].to_numpy(float),
-                }
-            )
+            points = lowest_loss_per_budget(self.usable_runs, self.budget_rtol)
         ratio = (
             float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
         )

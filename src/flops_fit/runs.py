@@ -258,3 +258,14 @@ def complete_runs(df: pd.DataFrame, *, source: str = "runs") -> pd.DataFrame:
 def completed(df: pd.DataFrame) -> pd.DataFrame:
     """Only the rows with status ``completed``."""
     return df[df["status"] == "completed"].reset_index(drop=True)
+
+
+def usable_mask(df: pd.DataFrame) -> np.ndarray:
+    """Completed runs whose C, N, D and loss are positive and finite: what fits and log plots can use."""
+    vals = df[["compute_budget", "num_params", "num_tokens", "final_loss"]].to_numpy(float)
+    return (df["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
+
+
+def usable(df: pd.DataFrame) -> pd.DataFrame:
+    """Only the rows of :func:`usable_mask`."""
+    return df[usable_mask(df)].reset_index(drop=True)

@@ -28,11 +28,11 @@ from flops_fit.analysis.approaches import (
     resolve_approaches,
     run_approach,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.analysis.power_law import fit_power_law as _fit_power_law
-from flops_fit.runs import completed
+from flops_fit.runs import completed, usable
 
 logger = logging.getLogger(__name__)
 
@@ -263,14 +263,7 @@ class ScalingLawAnalyzer:
         if isinstance(iso, IsoFLOPFit):
             points = iso.minima[iso.minima["used"]].reset_index(drop=True)
         else:
-            points = self.find_optimal_per_budget(completed(runs)).rename(
-                columns={
-                    "num_params": "optimal_params",
-                    "num_tokens": "optimal_tokens",
-                    "final_loss": "optimal_loss",
-                }
-            )
-            points = points.drop(columns=[c for c in ("curve",) if c in points])
+            points = lowest_loss_per_budget(usable(runs), self.budget_rtol)
         ratio = (
             float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
         )
