@@ -346,6 +346,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from flops_fit.stages import default_config, run_visualize
 
     out = _dir_arg(args.dir, "DIR")
+    if not (out / "scaling_laws.json").is_file():
+        raise UsageError(f"{out / 'scaling_laws.json'} not found; run `flops-fit analyze {args.dir}` first")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     run_visualize(default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi}))
     return 0

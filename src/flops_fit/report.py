@@ -510,6 +510,11 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``flops-fit report``: write the report and print where it went."""
+    if Path(args.dir).is_dir() and not (Path(args.dir) / "scaling_laws.json").is_file():
+        raise ValueError(
+            f"{Path(args.dir) / 'scaling_laws.json'} not found; run `flops-fit analyze {args.dir}` (or "
+            "find_optimal, which saves a result there) first"
+        )
     path = write_report(args.dir, args.output, backtest=not args.no_backtest, title=args.title)
     print(f"wrote {path}")
     return 0
