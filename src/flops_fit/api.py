@@ -296,6 +296,7 @@ def find_optimal(
         held_out = holdout_samples(train_config) if eval_dataset is None else 0
         dataset_tokens = (n - held_out if held_out <= n // 2 else n) * (tokens_per_sample or 1)
     train_dict = dataclasses.asdict(train_config)
+    data_id = planner_kwargs.pop("data_id", None)
     planner = SweepPlanner.from_budgets(
         budgets,
         num_model_sizes,
@@ -305,7 +306,7 @@ def find_optimal(
         dataset_tokens=dataset_tokens,
         batch_size=train_config.batch_size,
         tokens_per_sample=tokens_per_sample,
-        data_id=planner_kwargs.pop("data_id", None) or _data_id(dataset, eval_dataset, loss_fn),
+        data_id=data_id,
         train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
         seed=train_config.seed,
         **planner_kwargs,
@@ -314,10 +315,16 @@ def find_optimal(
     if item is not None and loss_fn is not None:
         smallest = min(plan.experiments, key=lambda e: e.num_params)
         _probe_loss(spec.build(smallest.size_value, "cpu"), item, batched, loss_fn)
-        if plan.flops == "6nd":
-            _check_six_nd(spec, smallest, item, batched, loss_fn)
     if mode == "local" and train:
         _check_epochs(plan, train_config.max_epochs)
+    if item is not None and loss_fn is not None and plan.flops == "6nd":  # advice, after every check passed
+        _check_six_nd(spec, min(plan.experiments, key=lambda e: e.num_params), item, batched, loss_fn)
+    if data_id is None and dataset is not None:
+        # Named only now, after every check passed: naming the data reads a few of its items.
+        planner.data_id = _data_id(dataset, eval_dataset, loss_fn)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the first plan() gave its warnings already
+            plan = planner.plan()
     if not train:
         return plan
 
