@@ -323,25 +323,66 @@ def run_visualize(data: Mapping[str, Any]) -> Any:
     return paths
 
 
+def check_overrides(name: str, argv: list[str]) -> None:
+    """Exit with status 2 naming a plain ``key=value`` override whose key the stage's YAML does not have
+    (Hydra itself rejects it with status 1 and a traceback-like message). ``+key=``, ``~key``, config
+    groups (``a/b=``) and ``hydra.*`` keys are left to Hydra."""
+    from importlib.resources import files
+
+    cfg = OmegaConf.create((files("flops_fit") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or "/" in key or key.split(".")[0] == "hydra":
+            continue
+        node: Any = cfg
+        for depth, part in enumerate(key.split(".")):
+            if not isinstance(node, DictConfig):
+                break  # below a leaf or a null section: Hydra and the stage's own checks decide
+            if part not in node:
+                where = ".".join(key.split(".")[:depth])
+                known = sorted(f"{where}.{k}" if where else str(k) for k in node.keys() if k != "hydra")
+                print(
+                    f"error: unknown config key {key!r}; the keys here are {known} (check the spelling)",
+                    file=sys.stderr,
+                )
+                raise SystemExit(2)
+            node = node[part]
+
+
+def _entry(name: str, main: Any) -> Any:
+    def run() -> None:
+        check_overrides(name, sys.argv[1:])
+        main()
+
+    run.__doc__ = main.__doc__
+    return run
+
+
 @hydra.main(config_path=CONF_DIR, config_name="planner", version_base=None)
-def plan_main(cfg: DictConfig) -> None:
+def _plan_main(cfg: DictConfig) -> None:
     """ff-plan: plan an IsoFLOP sweep."""
     _run(run_plan, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="trainer", version_base=None)
-def train_main(cfg: DictConfig) -> None:
+def _train_main(cfg: DictConfig) -> None:
     """ff-train: run or resume the planned sweep."""
     _run(run_train, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="analyzer", version_base=None)
-def analyze_main(cfg: DictConfig) -> None:
+def _analyze_main(cfg: DictConfig) -> None:
     """ff-analyze: fit the scaling laws."""
     _run(run_analyze, cfg)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="visualizer", version_base=None)
-def visualize_main(cfg: DictConfig) -> None:
+def _visualize_main(cfg: DictConfig) -> None:
     """ff-visualize: draw the figures."""
     _run(run_visualize, cfg)
+
+
+plan_main = _entry("planner", _plan_main)
+train_main = _entry("trainer", _train_main)
+analyze_main = _entry("analyzer", _analyze_main)
+visualize_main = _entry("visualizer", _visualize_main)
