@@ -592,6 +592,8 @@ class SweepPlan:
     config: Mapping[str, Any] = field(default_factory=dict)
     expected_optimum: tuple[tuple[float, float], ...] = ()
     version: int = PLAN_VERSION
+    #: The cost :func:`flops_fit.find_optimal` estimated for ``train=False`` (not saved with the plan).
+    cost: CostEstimate | None = field(default=None, compare=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.experiments)
