@@ -148,3 +148,21 @@ def test_analyze_and_visualize_read_another_tools_columns(tmp_path):
     run_analyze(default_config("analyzer", {**common, "approach": "isoflop"}))
     paths = run_visualize(default_config("visualizer", {**common, "formats": ["png"]}))
     assert any(p.name == "isoflop.png" for p in paths)
+
+
+def test_ff_train_runs_the_plans_recorded_train_config_with_the_keys_given_on_top(tmp_path):
+    """A folder planned by find_optimal records its TrainConfig: ff-train keeps it (so finished runs stay
+    finished) and applies only the train.* keys given; micro-batching is checked against the plan's batch."""
+    from flops_fit.planning import SweepPlanner
+    from flops_fit.stages import _train_config
+
+    path = tmp_path / "sweep.json"
+    SweepPlanner(1e17, 1e19, 3, 4, batch_size=128, train_config={"lr": 1e-2, "eval_batches": 1}).plan().save(
+        path
+    )
+    assert _train_config(path, {}).lr == 1e-2
+    config = _train_config(path, {"weight_decay": 0.0, "micro_batch_size": 64})
+    assert (config.lr, config.weight_decay, config.eval_batches) == (1e-2, 0.0, 1)
+    assert config.batch_size == 128 and config.micro_batch_size == 64
+    SweepPlanner(1e17, 1e19, 3, 4).plan().save(tmp_path / "bare.json")
+    assert _train_config(tmp_path / "bare.json", {}) is None  # nothing recorded or set: the runner's default

@@ -116,12 +116,13 @@ def _plain(value: Any, name: str) -> Any:
 
 
 def _canonical(value: Any) -> Any:
-    """Numbers rounded to 12 significant digits, so last-bit differences never change an id, and hashed by
-    value: an integral one (below 2**53) as an int, so ``0``, ``0.0`` and ``1e-17`` agree; others as strings."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    """Integers exactly; floats rounded to 12 significant digits (so last-bit differences never change an
+    id), and an integral result below 2**53 as the int it equals, so ``0`` and ``0.0``, ``64`` and ``64.0``
+    give one id."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
-    if isinstance(value, (int, float)):
-        text = format(float(value), ".12g")
+    if isinstance(value, float):
+        text = format(value, ".12g")
         rounded = float(text)
         return int(rounded) if rounded.is_integer() and abs(rounded) < 2.0**53 else text
     if isinstance(value, Mapping):
@@ -1285,7 +1286,8 @@ class SweepPlanner:
             # imported here: flops_fit.training imports this module
             from flops_fit.training.config import config_from_mapping
 
-            config_from_mapping(self.train_config, "train_config")
+            # with the planner's batch size, which every experiment gets (e.g. for micro_batch_size)
+            config_from_mapping({**self.train_config, "batch_size": self.batch_size}, "train_config")
         self.prior = prior
         if prior is not None and not (
             hasattr(prior, "optimal") or isinstance(prior, PowerLawFit) or callable(prior)

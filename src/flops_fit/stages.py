@@ -180,21 +180,20 @@ def _run(stage: Any, cfg: DictConfig) -> None:
 
 
 def run_train(data: Mapping[str, Any]) -> Any:
-    from flops_fit.training.config import config_from_mapping
     from flops_fit.training.runner import TrainingRunner
 
     cfg = _Config(data)
     output = cfg.section("output")
     out_dir, plan_file = Path(output.take("dir")), output.take("plan_file")
     output.done()
-    train_keys = cfg.take("train") or {}
+    train_keys = {k: v for k, v in (cfg.take("train") or {}).items() if v is not None}
     from_plan = sorted(set(train_keys) & {"batch_size", "seed"})
     if from_plan:
         raise ConfigError(
             f"train.{from_plan[0]} is set per experiment by the plan; remove it here and set "
             f"sweep.{from_plan[0]} when planning (ff-plan)"
         )
-    train = config_from_mapping(train_keys, "train")
+    train = _train_config(out_dir / plan_file, train_keys)
     executor = cfg.take("executor")
     if executor == "ray":
         from flops_fit.training.ray_executor import require_ray
@@ -238,6 +237,23 @@ def run_train(data: Mapping[str, Any]) -> Any:
     done = int((runs["status"] == "completed").sum()) if len(runs) else 0
     print(f"{done} of {len(runs)} finished experiments completed; results in {runner.results_path}")
     return runs
+
+
+def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
+    """The TrainConfig ff-train runs: the plan's recorded ``train_config`` with the ``train.*`` keys set on
+    the command line on top (None: nothing recorded or set, the runner's default)."""
+    from flops_fit.planning import SweepPlan
+    from flops_fit.training.config import config_from_mapping
+
+    plan = SweepPlan.load(plan_path) if plan_path.is_file() else None  # missing: the runner says so
+    recorded = (plan.config.get("train_config") if plan is not None else None) or {}
+    fields = set(config_from_mapping({}, "train").to_dict())
+    merged = {**{k: v for k, v in recorded.items() if k in fields}, **keys}
+    if not merged:
+        return None
+    if plan is not None and plan.experiments:  # the batch size every experiment gets (for micro-batching)
+        merged["batch_size"] = plan.experiments[0].batch_size
+    return config_from_mapping(merged, "train")
 
 
 def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:

@@ -769,8 +769,10 @@ class TrainingRunner:
             )
         if isinstance(recorded, Mapping):
             mine = train_config.to_dict()
-            differ = sorted(
-                k for k, v in recorded.items() if k in RESULT_FIELDS and k in mine and mine[k] != v
+            differ = sorted(  # batch size and seed come from each experiment, whatever either says
+                k
+                for k, v in recorded.items()
+                if k in RESULT_FIELDS and k not in ("batch_size", "seed") and k in mine and mine[k] != v
             )
             if differ:
                 logger.warning(
