@@ -248,7 +248,9 @@ def test_reports_and_plots_of_a_folder_show_the_runs_the_analysis_read(tmp_path,
     every = {e.experiment_id for e in first} | {e.experiment_id for e in second}
     assert set(analysis.run_ids) == every
     assert set(Result.load(out).runs["experiment_id"]) == every
-    assert set(ScalingVisualizer.from_files(ledger, out / "scaling_laws.json").runs["experiment_id"]) == every
+    for plan in (None, out / "sweep.json"):  # the CLI's plan: auto gives the folder's plan; the ids win
+        viz = ScalingVisualizer.from_files(ledger, out / "scaling_laws.json", plan=plan)
+        assert set(viz.runs["experiment_id"]) == every
 
     # A Result saved here, then refitted by the analyzer: its notes (primary, options) belong to the old
     # laws and are ignored, with a warning.
@@ -257,3 +259,20 @@ def test_reports_and_plots_of_a_folder_show_the_runs_the_analysis_read(tmp_path,
     with caplog.at_level("WARNING", logger="flops_fit"):
         again = Result.load(out)
     assert again.primary == "parametric" and "belongs to an earlier fit" in caplog.text
+
+
+def test_a_saved_result_refitted_on_more_runs_reports_the_runs_of_the_new_fit(tmp_path, caplog):
+    """A folder saved by Result.save (its runs.json), then extended and refitted by the analyzer: the report
+    reads the runs the new laws were fitted to (the ledger), not the older runs.json."""
+    from flops_fit.result import Result
+
+    out = tmp_path / "grow"
+    _sweep_into(out, [1e17, 1e18, 1e19])
+    Result.from_runs(out / "results.jsonl", approach="isoflop").save(out, plots=False)
+    _sweep_into(out, [1e17, 1e18, 1e19, 1e20])
+    analysis = ScalingLawAnalyzer(
+        out / "results.jsonl", out, approach="isoflop", plan=out / "sweep.json"
+    ).analyze()
+    with caplog.at_level("WARNING", logger="flops_fit"):
+        loaded = Result.load(out)
+    assert set(loaded.runs["experiment_id"]) == set(analysis.run_ids) and len(loaded.budgets) == 4

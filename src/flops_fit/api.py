@@ -326,7 +326,9 @@ def find_optimal(
             warnings.simplefilter("ignore")  # the first plan() gave its warnings already
             plan = planner.plan()
     if not train:
-        return dataclasses.replace(plan, cost=_estimate_cost(plan, device))
+        cost = dataclasses.replace(plan, model=None).estimate_cost()  # FLOPs only: nothing is trained here
+        logger.info("%s; plan.estimate_cost(device) times a few real steps for the wall time", cost)
+        return dataclasses.replace(plan, cost=cost)
 
     # ---- train ---------------------------------------------------------------------------------
     from flops_fit.result import Result
@@ -356,23 +358,6 @@ def find_optimal(
     result = Result.from_runs(runs, approach=approaches, plan=plan, output_dir=out)
     result.save(out)
     return result
-
-
-def _estimate_cost(plan: SweepPlan, device: Any) -> Any:
-    """The plan's cost for ``train=False``: wall time calibrated by a few real steps of the smallest and
-    largest models on ``device`` when it is usable here and the plan has a sample, else FLOPs only."""
-    try:
-        dev = resolve_device(device)
-    except (ValueError, RuntimeError) as exc:  # planning for a machine elsewhere (e.g. a GPU cluster)
-        logger.info("cost in FLOPs only: device %r is not usable here (%s)", device, exc)
-        return dataclasses.replace(plan, model=None).estimate_cost()
-    try:
-        cost = plan.estimate_cost(dev)
-    except Exception as exc:  # e.g. out of memory for the largest model: the FLOPs still stand
-        logger.warning("could not time training steps on %s (%s); cost in FLOPs only", dev, exc)
-        cost = dataclasses.replace(plan, model=None).estimate_cost()
-    logger.info("estimated cost: %s", cost)
-    return cost
 
 
 def _check_epochs(plan: SweepPlan, max_epochs: float) -> None:

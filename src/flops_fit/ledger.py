@@ -47,6 +47,12 @@ def exclusive_folder(folder: str | os.PathLike[str]) -> Iterator[None]:
                 "finish, or give this sweep another output_dir",
                 str(folder),
             ) from None
+        except OSError as exc:  # a file system without flock (some NFS, FUSE or Lustre mounts)
+            if exc.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            logger.warning("cannot lock %s (%s): keep to one runner per folder yourself", folder, exc)
+            yield
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
         yield

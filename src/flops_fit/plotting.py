@@ -262,7 +262,8 @@ class ScalingVisualizer:
         """
         from flops_fit.planning import load_plan_runs
 
-        runs = load_plan_runs(results_path, plan, columns)
+        if not Path(results_path).is_file():
+            raise FileNotFoundError(f"results file {str(results_path)!r} does not exist")
         path = Path(scaling_laws_path)
         if not path.is_file():
             raise FileNotFoundError(
@@ -280,14 +281,19 @@ class ScalingVisualizer:
                 "ScalingLawAnalyzer(...).analyze()"
             )
         fits = {name: fit_from_dict(d) for name, d in fit_dicts.items()}
-        if isinstance(data.get("run_ids"), list):  # exactly the runs the analysis read
-            runs = ScalingAnalysis.from_dict(data).runs_of(runs)
+        if isinstance(data.get("run_ids"), list):  # exactly the runs the analysis read, whatever the plan
+            runs = ScalingAnalysis.from_dict(data).runs_of(load_plan_runs(results_path, None, columns))
+        else:
+            runs = load_plan_runs(results_path, plan, columns)
         if budget_rtol is None:
             iso = fits.get("isoflop")
+            recorded = data.get("budget_rtol")
             budget_rtol = (
                 iso.budget_rtol
                 if isinstance(iso, IsoFLOPFit)
-                else float(data.get("budget_rtol") or DEFAULT_BUDGET_RTOL)
+                else DEFAULT_BUDGET_RTOL
+                if recorded is None
+                else float(recorded)
             )
         return cls(runs, fits, budget_rtol=budget_rtol, target_budgets=target_budgets)
 

@@ -887,6 +887,7 @@ class Result:
             raise ValueError(f"{laws_path} is not valid JSON ({exc})") from exc
         analysis = ScalingAnalysis.from_dict(laws)
         meta: dict[str, Any] = {}
+        stale = False
         if (d / RESULT_FILE).is_file():
             meta = json.loads((d / RESULT_FILE).read_text(encoding="utf-8"))
             if int(meta.get("version", RESULT_VERSION)) > RESULT_VERSION:
@@ -905,8 +906,13 @@ class Result:
                 meta = {}
         ledger = d / "results.jsonl"
         if runs is None:
-            if (d / RUNS_FILE).is_file():
-                runs = d / RUNS_FILE
+            saved = d / RUNS_FILE
+            if saved.is_file() and ledger.is_file() and (stale or not _holds(saved, analysis.run_ids)):
+                runs = (
+                    ledger  # runs.json is from an earlier save than the laws: read what they were fitted to
+                )
+            elif saved.is_file():
+                runs = saved
             elif ledger.is_file():  # a sweep directory analysed by ff-analyze / flops-fit analyze
                 runs = ledger
             else:
@@ -941,3 +947,15 @@ class Result:
 def _sha256(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _holds(path: Path, ids: Sequence[str] | None) -> bool:
+    """Whether the runs file ``path`` holds every one of ``ids`` (True when ``ids`` is None)."""
+    if ids is None:
+        return True
+    have = {
+        str(r.get("experiment_id"))
+        for r in json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(r, dict)
+    }
+    return set(ids) <= have

@@ -345,6 +345,11 @@ def check_overrides(name: str, argv: list[str]) -> None:
     groups (``a/b=``) and ``hydra.*`` keys are left to Hydra."""
     from importlib.resources import files
 
+    if any(
+        a.split("=")[0] in ("--config-name", "--config-dir", "-cn", "-cd", "--config-path", "-cp")
+        for a in argv
+    ):
+        return  # another config than the bundled one: Hydra checks against it
     cfg = OmegaConf.create((files("flops_fit") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
     for arg in argv:
         key, sep, _ = arg.partition("=")
@@ -358,7 +363,8 @@ def check_overrides(name: str, argv: list[str]) -> None:
                 where = ".".join(key.split(".")[:depth])
                 known = sorted(f"{where}.{k}" if where else str(k) for k in node.keys() if k != "hydra")
                 print(
-                    f"error: unknown config key {key!r}; the keys here are {known} (check the spelling)",
+                    f"error: unknown config key {key!r}; the keys here are {known}. Check the spelling, or "
+                    f"add a key the file does not list with +{arg}",
                     file=sys.stderr,
                 )
                 raise SystemExit(2)

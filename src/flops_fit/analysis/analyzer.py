@@ -160,9 +160,9 @@ class ScalingLawAnalyzer:
     """Fit scaling laws to a results file and write ``output_dir/scaling_laws.json``.
 
     ``approach``: ``"isoflop"`` (Approach 2, the default), ``"parametric"`` (3), ``"envelope"`` (1) or
-    ``"all"``; the first one named is the primary approach whose laws the analysis reports. ``plan`` (a
-    ``sweep.json`` path or a :class:`~flops_fit.planning.SweepPlan`) keeps only that plan's runs: a ledger
-    can also hold runs of an earlier plan written to the same folder.
+    ``"all"``; the primary approach, whose laws the analysis reports, is Approach 2, else 3, else 1
+    (``PRIMARY_ORDER``). ``plan`` (a ``sweep.json`` path or a :class:`~flops_fit.planning.SweepPlan`) keeps
+    only that plan's runs: a ledger can also hold runs of an earlier plan written to the same folder.
     """
 
     def __init__(
