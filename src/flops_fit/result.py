@@ -31,9 +31,9 @@ from flops_fit.analysis.approaches import (
     APPROACHES,
     PRIMARY_ORDER,
     Fit,
-    has_curves,
     resolve_approaches,
     run_approach,
+    run_approaches,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.envelope import EnvelopeFit
@@ -243,25 +243,7 @@ class Result:
         if isinstance(runs, (str, os.PathLike)):
             runs = load_runs(runs)
         runs = validate_runs(runs)
-        fits: dict[str, Fit] = {}
-        skipped: dict[str, str] = {}
-        for name in names:
-            if name == "envelope" and len(names) > 1 and not has_curves(runs):
-                skipped[name] = "the runs carry no loss curves (column 'curve'); train with evaluations on"
-                logger.info("skipping %s: %s", APPROACH_LABELS[name], skipped[name])
-                continue
-            try:
-                fits[name] = run_approach(
-                    name, runs, bootstrap=bootstrap, seed=seed, exclude=exclude_outliers
-                )
-            except ValueError as exc:
-                if len(names) == 1:
-                    raise
-                skipped[name] = str(exc)
-                logger.warning("%s not fitted: %s", APPROACH_LABELS[name], exc)
-        if not fits:
-            why = "; ".join(f"{APPROACH_LABELS[k]}: {v}" for k, v in skipped.items())
-            raise ValueError(f"no approach could be fitted to these runs ({why})")
+        fits, skipped = run_approaches(names, runs, bootstrap=bootstrap, seed=seed, exclude=exclude_outliers)
         options = {"bootstrap": bootstrap, "seed": seed, "exclude_outliers": exclude_outliers}
         return cls(
             runs,

@@ -24,9 +24,8 @@ from flops_fit.analysis.approaches import (
     PRIMARY_ORDER,
     Fit,
     fit_from_dict,
-    has_curves,
     resolve_approaches,
-    run_approach,
+    run_approaches,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.isoflop import IsoFLOPFit
@@ -233,30 +232,14 @@ class ScalingLawAnalyzer:
         The runs table it read (after the plan filter) is kept as ``runs_``.
         """
         runs = self.runs_ = self._runs()
-        fits: dict[str, Fit] = {}
-        skipped: dict[str, str] = {}
-        for name in self.approaches:
-            if name == "envelope" and len(self.approaches) > 1 and not has_curves(runs):
-                logger.info("skipping Approach 1 (envelope): the runs carry no loss curves")
-                continue
-            try:
-                fits[name] = run_approach(
-                    name,
-                    runs,
-                    bootstrap=self.bootstrap,
-                    seed=self.seed,
-                    exclude=self.exclude_outliers,
-                    budget_rtol=self.budget_rtol,
-                )
-            except ValueError as exc:
-                if len(self.approaches) == 1:
-                    raise
-                skipped[name] = str(exc)  # several asked for: fit every one the data supports
-                logger.warning("skipping %s: %s", name, exc)
-        if not fits:
-            raise ValueError(
-                "no approach could be fitted: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-            )
+        fits, _ = run_approaches(  # several asked for: every one the data supports
+            self.approaches,
+            runs,
+            bootstrap=self.bootstrap,
+            seed=self.seed,
+            exclude=self.exclude_outliers,
+            budget_rtol=self.budget_rtol,
+        )
         primary = next(n for n in PRIMARY_ORDER if n in fits)
         n_fit, d_fit, l_fit = laws_of(fits[primary])
         iso = fits.get("isoflop")

@@ -91,6 +91,35 @@ def run_approach(
     )
 
 
+def run_approaches(
+    names: Sequence[str], runs: pd.DataFrame, **options: Any
+) -> tuple[dict[str, Fit], dict[str, str]]:
+    """Fit every approach of ``names`` (canonical) with :func:`run_approach` (``options`` passed on).
+
+    Returns ``(fits, skipped)``. With several approaches, one the data cannot support is skipped and its
+    reason kept in ``skipped`` (Approach 1 without loss curves; any ``ValueError`` of the fit), and only
+    no fit at all is an error; a single approach's error is raised as it is.
+    """
+    fits: dict[str, Fit] = {}
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name == "envelope" and len(names) > 1 and not has_curves(runs):
+            skipped[name] = "the runs carry no loss curves (column 'curve'); train with evaluations on"
+            logger.info("skipping %s: %s", name, skipped[name])
+            continue
+        try:
+            fits[name] = run_approach(name, runs, **options)
+        except ValueError as exc:
+            if len(names) == 1:
+                raise
+            skipped[name] = str(exc)
+            logger.warning("skipping %s: %s", name, exc)
+    if not fits:
+        why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        raise ValueError(f"no approach could be fitted to these runs ({why})")
+    return fits, skipped
+
+
 def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
     """Mask of the completed runs whose C, N, D and loss are all positive and finite.
 
