@@ -221,34 +221,26 @@ def test_six_nd_far_from_the_models_real_cost_is_called_out(tmp_path):
     from flops_fit.examples.vit import VisionTransformer
 
     images = TensorDataset(torch.randn(4096, 1, 28, 28), torch.randint(0, 10, (4096,)))
-    kwargs = {"patch_size": 7, "num_layers": 1, "num_heads": 1}
+
+    def plan(**kwargs):
+        return find_optimal(
+            VisionTransformer,
+            "d_model",
+            images,
+            torch.nn.functional.cross_entropy,
+            [1e10, 3e10],
+            model_kwargs={"patch_size": 7, "num_layers": 1, "num_heads": 1},
+            num_model_sizes=3,
+            train=False,
+            output_dir=tmp_path,
+            size_multiple=2,
+            **kwargs,
+        )
+
     with pytest.warns(
         UserWarning, match=r"flops='6nd' counts 6 N .* per target .*\(1\dx\).*flops='measured'"
     ):
-        find_optimal(
-            VisionTransformer,
-            "d_model",
-            images,
-            torch.nn.functional.cross_entropy,
-            [1e10, 3e10],
-            model_kwargs=kwargs,
-            num_model_sizes=3,
-            train=False,
-            output_dir=tmp_path,
-            size_multiple=2,
-        )
+        plan()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="flops='6nd'")
-        find_optimal(
-            VisionTransformer,
-            "d_model",
-            images,
-            torch.nn.functional.cross_entropy,
-            [1e10, 3e10],
-            model_kwargs=kwargs,
-            num_model_sizes=3,
-            train=False,
-            output_dir=tmp_path,
-            size_multiple=2,
-            flops="measured",
-        )
+        plan(flops="measured")
