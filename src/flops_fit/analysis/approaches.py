@@ -13,7 +13,7 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
-from flops_fit.runs import list_ids, validate_runs
+from flops_fit.runs import list_ids, usable_mask, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,8 @@ def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
     Completed runs with other values are left out with a warning naming them; a table with no usable run
     is a ValueError saying how many runs completed, failed or diverged.
     """
-    vals = runs[["num_params", "num_tokens", "final_loss", "compute_budget"]].to_numpy(float)
-    completed = (runs["status"] == "completed").to_numpy()
-    valid = (np.isfinite(vals) & (vals > 0)).all(axis=1)
-    invalid = completed & ~valid
+    usable = usable_mask(runs)
+    invalid = (runs["status"] == "completed").to_numpy() & ~usable
     if invalid.any():
         logger.warning(
             "%s: left out %d completed run(s) whose compute_budget, num_params, num_tokens or final_loss is "
@@ -138,7 +136,6 @@ def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
             int(invalid.sum()),
             list_ids(runs.loc[invalid, "experiment_id"]),
         )
-    usable = completed & valid
     if not usable.any():
         counts = runs["status"].value_counts().to_dict()
         raise ValueError(
