@@ -876,7 +876,8 @@ class Result:
                 raise ValueError(
                     f"{d / RESULT_FILE} is newer than this flops-fit understands; upgrade flops-fit"
                 )
-            stale = meta.get("laws_sha256", _sha256(laws_path)) != _sha256(laws_path) or (
+            recorded = meta.get("laws_sha256")
+            stale = (recorded is not None and recorded != _sha256(laws_path)) or (
                 meta.get("primary") is not None and meta["primary"] not in analysis.fits
             )
             if stale:  # the laws were refitted since (e.g. by flops-fit analyze): its notes are not theirs
@@ -886,14 +887,10 @@ class Result:
                     laws_path.name,
                 )
                 meta = {}
-        ledger = d / "results.jsonl"
+        ledger, saved = d / "results.jsonl", d / RUNS_FILE
+        chosen = runs is None  # the folder's own runs: runs.json, unless it is older than the laws
         if runs is None:
-            saved = d / RUNS_FILE
-            if saved.is_file() and ledger.is_file() and (stale or not _holds(saved, analysis.run_ids)):
-                runs = (
-                    ledger  # runs.json is from an earlier save than the laws: read what they were fitted to
-                )
-            elif saved.is_file():
+            if saved.is_file():
                 runs = saved
             elif ledger.is_file():  # a sweep directory analysed by ff-analyze / flops-fit analyze
                 runs = ledger
@@ -904,8 +901,14 @@ class Result:
                 )
         table = runs
         if isinstance(runs, (str, os.PathLike)):
+            loaded = None
+            if chosen and runs == saved and ledger.is_file():
+                loaded = load_plan_runs(saved, None)
+                # runs.json older than the laws: read the runs they were fitted to
+                if stale or not set(analysis.run_ids or ()) <= set(loaded["experiment_id"].astype(str)):
+                    runs, loaded = ledger, None
             if analysis.run_ids is not None:  # exactly the runs the analysis read
-                table = analysis.runs_of(load_plan_runs(runs, None))
+                table = analysis.runs_of(loaded if loaded is not None else load_plan_runs(runs, None))
             else:  # written before run ids were recorded: the folder's plan, as ff-analyze applies it
                 sweep = d / SWEEP_FILE
                 table = load_plan_runs(runs, sweep if runs == ledger and sweep.is_file() else None)
@@ -929,15 +932,3 @@ class Result:
 def _sha256(path: Path) -> str:
     """The hex sha256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _holds(path: Path, ids: Sequence[str] | None) -> bool:
-    """Whether the runs file ``path`` holds every one of ``ids`` (True when ``ids`` is None)."""
-    if ids is None:
-        return True
-    have = {
-        str(r.get("experiment_id"))
-        for r in json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(r, dict)
-    }
-    return set(ids) <= have
