@@ -243,12 +243,11 @@ def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
     """The TrainConfig ff-train runs: the plan's recorded ``train_config`` with the ``train.*`` keys set on
     the command line on top (None: nothing recorded or set, the runner's default)."""
     from flops_fit.planning import SweepPlan
-    from flops_fit.training.config import config_from_mapping
+    from flops_fit.training.config import FIELD_NAMES, config_from_mapping
 
     plan = SweepPlan.load(plan_path) if plan_path.is_file() else None  # missing: the runner says so
     recorded = (plan.config.get("train_config") if plan is not None else None) or {}
-    fields = set(config_from_mapping({}, "train").to_dict())
-    merged = {**{k: v for k, v in recorded.items() if k in fields}, **keys}
+    merged = {**{k: v for k, v in recorded.items() if k in FIELD_NAMES}, **keys}
     if not merged:
         return None
     if plan is not None and plan.experiments:  # the batch size every experiment gets (for micro-batching)

@@ -193,13 +193,18 @@ class TrainConfig:
         return out
 
 
+#: The names of TrainConfig's fields (what a mapping of its fields may hold).
+FIELD_NAMES: frozenset[str] = frozenset(f.name for f in fields(TrainConfig))
+
+
 def config_from_mapping(values: Mapping[str, Any], where: str) -> TrainConfig:
     """A :class:`TrainConfig` from a mapping of some of its fields (a JSON list for ``betas``), the rest
     defaults. Unknown fields and bad values are errors naming ``where``."""
-    names = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - FIELD_NAMES)
     if unknown:
-        raise ValueError(f"{where} has unknown TrainConfig field(s) {unknown}; allowed: {sorted(names)}")
+        raise ValueError(
+            f"{where} has unknown TrainConfig field(s) {unknown}; allowed: {sorted(FIELD_NAMES)}"
+        )
     kwargs = dict(values)
     if isinstance(kwargs.get("betas"), list):
         kwargs["betas"] = tuple(kwargs["betas"])

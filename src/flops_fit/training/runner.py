@@ -51,7 +51,7 @@ from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelS
 from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
-from flops_fit.training.config import RESULT_FIELDS, TrainConfig, config_from_mapping
+from flops_fit.training.config import FIELD_NAMES, RESULT_FIELDS, TrainConfig, config_from_mapping
 from flops_fit.training.data import batch_layout, prepare_data
 from flops_fit.training.device import resolve_device
 from flops_fit.training.distributed import launched_world_size, make_processes
@@ -750,15 +750,14 @@ class TrainingRunner:
         recorded = self.plan.config.get("train_config")
         if train_config is None:
             if isinstance(recorded, Mapping):
-                names = {f.name for f in dataclasses.fields(TrainConfig)}
-                other = sorted(set(recorded) - names)
+                other = sorted(set(recorded) - FIELD_NAMES)
                 if other:
                     logger.warning(
                         "the plan's train_config has key(s) %s that TrainConfig does not have; ignoring them "
                         "(pass train_config=TrainConfig(...) to set the training run yourself)",
                         other,
                     )
-                known = {k: v for k, v in recorded.items() if k in names}
+                known = {k: v for k, v in recorded.items() if k in FIELD_NAMES}
                 return config_from_mapping(known, "the plan's train_config")
             return TrainConfig()
         if isinstance(train_config, Mapping):
