@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 import flops_fit.training.loop as loop_mod
 import flops_fit.training.runner as runner_mod
 from flops_fit.examples.gpt import GPT, lm_loss
-from flops_fit.planning import ModelSpec, SweepPlanner
+from flops_fit.plan.planning import ModelSpec, SweepPlanner
 from flops_fit.training import TrainConfig, TrainingRunner
 
 VOCAB, SEQ, LAYERS, BATCH = 64, 64, 2, 16

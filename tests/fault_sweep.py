@@ -36,8 +36,8 @@ import torch
 torch.set_num_threads(1)  # before any torch op: the forked children then share no thread pool
 sys.path.insert(0, str(Path(__file__).parent))
 
-import flops_fit._io as io_mod  # noqa: E402
-import flops_fit.ledger as ledger_mod  # noqa: E402
+import flops_fit.core.io as io_mod  # noqa: E402
+import flops_fit.core.ledger as ledger_mod  # noqa: E402
 from flops_fit.training import Callback, TrainConfig  # noqa: E402
 from test_runner import CountingLM, local_runner, make_plan  # noqa: E402
 
@@ -148,7 +148,7 @@ def _kill_in_save(k: int) -> None:
                 return Torn(fh)
         return fh
 
-    io_mod.open = faulty_open  # the module global shadows the builtin inside flops_fit._io
+    io_mod.open = faulty_open  # the module global shadows the builtin inside flops_fit.core.io
 
 
 def _kill_in_append(k: int) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from flops_fit import ScalingAnalysis, ScalingLawAnalyzer
 from flops_fit.analysis.approaches import resolve_approaches
-from flops_fit.ledger import append_record
+from flops_fit.core.ledger import append_record
 from synth import isoflop_sweep, true_a
 
 
@@ -123,7 +123,7 @@ def test_round_trip_of_analysis(results_jsonl, tmp_path):
 
 def _sweep_into(out, budgets):
     """Plan a parameter-space sweep at ``budgets`` into ``out`` (same folder each time) and train it (mock)."""
-    from flops_fit.planning import PLAN_FILE, SweepPlanner
+    from flops_fit.plan.planning import PLAN_FILE, SweepPlanner
     from flops_fit.training.runner import TrainingRunner
 
     plan = SweepPlanner.from_budgets(budgets, 5).plan()
@@ -137,7 +137,7 @@ def test_a_plan_keeps_the_analysis_to_its_own_runs(tmp_path, caplog):
     passes the folder's sweep.json); without a plan, every run is."""
     import logging
 
-    from flops_fit.stages import default_config, run_analyze
+    from flops_fit.app.stages import default_config, run_analyze
 
     _sweep_into(tmp_path, [1e17, 1e18, 1e19])
     plan = _sweep_into(tmp_path, [3e17, 3e18, 3e19])
@@ -151,11 +151,11 @@ def test_a_plan_keeps_the_analysis_to_its_own_runs(tmp_path, caplog):
     analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "approach": "isoflop"}))
     assert sorted(analysis.optimal_points["compute_budget"]) == pytest.approx([3e17, 3e18, 3e19], rel=0.05)
     assert analysis.fits["isoflop"].minima["n_points"].tolist() == [5, 5, 5]
-    from flops_fit.plotting import ScalingVisualizer
+    from flops_fit.report.plots import ScalingVisualizer
 
     viz = ScalingVisualizer.from_files(tmp_path / "results.jsonl", analyzer.scaling_laws_path, plan=plan)
     assert len(viz.runs) == 15  # the figures show the runs the fit saw
-    from flops_fit.result import Result
+    from flops_fit.report.result import Result
 
     assert len(Result.load(tmp_path).runs) == 15  # the report shows the runs ff-analyze fitted
     analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "plan": None}))
@@ -237,8 +237,8 @@ def test_all_picks_the_primary_as_a_result_does_and_skips_what_cannot_be_fitted(
 def test_reports_and_plots_of_a_folder_show_the_runs_the_analysis_read(tmp_path, caplog):
     """Analysed without the plan filter (plan=None), a folder's ledger holds two plans' runs; Result.load
     and the visualizer then read back exactly those runs, not the folder's current plan's."""
-    from flops_fit.plotting import ScalingVisualizer
-    from flops_fit.result import Result
+    from flops_fit.report.plots import ScalingVisualizer
+    from flops_fit.report.result import Result
 
     out = tmp_path / "mix"
     first = _sweep_into(out, [1e17, 1e18, 1e19])
@@ -264,7 +264,7 @@ def test_reports_and_plots_of_a_folder_show_the_runs_the_analysis_read(tmp_path,
 def test_a_saved_result_refitted_on_more_runs_reports_the_runs_of_the_new_fit(tmp_path, caplog):
     """A folder saved by Result.save (its runs.json), then extended and refitted by the analyzer: the report
     reads the runs the new laws were fitted to (the ledger), not the older runs.json."""
-    from flops_fit.result import Result
+    from flops_fit.report.result import Result
 
     out = tmp_path / "grow"
     _sweep_into(out, [1e17, 1e18, 1e19])

@@ -46,8 +46,8 @@ from flops_fit.analysis import (
     fit_parametric,
     fit_power_law,
 )
-from flops_fit.planning import ModelSpec, SweepPlanner
-from flops_fit.result import Result
+from flops_fit.plan.planning import ModelSpec, SweepPlanner
+from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig
 from synth import isoflop_sweep
 
@@ -560,7 +560,7 @@ CLI_CASES = [
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
-    from flops_fit.cli import main
+    from flops_fit.app.cli import main
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -616,7 +616,7 @@ STAGE_CASES = [
 
 
 def run_stage(stage: str, overrides: list[str], monkeypatch) -> tuple[int, str]:
-    from flops_fit import stages
+    from flops_fit.app import stages
 
     quiet = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # no log files, no logging setup
     monkeypatch.setattr(sys, "argv", [stage, *overrides, *quiet])

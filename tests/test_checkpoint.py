@@ -151,7 +151,7 @@ def test_save_is_atomic_and_loads_weights_only(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["exp.pt"]
     loaded = load_checkpoint(path)
     assert loaded["step"] == 3 and torch.equal(loaded["model"]["w"], torch.ones(2))
-    (path.parent / f".{path.name}.123-abcd1234.tmp").write_bytes(b"torn")  # as flops_fit._io names them
+    (path.parent / f".{path.name}.123-abcd1234.tmp").write_bytes(b"torn")  # as flops_fit.core.io names them
     remove_checkpoint(path)
     assert list(path.parent.iterdir()) == []
 

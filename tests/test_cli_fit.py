@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from flops_fit.cli import main
+from flops_fit.app.cli import main
 from synth import isoflop_sweep
 
 
@@ -77,6 +77,9 @@ def test_fit_prints_the_checks_a_result_makes(tmp_path, capsys):
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "flops_fit.cli", "fit", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "flops_fit.app.cli", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "examples:" in out and "--approach" in out

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flops_fit.cli import main
+from flops_fit.app.cli import main
 
 
 def test_demo_mock_writes_everything(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_example_programs_refuse_bad_input_without_a_traceback(module, args, nee
 
 def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch):
     """--lr and --weight-decay reach the runner's TrainConfig (the u-muP GPT needs lr ~0.5, no decay)."""
-    import flops_fit.stages as stages
+    import flops_fit.app.stages as stages
 
     seen = {}
     monkeypatch.setattr(stages, "run_train", lambda data: seen.update(data["train"]))

@@ -32,10 +32,10 @@ from typing import Any
 import pytest
 import torch
 
-import flops_fit._io as io_mod
-import flops_fit.ledger as ledger_mod
+import flops_fit.core.io as io_mod
+import flops_fit.core.ledger as ledger_mod
 from fault_sweep import INTERVAL, SOAK_CFG, STEPS, OsProxy, soak_plan
-from flops_fit.ledger import read_records
+from flops_fit.core.ledger import read_records
 from flops_fit.training import Callback, TrainingRunner, load_checkpoint
 from test_runner import (  # noqa: F401 (one_thread: the same autouse fixture here)
     CFG,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from flops_fit.flops import (
+from flops_fit.plan.flops import (
     TransformerShape,
     chinchilla_flops_per_token,
     chinchilla_forward_breakdown,

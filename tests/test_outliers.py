@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis.outliers import detect_outliers
-from flops_fit.runs import runs_from_arrays
+from flops_fit.core.runs import runs_from_arrays
 from synth import isoflop_sweep
 
 

@@ -13,8 +13,8 @@ from scipy import optimize, special
 
 import flops_fit
 from flops_fit.analysis import parametric
-from flops_fit.analysis._validate import canonical_order
 from flops_fit.analysis.parametric import CHINCHILLA_INIT_GRID, ParametricFit, fit_parametric
+from flops_fit.core.validate import canonical_order
 from synth import isoflop_sweep
 
 CHINCHILLA_CSV = Path(flops_fit.__file__).parent / "data" / "chinchilla_epoch.csv"

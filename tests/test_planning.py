@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from flops_fit.analysis.power_law import PowerLawFit
-from flops_fit.flops import TransformerShape, count_params
-from flops_fit.planning import (
+from flops_fit.plan.flops import TransformerShape, count_params
+from flops_fit.plan.planning import (
     CostEstimate,
     Experiment,
     ModelSpec,
@@ -628,7 +628,7 @@ def test_from_budgets_plans_exactly_the_given_budgets():
 
 
 def test_model_spec_from_dict_names_missing_keys():
-    from flops_fit.planning import ModelSpec
+    from flops_fit.plan.planning import ModelSpec
 
     with pytest.raises(ValueError, match="model_cls"):
         ModelSpec.from_dict({"size_param": "width"})

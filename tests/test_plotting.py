@@ -15,13 +15,13 @@ import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
-import flops_fit.plotting as plotting
-from flops_fit.analysis.analyzer import ScalingLawAnalyzer
+import flops_fit.report.plots as plotting
 from flops_fit.analysis.envelope import fit_envelope
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit
-from flops_fit.plotting import FIGURES, ScalingVisualizer
-from flops_fit.runs import load_runs, runs_from_arrays
+from flops_fit.core.runs import load_runs, runs_from_arrays
+from flops_fit.report.analyzer import ScalingLawAnalyzer
+from flops_fit.report.plots import FIGURES, ScalingVisualizer
 from real_data import olmo_ladder_runs
 from synth import TRUE, isoflop_sweep
 
@@ -160,7 +160,7 @@ def test_curves_read_back_from_parquet_are_drawn(sweep, tmp_path):
 
 def test_budget_rtol_unlike_the_fit_is_logged(sweep, caplog):
     runs, fits = sweep
-    with caplog.at_level(logging.WARNING, logger="flops_fit.plotting"):
+    with caplog.at_level(logging.WARNING, logger="flops_fit.report.plots"):
         ScalingVisualizer(runs, fits["isoflop"], budget_rtol=0.2)
     assert "differs from the IsoFLOP fit's 0.05" in caplog.text
 
@@ -168,7 +168,7 @@ def test_budget_rtol_unlike_the_fit_is_logged(sweep, caplog):
 def test_save_all_writes_valid_png_and_svg_atomically(sweep, tmp_path, caplog):
     runs, fits = sweep
     viz = ScalingVisualizer(runs, fits["isoflop"])
-    with caplog.at_level(logging.INFO, logger="flops_fit.plotting"):
+    with caplog.at_level(logging.INFO, logger="flops_fit.report.plots"):
         paths = viz.save_all(tmp_path / "figs", formats=("png", "svg"), dpi=60)
     names = ("isoflop", "optimal", "residuals")
     assert [p.name for p in paths] == [f"{n}.{f}" for n in names for f in ("png", "svg")]
@@ -305,7 +305,7 @@ def test_excluded_outlier_is_a_cross():
 def test_degenerate_parametric_fit_still_draws(sweep, caplog):
     runs, _ = sweep
     viz = ScalingVisualizer(runs, _parametric(alpha=1e-5))
-    with caplog.at_level(logging.WARNING, logger="flops_fit.plotting"):
+    with caplog.at_level(logging.WARNING, logger="flops_fit.report.plots"):
         _render(viz.plot_parametric())
         _render(viz.plot_optimal())
     assert "no compute-optimal allocation" in caplog.text

@@ -16,8 +16,8 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
-from flops_fit.report import add_report_parser, main, render_report, write_report
-from flops_fit.result import Result
+from flops_fit.report.html import add_report_parser, main, render_report, write_report
+from flops_fit.report.result import Result
 from test_result import make_runs
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from torch import nn
 
-from flops_fit.analysis import ScalingLawAnalyzer, fit_isoflop, fit_parametric
-from flops_fit.flops import count_params
-from flops_fit.planning import ModelSpec, SweepPlan
-from flops_fit.result import Result, default_budgets, runs_to_records
-from flops_fit.runs import runs_from_arrays
+from flops_fit.analysis import fit_isoflop, fit_parametric
+from flops_fit.core.runs import runs_from_arrays
+from flops_fit.plan.flops import count_params
+from flops_fit.plan.planning import ModelSpec, SweepPlan
+from flops_fit.report.analyzer import ScalingLawAnalyzer
+from flops_fit.report.result import Result, default_budgets, runs_to_records
 from synth import TRUE, isoflop_sweep, true_a
 
 BUDGETS = (1e17, 1e18, 1e19, 1e20)

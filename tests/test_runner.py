@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import Dataset
 
 import flops_fit.training.runner as runner_mod
-from flops_fit.ledger import read_records
-from flops_fit.planning import Experiment, ModelSpec, SweepPlan, experiment_id
-from flops_fit.runs import load_runs
+from flops_fit.core.ledger import read_records
+from flops_fit.core.runs import load_runs
+from flops_fit.plan.planning import Experiment, ModelSpec, SweepPlan, experiment_id
 from flops_fit.training import Callback, MockLaw, TrainConfig, TrainingRunner, load_results
 
 VOCAB, SEQ, BATCH = 11, 16, 8
@@ -415,7 +415,7 @@ def test_changed_plan_keeps_going_and_reports_orphans(tmp_path, caplog):
 def test_a_killed_write_of_sweep_json_leaves_nothing_behind_on_the_next_run(tmp_path):
     plan = make_plan()
     TrainingRunner("mock", plan=plan, output_dir=tmp_path, progress=False).run_sweep()
-    torn = tmp_path / ".sweep.json.4242-0badcafe.tmp"  # named as flops_fit._io names its temporaries
+    torn = tmp_path / ".sweep.json.4242-0badcafe.tmp"  # named as flops_fit.core.io names its temporaries
     torn.write_text('{"version": 1, "experim')
     TrainingRunner("mock", output_dir=tmp_path, progress=False).run_sweep()  # resumes from sweep.json
     assert not torn.exists()
@@ -602,7 +602,7 @@ def test_a_second_runner_on_the_same_folder_is_refused(tmp_path):
     import errno
     import multiprocessing
 
-    from flops_fit.ledger import exclusive_folder
+    from flops_fit.core.ledger import exclusive_folder
 
     ctx = multiprocessing.get_context("fork")
     holding, release = ctx.Event(), ctx.Event()

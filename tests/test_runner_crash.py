@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flops_fit.ledger import read_records
+from flops_fit.core.ledger import read_records
 from test_runner import TinyLM, local_runner, make_plan
 
 TESTS = Path(__file__).parent

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flops_fit.ledger import append_record, read_records
-from flops_fit.runs import REQUIRED_COLUMNS, load_runs, runs_from_arrays, validate_runs
+from flops_fit.core.ledger import append_record, read_records
+from flops_fit.core.runs import REQUIRED_COLUMNS, load_runs, runs_from_arrays, validate_runs
 
 ROWS = [
     {

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flops_fit
-from flops_fit.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan, SweepPlanner
-from flops_fit.result import Result
-from flops_fit.runs import runs_from_arrays
+from flops_fit.core.runs import runs_from_arrays
+from flops_fit.plan.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan, SweepPlanner
+from flops_fit.report.result import Result
 from flops_fit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from flops_fit.training.runner import TrainingRunner
 from synth import isoflop_sweep

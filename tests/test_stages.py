@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flops_fit.stages import ConfigError, plan_from_config
+from flops_fit.app.stages import ConfigError, plan_from_config
 
-CONF = Path(__file__).resolve().parents[1] / "src" / "flops_fit" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "flops_fit" / "app" / "conf"
 
 
 def _stage(name: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
-    code = f"import sys; from flops_fit.stages import {name}; sys.argv[0] = {name!r}; {name}()"
+    code = f"import sys; from flops_fit.app.stages import {name}; sys.argv[0] = {name!r}; {name}()"
     return subprocess.run(
         [sys.executable, "-c", code, *overrides], cwd=cwd, capture_output=True, text=True, timeout=240
     )
@@ -138,7 +138,7 @@ def test_analyze_and_visualize_read_another_tools_columns(tmp_path):
     """A CSV with its own column names: ff-analyze and ff-visualize both take the same columns mapping."""
     import pandas as pd
 
-    from flops_fit.stages import default_config, run_analyze, run_visualize
+    from flops_fit.app.stages import default_config, run_analyze, run_visualize
 
     csv = files("flops_fit") / "data" / "chinchilla_epoch.csv"
     theirs = tmp_path / "theirs.csv"
@@ -153,8 +153,8 @@ def test_analyze_and_visualize_read_another_tools_columns(tmp_path):
 def test_ff_train_runs_the_plans_recorded_train_config_with_the_keys_given_on_top(tmp_path):
     """A folder planned by find_optimal records its TrainConfig: ff-train keeps it (so finished runs stay
     finished) and applies only the train.* keys given; micro-batching is checked against the plan's batch."""
-    from flops_fit.planning import SweepPlanner
-    from flops_fit.stages import _train_config
+    from flops_fit.app.stages import _train_config
+    from flops_fit.plan.planning import SweepPlanner
 
     path = tmp_path / "sweep.json"
     SweepPlanner(1e17, 1e19, 3, 4, batch_size=128, train_config={"lr": 1e-2, "eval_batches": 1}).plan().save(

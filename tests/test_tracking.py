@@ -14,9 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from flops_fit.planning import Experiment
-from flops_fit.result import Result
-from flops_fit.tracking import (
+from flops_fit.app.tracking import (
     MLflowCallback,
     TensorBoardCallback,
     TrackingCallback,
@@ -24,8 +22,10 @@ from flops_fit.tracking import (
     experiment_params,
     result_metrics,
 )
+from flops_fit.core.outcome import RunInfo, TrainOutcome
+from flops_fit.plan.planning import Experiment
+from flops_fit.report.result import Result
 from flops_fit.training import TrainConfig, train
-from flops_fit.training.outcome import RunInfo, TrainOutcome
 from test_result import make_runs
 
 EXPERIMENT = {
@@ -81,7 +81,7 @@ class Recorder(TrackingCallback):
 
 def test_events_become_one_run_per_experiment(monkeypatch):
     clock = iter([100.0, 102.0, 103.0])
-    monkeypatch.setattr("flops_fit.tracking.time.perf_counter", lambda: next(clock))
+    monkeypatch.setattr("flops_fit.app.tracking.time.perf_counter", lambda: next(clock))
     rec = Recorder(params={"sweep": "demo"})
     rec.on_experiment_start(EXPERIMENT)
     rec.on_train_start(INFO)

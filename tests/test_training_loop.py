@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from flops_fit.flops import count_params
-from flops_fit.ledger import encode_record
+from flops_fit.core.ledger import encode_record
+from flops_fit.plan.flops import count_params
 from flops_fit.training import (
     Callback,
     ProgressCallback,

@@ -9,8 +9,6 @@ from flops_fit.analysis import (
     IsoFLOPFit,
     ParametricFit,
     PowerLawFit,
-    ScalingAnalysis,
-    ScalingLawAnalyzer,
     chinchilla_table,
     detect_outliers,
     fit_envelope,
@@ -18,17 +16,17 @@ from flops_fit.analysis import (
     fit_parametric,
     fit_power_law,
 )
-from flops_fit.api import find_optimal
-from flops_fit.flops import TransformerShape, chinchilla_flops_per_token, count_params
-from flops_fit.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
-from flops_fit.plotting import ScalingVisualizer
-from flops_fit.report import write_report
-from flops_fit.result import Result
-from flops_fit.runs import load_runs
+from flops_fit.app.pipeline import find_optimal
+from flops_fit.core.runs import load_runs
+from flops_fit.core.version import __version__
+from flops_fit.plan.flops import TransformerShape, chinchilla_flops_per_token, count_params
+from flops_fit.plan.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
+from flops_fit.report.analyzer import ScalingAnalysis, ScalingLawAnalyzer
+from flops_fit.report.html import write_report
+from flops_fit.report.plots import ScalingVisualizer
+from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig, TrainOutcome, train
 from flops_fit.training.runner import TrainingRunner
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Callback",

@@ -1,6 +1,5 @@
 """Scaling-law fits: Chinchilla Approaches 1 (envelope), 2 (IsoFLOP) and 3 (parametric), with uncertainty."""
 
-from flops_fit.analysis.analyzer import ScalingAnalysis, ScalingLawAnalyzer
 from flops_fit.analysis.approaches import APPROACHES, fit_from_dict, resolve_approaches, run_approach
 from flops_fit.analysis.bucketing import bucket_budgets
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
@@ -16,8 +15,6 @@ __all__ = [
     "IsoFLOPFit",
     "ParametricFit",
     "PowerLawFit",
-    "ScalingAnalysis",
-    "ScalingLawAnalyzer",
     "bucket_budgets",
     "chinchilla_table",
     "detect_outliers",

@@ -13,7 +13,7 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
-from flops_fit.runs import list_ids, usable_mask, validate_runs
+from flops_fit.core.runs import list_ids, usable_mask, validate_runs
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,13 @@ _ALIASES = {
     "approach3": "parametric",
 }
 #: The primary approach (the one whose laws a result reports first) is the first of these that was fitted.
+#: How reports name each approach.
+APPROACH_LABELS: dict[str, str] = {
+    "envelope": "Approach 1 (envelope)",
+    "isoflop": "Approach 2 (IsoFLOP)",
+    "parametric": "Approach 3 (parametric)",
+}
+
 PRIMARY_ORDER: tuple[str, ...] = ("isoflop", "parametric", "envelope")
 _FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
 

@@ -17,7 +17,12 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis._offset import BLOCK_ELEMENTS
-from flops_fit.analysis._validate import (
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
+from flops_fit.analysis.isoflop import fmt_ci, optimum_from_laws, with_sample_ci
+from flops_fit.analysis.outliers import exclude_outliers
+from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
+from flops_fit.core.runs import validate_runs
+from flops_fit.core.validate import (
     canonical_order,
     check_bootstrap,
     check_budget_rtol,
@@ -25,11 +30,6 @@ from flops_fit.analysis._validate import (
     check_seed,
     positive_budgets,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
-from flops_fit.analysis.isoflop import fmt_ci, optimum_from_laws, with_sample_ci
-from flops_fit.analysis.outliers import exclude_outliers
-from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
-from flops_fit.runs import validate_runs
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis._validate import (
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.outliers import exclude_outliers
+from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, _ols, fit_power_law, fit_power_law_batch
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
+from flops_fit.core.validate import (
     canonical_order,
     check_bootstrap,
     check_budget_rtol,
@@ -28,10 +32,6 @@ from flops_fit.analysis._validate import (
     positive_arrays,
     positive_budgets,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
-from flops_fit.analysis.outliers import exclude_outliers
-from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, _ols, fit_power_law, fit_power_law_batch
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 
 logger = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis._validate import check_budget_rtol, check_positive
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
-from flops_fit.runs import list_ids, validate_runs
+from flops_fit.core.runs import list_ids, validate_runs
+from flops_fit.core.validate import check_budget_rtol, check_positive
 
 logger = logging.getLogger(__name__)
 

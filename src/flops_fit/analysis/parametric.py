@@ -37,7 +37,11 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from flops_fit.analysis._validate import (
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.outliers import detect_outliers, report_excluded
+from flops_fit.analysis.power_law import PowerLawFit
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
+from flops_fit.core.validate import (
     canonical_order,
     check_bootstrap,
     check_budget_rtol,
@@ -49,10 +53,6 @@ from flops_fit.analysis._validate import (
     positive_budgets,
     positive_values,
 )
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
-from flops_fit.analysis.outliers import detect_outliers, report_excluded
-from flops_fit.analysis.power_law import PowerLawFit
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 
 logger = logging.getLogger(__name__)
 

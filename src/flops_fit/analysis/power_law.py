@@ -18,7 +18,7 @@ import numpy as np
 from scipy import optimize, stats
 
 from flops_fit.analysis._offset import UPPER_MARGIN, distinct_present, fit_offset_power_laws
-from flops_fit.analysis._validate import canonical_order, check_bootstrap, check_flag, check_seed
+from flops_fit.core.validate import canonical_order, check_bootstrap, check_flag, check_seed
 
 logger = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ import unit_scaling.functional as U
 from torch import Tensor, nn
 
 from flops_fit.examples import _check_positive_int, default_num_heads
-from flops_fit.flops import TransformerShape
+from flops_fit.plan.flops import TransformerShape
 
 logger = logging.getLogger(__name__)
 

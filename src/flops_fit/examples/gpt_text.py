@@ -69,8 +69,8 @@ def run_demo(
     ``executor="ray"`` runs each experiment as a Ray task (on the cluster at ``ray_address``, default
     ``RAY_ADDRESS``, else a local one); see docs/cluster.md.
     """
-    from flops_fit.api import find_optimal
-    from flops_fit.report import write_report
+    from flops_fit.app.pipeline import find_optimal
+    from flops_fit.report.html import write_report
 
     budgets = list(budgets or DEFAULT_BUDGETS)
     out = Path(out)
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ray-address", dest="ray_address", help="--executor ray: the cluster to join")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flops_fit.cli import floats, guarded
+    from flops_fit.app.console import floats, guarded
 
     def call() -> int:
         budgets = floats(args.budgets, "--budgets") if args.budgets else None

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from flops_fit._io import atomic_replace
+from flops_fit.core.io import atomic_replace
 from flops_fit.examples import DataNotFoundError
 
 logger = logging.getLogger(__name__)

@@ -49,8 +49,8 @@ def run(
     data_dir: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Run (or resume) the sweep, fit and report into ``out``; return the :class:`flops_fit.Result`."""
-    from flops_fit.api import find_optimal
-    from flops_fit.report import write_report
+    from flops_fit.app.pipeline import find_optimal
+    from flops_fit.report.html import write_report
 
     budgets = list(budgets or DEFAULT_BUDGETS)
     out = Path(out)
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flops_fit.cli import floats, guarded
+    from flops_fit.app.console import floats, guarded
 
     def call() -> int:
         budgets = floats(args.budgets, "--budgets") if args.budgets else None

@@ -5,15 +5,15 @@ order, checkpoints of the run in flight, divergence detection, progress display 
 training under ``torchrun``/``accelerate launch``. See docs/training.md.
 """
 
+from flops_fit.core.outcome import RunInfo, TrainOutcome
+from flops_fit.core.train_config import TrainConfig
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import load_checkpoint, save_checkpoint
-from flops_fit.training.config import TrainConfig
 from flops_fit.training.data import HOLDOUT_SEED, DataPlan
 from flops_fit.training.device import resolve_device, resolve_precision
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
-from flops_fit.training.outcome import RunInfo, TrainOutcome
 from flops_fit.training.runner import TrainingRunner, latest_records, load_results
 from flops_fit.training.schedule import lr_multiplier
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flops_fit.training.outcome import RunInfo, TrainOutcome
+from flops_fit.core.outcome import RunInfo, TrainOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class Callback:
     """
 
     def on_experiment_start(self, experiment: Any) -> None:
-        """Called by the sweep runner before each experiment (a :class:`flops_fit.planning.Experiment`)."""
+        """Called by the sweep runner before each experiment (a :class:`flops_fit.plan.planning.Experiment`)."""
 
     def on_train_start(self, info: RunInfo) -> None:
         """Called before the first step (``info.start_step > 0`` when resuming)."""

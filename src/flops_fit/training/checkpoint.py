@@ -23,7 +23,7 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from flops_fit._io import atomic_write, remove_temporaries
+from flops_fit.core.io import atomic_write, remove_temporaries
 
 logger = logging.getLogger(__name__)
 

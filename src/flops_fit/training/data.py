@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from flops_fit.training.config import TrainConfig
+from flops_fit.core.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

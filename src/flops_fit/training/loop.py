@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from flops_fit.flops import count_params
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.outcome import RunInfo, TrainOutcome
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.train_config import TRAJECTORY_FIELDS, TrainConfig
+from flops_fit.plan.flops import count_params
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -31,7 +33,6 @@ from flops_fit.training.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from flops_fit.training.config import TRAJECTORY_FIELDS, TrainConfig
 from flops_fit.training.data import (
     DataExhaustedError,
     batch_layout,
@@ -42,7 +43,6 @@ from flops_fit.training.data import (
 from flops_fit.training.device import autocast_dtype, cpu_threads, resolve_compile, resolve_precision
 from flops_fit.training.distributed import SingleProcess, make_processes
 from flops_fit.training.optim import build_optimizer
-from flops_fit.training.outcome import RunInfo, TrainOutcome
 from flops_fit.training.schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flops_fit.training.config import TrainConfig
+from flops_fit.core.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flops_fit.planning import Experiment
+from flops_fit.core.outcome import RunInfo
+from flops_fit.core.train_config import TrainConfig
+from flops_fit.plan.planning import Experiment
 from flops_fit.training.callbacks import Callback, format_count
-from flops_fit.training.config import TrainConfig
 from flops_fit.training.distributed import SingleProcess
-from flops_fit.training.outcome import RunInfo
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Run a whole IsoFLOP sweep: :class:`TrainingRunner`.
 
-The runner walks the experiments of a :class:`~flops_fit.planning.SweepPlan` in plan order (budgets
+The runner walks the experiments of a :class:`~flops_fit.plan.planning.SweepPlan` in plan order (budgets
 ascending, sizes ascending within a budget: the cheapest runs first, so problems show early), trains
 each one that is not finished yet, and appends one JSON line per finished experiment to
 ``output_dir/results.jsonl``. Everything needed to resume lives in ``output_dir``:
@@ -8,7 +8,7 @@ each one that is not finished yet, and appends one JSON line per finished experi
 ``sweep.json``
     the plan (written when absent, replaced when the plan changed).
 ``results.jsonl``
-    the append-only ledger (:mod:`flops_fit.ledger`); a finished experiment (completed, diverged or
+    the append-only ledger (:mod:`flops_fit.core.ledger`); a finished experiment (completed, diverged or
     failed) is never run again, unless ``retry_failed=True`` for failed ones.
 ``checkpoints/<experiment_id>.pt``
     the experiment in flight (:func:`~flops_fit.training.train` writes, resumes and deletes it); the
@@ -45,19 +45,26 @@ import pandas as pd
 import torch
 from torch import nn
 
-from flops_fit._io import remove_temporaries
-from flops_fit.ledger import append_record, encode_record, exclusive_folder, read_records
-from flops_fit.planning import PLAN_FILE, SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan, experiment_id
-from flops_fit.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
+from flops_fit.core.io import remove_temporaries
+from flops_fit.core.ledger import append_record, encode_record, exclusive_folder, read_records
+from flops_fit.core.outcome import STATUSES, RunInfo, TrainOutcome
+from flops_fit.core.runs import REQUIRED_COLUMNS, complete_runs, list_ids, validate_runs
+from flops_fit.core.train_config import FIELD_NAMES, RESULT_FIELDS, TrainConfig, config_from_mapping
+from flops_fit.plan.planning import (
+    PLAN_FILE,
+    SAFE_EXPERIMENT_ID,
+    Experiment,
+    ModelSpec,
+    SweepPlan,
+    experiment_id,
+)
 from flops_fit.training.callbacks import Callback, ProgressCallback, format_count
 from flops_fit.training.checkpoint import discard_checkpoint
-from flops_fit.training.config import FIELD_NAMES, RESULT_FIELDS, TrainConfig, config_from_mapping
 from flops_fit.training.data import batch_layout, prepare_data
 from flops_fit.training.device import resolve_device
 from flops_fit.training.distributed import launched_world_size, make_processes
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw, mock_generator
-from flops_fit.training.outcome import STATUSES, RunInfo, TrainOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -477,9 +484,9 @@ class TrainingRunner:
             (call ``train_fn``).
         sweep_path: a plan saved with :meth:`SweepPlan.save`. Give this or ``plan``; with neither,
             ``output_dir/sweep.json`` is used (so a sweep can be resumed from its folder alone).
-        plan: a :class:`~flops_fit.planning.SweepPlan`.
+        plan: a :class:`~flops_fit.plan.planning.SweepPlan`.
         output_dir: folder of ``sweep.json``, ``results.jsonl`` and ``checkpoints/``; created if needed.
-        model: local mode: a :class:`~flops_fit.planning.ModelSpec`, or a callable ``size_value ->
+        model: local mode: a :class:`~flops_fit.plan.planning.ModelSpec`, or a callable ``size_value ->
             nn.Module`` (given the plan's ``num_params`` when the plan has no size values). Default: the
             plan's ModelSpec. Each experiment builds a fresh model after ``torch.manual_seed(experiment.seed)``.
         dataset: local mode: the training data, ``(inputs, targets)`` items (see ``train``).

@@ -88,7 +88,7 @@ def _callable(spec: Any, what: str) -> Any:
 
 def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
     """Build the plan that ``ff-plan`` writes (pure: no files written). Returns (plan, plan path)."""
-    from flops_fit.planning import ModelSpec, SweepPlanner
+    from flops_fit.plan.planning import ModelSpec, SweepPlanner
 
     cfg = _Config(data)
     compute, sweep, output = cfg.section("compute"), cfg.section("sweep"), cfg.section("output")
@@ -148,7 +148,7 @@ def default_config(name: str, overrides: Mapping[str, Any] | None = None) -> dic
     """
     from importlib.resources import files
 
-    cfg = OmegaConf.create((files("flops_fit") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    cfg = OmegaConf.create((files("flops_fit.app") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
     cfg.pop("hydra", None)
     OmegaConf.set_struct(cfg, True)
     for key, value in (overrides or {}).items():
@@ -242,8 +242,8 @@ def run_train(data: Mapping[str, Any]) -> Any:
 def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
     """The TrainConfig ff-train runs: the plan's recorded ``train_config`` with the ``train.*`` keys set on
     the command line on top (None: nothing recorded or set, the runner's default)."""
-    from flops_fit.planning import SweepPlan
-    from flops_fit.training.config import FIELD_NAMES, config_from_mapping
+    from flops_fit.core.train_config import FIELD_NAMES, config_from_mapping
+    from flops_fit.plan.planning import SweepPlan
 
     plan = SweepPlan.load(plan_path) if plan_path.is_file() else None  # missing: the runner says so
     recorded = (plan.config.get("train_config") if plan is not None else None) or {}
@@ -258,7 +258,7 @@ def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
 def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
     """The ``plan`` key of ff-analyze / ff-visualize. ``auto``: the output folder's plan, when the results
     are that folder's own ledger and the folder has a plan; a results file from elsewhere is used whole."""
-    from flops_fit.planning import PLAN_FILE
+    from flops_fit.plan.planning import PLAN_FILE
 
     if plan == "auto":
         path = out_dir / PLAN_FILE
@@ -270,9 +270,9 @@ def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
 
 
 def run_analyze(data: Mapping[str, Any]) -> Any:
-    from flops_fit._io import atomic_write_text
-    from flops_fit.analysis.analyzer import ScalingLawAnalyzer
-    from flops_fit.result import TABLE_FILE, Result
+    from flops_fit.core.io import atomic_write_text
+    from flops_fit.report.analyzer import ScalingLawAnalyzer
+    from flops_fit.report.result import TABLE_FILE, Result
 
     cfg = _Config(data)
     output = cfg.section("output")
@@ -293,7 +293,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     budgets = cfg.take("table_budgets")
     cfg.done()
     if budgets is not None:
-        from flops_fit.analysis._validate import positive_budgets
+        from flops_fit.core.validate import positive_budgets
 
         try:
             budgets = list(positive_budgets(budgets))
@@ -312,7 +312,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
 
 
 def run_visualize(data: Mapping[str, Any]) -> Any:
-    from flops_fit.plotting import ScalingVisualizer
+    from flops_fit.report.plots import ScalingVisualizer
 
     cfg = _Config(data)
     output = cfg.section("output")
@@ -349,7 +349,7 @@ def check_overrides(name: str, argv: list[str]) -> None:
         for a in argv
     ):
         return  # another config than the bundled one: Hydra checks against it
-    cfg = OmegaConf.create((files("flops_fit") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
+    cfg = OmegaConf.create((files("flops_fit.app") / CONF_DIR / f"{name}.yaml").read_text(encoding="utf-8"))
     for arg in argv:
         key, sep, _ = arg.partition("=")
         if not sep or arg.startswith(("-", "+", "~")) or "/" in key or key.split(".")[0] == "hydra":

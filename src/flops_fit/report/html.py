@@ -1,4 +1,4 @@
-"""One self-contained HTML report of a :class:`~flops_fit.result.Result`.
+"""One self-contained HTML report of a :class:`~flops_fit.report.result.Result`.
 
 The file carries everything inline: the figures as base64 PNG, the CSS in a ``<style>`` element, no
 scripts and no external URL, so it opens offline, attaches to an e-mail and survives being moved. Sections:
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import html
 import io
 import logging
 import math
@@ -27,10 +26,19 @@ from typing import Any
 
 import pandas as pd
 
-from flops_fit._io import atomic_write_text
+from flops_fit.analysis.approaches import APPROACH_LABELS
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.table import human, sci
-from flops_fit.result import APPROACH_LABELS, Result
+from flops_fit.core.io import atomic_write_text
+from flops_fit.core.version import __version__
+from flops_fit.report.html_parts import (
+    _e,
+    _num,
+    _table,
+    _with_ci,
+    chinchilla_table_html,
+)
+from flops_fit.report.result import Result
 
 logger = logging.getLogger(__name__)
 
@@ -75,45 +83,6 @@ figure { margin: 18px 0; } figure img { max-width: 100%; height: auto; border: 1
 """
 
 
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(x: Any, fmt: Any = lambda v: f"{v:.4g}") -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "–"
-    return fmt(v) if math.isfinite(v) else "–"
-
-
-def _with_ci(value: float, lo: float, hi: float, fmt: Any) -> str:
-    if all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)):
-        return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
-    return _num(value, fmt)
-
-
-def _table(
-    headers: Sequence[str],
-    rows: Sequence[Sequence[str]],
-    *,
-    left: Sequence[int] = (),
-    cls: Sequence[str] = (),
-) -> str:
-    """An HTML table; cells are escaped here; ``left`` columns are left-aligned; ``cls`` gives row classes."""
-    head = "".join(
-        f'<th class="l">{_e(h)}</th>' if i in left else f"<th>{_e(h)}</th>" for i, h in enumerate(headers)
-    )
-    body = []
-    for k, row in enumerate(rows):
-        cells = "".join(
-            f'<td class="l">{_e(c)}</td>' if i in left else f"<td>{_e(c)}</td>" for i, c in enumerate(row)
-        )
-        attr = f' class="{_e(cls[k])}"' if k < len(cls) and cls[k] else ""
-        body.append(f"<tr{attr}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
 # ----------------------------------------------------------------------------------------------------
 # Sections
 
@@ -134,21 +103,6 @@ def _laws_html(result: Result) -> str:
             f'<div class="card"><h3>{_e(APPROACH_LABELS[name] + star)}</h3><code>{_e(lines)}</code></div>'
         )
     return '<div class="laws">' + "".join(cards) + "</div>"
-
-
-def chinchilla_table_html(table: pd.DataFrame) -> str:
-    """A Chinchilla table (:func:`flops_fit.analysis.chinchilla_table`) as HTML, 95% intervals in brackets."""
-    rows = [
-        [
-            sci(r.compute_budget),
-            _with_ci(r.optimal_params, r.optimal_params_lo, r.optimal_params_hi, human),
-            _with_ci(r.optimal_tokens, r.optimal_tokens_lo, r.optimal_tokens_hi, human),
-            _num(r.tokens_per_param, lambda v: f"{v:.1f}"),
-            _with_ci(r.optimal_loss, r.optimal_loss_lo, r.optimal_loss_hi, lambda v: f"{v:.4f}"),
-        ]
-        for r in table.itertuples(index=False)
-    ]
-    return _table(["FLOPs", "Parameters", "Tokens", "Tokens/param", "Loss"], rows)
 
 
 def _tables_html(result: Result) -> str:
@@ -346,12 +300,7 @@ def _runs_html(result: Result) -> str:
 
 
 def _version() -> str:
-    try:
-        from flops_fit import __version__
-
-        return str(__version__)
-    except ImportError:  # pragma: no cover - only while the package is half-installed
-        return "unknown"
+    return str(__version__)
 
 
 def render_report(
@@ -460,28 +409,6 @@ def write_report(
     return out
 
 
-def result_html_fragment(result: Result) -> str:
-    """A compact HTML view of ``result`` for notebooks (``Result._repr_html_``): laws, table, warnings."""
-    laws = "".join(
-        f"<li><b>{_e(APPROACH_LABELS[n])}</b>{' (primary)' if n == result.primary else ''}: "
-        + "; ".join(_e(line) for line in result.law_lines(n))
-        + "</li>"
-        for n in result.fits
-    )
-    notes = result.warnings
-    warn = (
-        "<p><b>Warnings</b></p><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>"
-        if notes
-        else "<p>No warnings.</p>"
-    )
-    b = result.budgets
-    head = (
-        f"<p><b>flops-fit Result</b>: {len(result.runs)} runs at {len(b)} budgets ({_e(sci(b[0]))} to "
-        f"{_e(sci(b[-1]))} FLOPs)</p>"
-    )
-    return f'<div class="flops-fit-result">{head}<ul>{laws}</ul>{chinchilla_table_html(result.chinchilla_table())}{warn}</div>'
-
-
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
@@ -521,7 +448,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flops_fit.report DIR``: the ``report`` command on its own."""
+    """``python -m flops_fit.report.html DIR``: the ``report`` command on its own."""
     parser = argparse.ArgumentParser(prog="flops-fit")
     sub = parser.add_subparsers(dest="command")
     add_report_parser(sub)

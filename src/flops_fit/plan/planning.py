@@ -37,9 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from flops_fit._io import atomic_write_json
-from flops_fit.analysis.power_law import PowerLawFit
-from flops_fit.flops import (
+from flops_fit.core.io import atomic_write_json
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, load_runs
+from flops_fit.plan.flops import (
     PARAM_COUNTS,
     FlopsFn,
     TransformerShape,
@@ -50,8 +50,7 @@ from flops_fit.flops import (
     move_to,
     split_sample,
 )
-from flops_fit.flops import flops_per_token as _flops_per_token
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs
+from flops_fit.plan.flops import flops_per_token as _flops_per_token
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def _result_config(train_config: Mapping[str, Any] | None) -> dict[str, Any] | N
     """The fields of a recorded train_config that enter experiment ids: those changing a run's result."""
     if train_config is None:
         return None
-    from flops_fit.training.config import RESULT_FIELDS  # here: flops_fit.training imports this module
+    from flops_fit.core.train_config import RESULT_FIELDS  # here: flops_fit.training imports this module
 
     return {k: v for k, v in train_config.items() if k in RESULT_FIELDS}
 
@@ -245,12 +244,12 @@ class ModelSpec:
     called as
     ``model_cls(**{size_param: value}, **model_kwargs)``. Candidate size values are ``size_values`` when
     given, else the positive multiples of ``size_multiple`` (default 1). ``param_count`` says which
-    parameters N counts (``"non_embedding"`` or ``"total"``, see :func:`flops_fit.flops.count_params`).
+    parameters N counts (``"non_embedding"`` or ``"total"``, see :func:`flops_fit.plan.flops.count_params`).
 
     The callables are optional and never saved with a plan: ``sample_fn(batch_size) -> (inputs, targets)``
     gives a sample batch (for ``flops="measured"`` and wall-time calibration), ``loss_fn(output, targets)``
     the training loss (default: cross-entropy over the last dimension), ``shape_fn(model)`` the
-    :class:`~flops_fit.flops.TransformerShape` (or a mapping) for ``flops="chinchilla"``.
+    :class:`~flops_fit.plan.flops.TransformerShape` (or a mapping) for ``flops="chinchilla"``.
     """
 
     model_cls: type | Callable[..., nn.Module] | str
@@ -1083,7 +1082,7 @@ def _prior_optimum(prior: Any, budget: float) -> float:
         )
         if value is None:
             raise ValueError("prior.optimal(C) must return a mapping with 'optimal_params'")
-    elif isinstance(prior, PowerLawFit):
+    elif callable(getattr(prior, "predict", None)):  # a PowerLawFit of N_opt against C
         value = prior.predict(budget)
     elif callable(prior):
         value = prior(budget)
@@ -1161,7 +1160,7 @@ def load_plan_runs(
     plan: SweepPlan | str | os.PathLike[str] | None,
     columns: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """The runs table of the file ``results`` (:func:`flops_fit.runs.load_runs`); with a ``plan`` (see
+    """The runs table of the file ``results`` (:func:`flops_fit.core.runs.load_runs`); with a ``plan`` (see
     :func:`as_plan`), only that plan's runs (:meth:`SweepPlan.select_runs`)."""
     runs = load_runs(results, columns=columns)
     sweep = as_plan(plan)
@@ -1188,7 +1187,7 @@ class SweepPlanner:
     data_id : identity of the data; recorded in the plan and part of every experiment id.
     train_config : the runner's training settings, a mapping of :class:`~flops_fit.training.TrainConfig`
         fields (unknown fields and bad values are errors); recorded in the plan, and its fields that change
-        a run's result (``flops_fit.training.config.RESULT_FIELDS``) are part of every experiment id.
+        a run's result (``flops_fit.core.train_config.RESULT_FIELDS``) are part of every experiment id.
     prior : a previous fit to centre on: ``.optimal(C) -> {"optimal_params": N}``, a
         :class:`~flops_fit.analysis.power_law.PowerLawFit` of N_opt against C, or ``callable(C) -> N``.
     seed : training seed recorded per experiment; also seeds sample batches and calibration.
@@ -1284,13 +1283,13 @@ class SweepPlanner:
         self.train_config = None if train_config is None else _plain(train_config, "train_config")
         if self.train_config is not None:
             # imported here: flops_fit.training imports this module
-            from flops_fit.training.config import config_from_mapping
+            from flops_fit.core.train_config import config_from_mapping
 
             # with the planner's batch size, which every experiment gets (e.g. for micro_batch_size)
             config_from_mapping({**self.train_config, "batch_size": self.batch_size}, "train_config")
         self.prior = prior
         if prior is not None and not (
-            hasattr(prior, "optimal") or isinstance(prior, PowerLawFit) or callable(prior)
+            hasattr(prior, "optimal") or callable(getattr(prior, "predict", None)) or callable(prior)
         ):
             raise TypeError(
                 "prior must have .optimal(C) -> {'optimal_params': N}, be a PowerLawFit of N_opt against C, "

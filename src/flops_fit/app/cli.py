@@ -11,12 +11,19 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from flops_fit.app.console import UsageError, floats, guarded
+
 logger = logging.getLogger("flops_fit")
+
+#: Entry-point group of extra subcommands: each entry is ``register(sub_parser)`` (the demo lives with the
+#: examples, so this module imports none of them).
+COMMANDS_GROUP = "flops_fit.commands"
 
 #: Bundled result sets usable by name in ``flops-fit fit NAME``: (file in flops_fit/data, column mapping,
 #: number of highest-loss runs to leave out, and why).
@@ -30,26 +37,9 @@ BUNDLED_RESULTS = {
 }
 
 
-class UsageError(ValueError):
-    """Bad command-line input (exit status 2)."""
-
-
-def floats(text: str, what: str) -> list[float]:
-    """Positive finite numbers from a comma-separated option value (``what`` names the option)."""
-    try:
-        values = [float(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise UsageError(
-            f"{what} must be numbers separated by commas, e.g. 1e21,1e22; got {text!r}"
-        ) from None
-    if not values or any(not (v > 0 and v < float("inf")) for v in values):
-        raise UsageError(f"{what} must be positive finite numbers, got {text!r}")
-    return values
-
-
 def _load_results(arg: str, columns: dict[str, str]) -> tuple[Path, Any]:
     """The runs table of a results file, or of a bundled result set by name."""
-    from flops_fit.runs import load_runs
+    from flops_fit.core.runs import load_runs
 
     path = Path(arg)
     if not path.exists() and arg in BUNDLED_RESULTS:
@@ -80,7 +70,7 @@ def _column_args(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _check_bootstrap_arg(value: int) -> None:
-    from flops_fit.analysis._validate import check_bootstrap
+    from flops_fit.core.validate import check_bootstrap
 
     try:
         check_bootstrap(value)
@@ -125,7 +115,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         print(to_markdown(table))
         out[name] = fit.to_dict()
     if fits:  # the checks a Result makes: budgets not on the 6ND scale, approaches that disagree, ...
-        from flops_fit.result import Result
+        from flops_fit.report.result import Result
 
         notes = Result(runs, fits).warnings
         if notes:
@@ -157,7 +147,7 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan an IsoFLOP sweep and write DIR/sweep.json."""
-    from flops_fit.stages import default_config, run_plan
+    from flops_fit.app.stages import default_config, run_plan
 
     overrides: dict[str, Any] = {"output.dir": str(_dir_arg(args.out, "--out", must_exist=False))}
     if args.budgets:
@@ -197,7 +187,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "sweep is planned in parameter space"
         )
     if args.model:
-        from flops_fit.stages import ConfigError, _import
+        from flops_fit.app.stages import ConfigError, _import
 
         try:
             _import(args.model, "--model")
@@ -291,8 +281,8 @@ def _executor_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume the sweep planned in DIR/sweep.json."""
-    from flops_fit.planning import PLAN_FILE
-    from flops_fit.stages import default_config, run_train
+    from flops_fit.app.stages import default_config, run_train
+    from flops_fit.plan.planning import PLAN_FILE
     from flops_fit.training.ray_executor import WorkersLostError
 
     out = _dir_arg(args.dir, "DIR")
@@ -325,7 +315,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Fit the scaling laws of DIR/results.jsonl; write DIR/scaling_laws.json and the table."""
-    from flops_fit.stages import default_config, run_analyze
+    from flops_fit.app.stages import default_config, run_analyze
 
     out = _dir_arg(args.dir, "DIR")
     _check_bootstrap_arg(args.bootstrap)
@@ -343,31 +333,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw the figures of DIR into DIR."""
-    from flops_fit.stages import default_config, run_visualize
+    from flops_fit.app.stages import default_config, run_visualize
 
     out = _dir_arg(args.dir, "DIR")
     if not (out / "scaling_laws.json").is_file():
         raise UsageError(f"{out / 'scaling_laws.json'} not found; run `flops-fit analyze {args.dir}` first")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     run_visualize(default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi}))
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: a real sweep of the GPT example on the bundled text corpus."""
-    from flops_fit.examples.gpt_text import run_demo
-
-    budgets = floats(args.budgets, "--budgets") if args.budgets else None
-    if args.executor == "local" and args.ray_address:
-        raise UsageError("--ray-address needs --executor ray")
-    run_demo(
-        out=args.out,
-        budgets=budgets,
-        mock=args.mock,
-        device=args.device,
-        executor=args.executor,
-        ray_address=args.ray_address,
-    )
     return 0
 
 
@@ -428,20 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
-    demo = sub_parser(
-        "demo",
-        "run the main job: a real GPT sweep on the bundled text, fitted and reported",
-        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock",
-    )
-    demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
-    demo.add_argument("--budgets", help="FLOP budgets, comma separated (default: sized for a 2-core CPU)")
-    demo.add_argument("--executor", default="local", help="local or ray (each experiment a Ray task)")
-    demo.add_argument(
-        "--ray-address", dest="ray_address", help="--executor ray: the cluster (default: RAY_ADDRESS)"
-    )
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
-    demo.set_defaults(func=cmd_demo)
+    for command in entry_points(group=COMMANDS_GROUP):  # e.g. `demo`, from flops_fit.examples
+        command.load()(sub_parser)
 
     plan = sub_parser(
         "plan",
@@ -565,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--dpi", type=int, default=150, help="resolution of raster formats")
     plot.set_defaults(func=cmd_plot)
 
-    from flops_fit.report import add_report_parser
+    from flops_fit.report.html import add_report_parser
 
     add_report_parser(sub)
     return parser
@@ -580,19 +540,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.captureWarnings(True)
     return guarded(f"flops-fit {args.command}", lambda: int(args.func(args)))
-
-
-def guarded(prog: str, call: Callable[[], int]) -> int:
-    """Run a command: bad input and unusable paths end it with status 2 and one line naming the problem
-    (no traceback), Ctrl-C with 130."""
-    try:
-        return call()
-    except (UsageError, ValueError, TypeError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from flops_fit.analysis._validate import check_seed
 from flops_fit.analysis.approaches import resolve_approaches
-from flops_fit.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.validate import check_seed
+from flops_fit.plan.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
 from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
@@ -132,7 +132,7 @@ def _check_six_nd(
     spec: ModelSpec, smallest: Any, item: Any, batched: bool, loss_fn: Callable[..., Any]
 ) -> None:
     """Warn when 6 N FLOPs per target (the 6nd convention) is far from what the model really costs."""
-    from flops_fit.flops import measure_flops_per_token
+    from flops_fit.plan.flops import measure_flops_per_token
 
     sample = item if batched else torch.utils.data.default_collate([item, item])
     try:
@@ -206,8 +206,8 @@ def find_optimal(
     ``model_cls(**{model_size_param: v}, **model_kwargs)`` per budget, trains every point (``mode="local"``,
     or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
     the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
-    :class:`flops_fit.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
-    returns the :class:`~flops_fit.planning.SweepPlan` for inspection (``plan.summary()``, and
+    :class:`flops_fit.report.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
+    returns the :class:`~flops_fit.plan.planning.SweepPlan` for inspection (``plan.summary()``, and
     ``plan.estimate_cost()`` for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"``
     (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``)
     or ``"ray"`` (each experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see
@@ -331,7 +331,7 @@ def find_optimal(
         return dataclasses.replace(plan, cost=cost)
 
     # ---- train ---------------------------------------------------------------------------------
-    from flops_fit.result import Result
+    from flops_fit.report.result import Result
     from flops_fit.training.runner import TrainingRunner
 
     runner = TrainingRunner(

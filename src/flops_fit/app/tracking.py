@@ -5,14 +5,14 @@ Every tracker is a :class:`~flops_fit.training.Callback`, so it plugs into :func
 experiment, with its parameters (experiment id, compute budget C in FLOPs, size value, N parameters,
 D tokens, learning rate, batch, steps, device, precision), its metrics against tokens seen
 (``train/loss``, ``train/lr``, ``train/tokens_per_s``, ``val/loss``) and its outcome (``final/*`` and the
-status). :meth:`TrackingCallback.log_result` logs a fitted :class:`~flops_fit.result.Result` as one more
+status). :meth:`TrackingCallback.log_result` logs a fitted :class:`~flops_fit.report.result.Result` as one more
 run: the exponents and the predicted optimum as metrics, the figures, the table, the HTML report and the
 saved result files as artifacts.
 
 The backends are optional: ``pip install "flops-fit[tracking]"`` (or just the one you use). Each is
 imported when its tracker is built, so a missing one fails before any training starts.
 
-Which experiment a run belongs to: pass ``experiment=`` (a :class:`~flops_fit.planning.Experiment` or a
+Which experiment a run belongs to: pass ``experiment=`` (a :class:`~flops_fit.plan.planning.Experiment` or a
 mapping) when building the tracker for one run, or call :meth:`TrackingCallback.on_experiment_start`
 before each run (the sweep runner does); without either, runs are named ``run-1``, ``run-2``, ...
 """
@@ -33,8 +33,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.training.callbacks import Callback
-from flops_fit.training.outcome import RunInfo, TrainOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -248,14 +248,14 @@ class TrackingCallback(Callback, ABC):
     def log_result(self, result: Any, *, name: str = RESULT_RUN_NAME, report: bool = True) -> Any:
         """Log a fitted result as its own run and return the backend's handle (run id, directory, run).
 
-        ``result`` is a :class:`~flops_fit.result.Result` or a directory written by :meth:`Result.save`
+        ``result`` is a :class:`~flops_fit.report.result.Result` or a directory written by :meth:`Result.save`
         (e.g. ``find_optimal``'s output directory; only the result files are logged, never checkpoints).
         Metrics: :func:`result_metrics`. Artifacts: the laws JSON, the table, the runs, the figures and,
         with ``report=True``, the self-contained HTML report.
         """
-        from flops_fit.plotting import FIGURES
-        from flops_fit.report import REPORT_FILE, write_report
-        from flops_fit.result import Result
+        from flops_fit.report.html import REPORT_FILE, write_report
+        from flops_fit.report.plots import FIGURES
+        from flops_fit.report.result import Result
 
         source: Path | None = None
         if isinstance(result, (str, os.PathLike)):

@@ -1,6 +1,6 @@
 """``Result``: the outcome of a compute-optimal study, and everything you do with it afterwards.
 
-A :class:`Result` holds the runs table (:mod:`flops_fit.runs`) and the fitted approaches (Hoffmann et al.
+A :class:`Result` holds the runs table (:mod:`flops_fit.core.runs`) and the fitted approaches (Hoffmann et al.
 2022: Approach 1 ``envelope``, 2 ``isoflop``, 3 ``parametric``). It predicts the compute-optimal model size
 N (parameters), data D (tokens) and loss at any budget C (FLOPs) with 95% intervals, tabulates them, draws
 the figures, back-tests the extrapolation on the largest budget, calls out approaches that disagree beyond
@@ -24,10 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit._io import atomic_write_json, atomic_write_text
-from flops_fit.analysis._validate import check_bootstrap, check_flag, check_seed
-from flops_fit.analysis.analyzer import SCALING_LAWS_FILE, ScalingAnalysis, laws_of
 from flops_fit.analysis.approaches import (
+    APPROACH_LABELS,
     APPROACHES,
     PRIMARY_ORDER,
     Fit,
@@ -47,9 +45,13 @@ from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
-from flops_fit.planning import PLAN_FILE as SWEEP_FILE
-from flops_fit.planning import SweepPlan, load_plan_runs
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, load_runs, usable_mask, validate_runs
+from flops_fit.core.io import atomic_write_json, atomic_write_text
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, load_runs, usable_mask, validate_runs
+from flops_fit.core.validate import check_bootstrap, check_flag, check_seed
+from flops_fit.plan.planning import PLAN_FILE as SWEEP_FILE
+from flops_fit.plan.planning import SweepPlan, load_plan_runs
+from flops_fit.report.analyzer import SCALING_LAWS_FILE, ScalingAnalysis, laws_of
+from flops_fit.report.html_parts import result_html_fragment
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +69,6 @@ TABLE_REACH = 100.0
 #: C = 6 N D that Approach 3's allocation assumes.
 SIX_ND_RTOL = 0.05
 
-APPROACH_LABELS: dict[str, str] = {
-    "envelope": "Approach 1 (envelope)",
-    "isoflop": "Approach 2 (IsoFLOP)",
-    "parametric": "Approach 3 (parametric)",
-}
 _FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
 _RUN_KEYS = ("compute_budget", "num_params", "num_tokens", "final_loss")
 
@@ -141,9 +138,9 @@ class Result:
     """Runs, fits and everything derived from them.
 
     Args:
-        runs: the runs table (every run, failed ones included; see :mod:`flops_fit.runs`).
+        runs: the runs table (every run, failed ones included; see :mod:`flops_fit.core.runs`).
         fits: fitted approaches by name (``"envelope"``, ``"isoflop"``, ``"parametric"``), any subset.
-        plan: the :class:`~flops_fit.planning.SweepPlan` the runs came from; with a model spec,
+        plan: the :class:`~flops_fit.plan.planning.SweepPlan` the runs came from; with a model spec,
             :meth:`predict` also names the size value of your model closest to N_opt.
         primary: the approach :meth:`predict` and the table use by default (default: isoflop if fitted,
             else parametric, else envelope).
@@ -343,7 +340,7 @@ class Result:
                 self.plan.model.model_path,
             )
             return None
-        from flops_fit.planning import _Grid, _Prober  # the planner's own size search, reused
+        from flops_fit.plan.planning import _Grid, _Prober  # the planner's own size search, reused
 
         grid = self._cache.get("size_grid")
         if grid is None:
@@ -741,8 +738,6 @@ class Result:
         )
 
     def _repr_html_(self) -> str:
-        from flops_fit.report import result_html_fragment
-
         return result_html_fragment(self)
 
     # ------------------------------------------------------------------------------------------------
@@ -756,12 +751,12 @@ class Result:
         formats: Sequence[str] | str = ("png", "svg"),
         target_budgets: Sequence[float] | float | None = None,
     ) -> dict[str, Any]:
-        """Every figure the fits support, as ``{name: matplotlib Figure}`` (see :mod:`flops_fit.plotting`).
+        """Every figure the fits support, as ``{name: matplotlib Figure}`` (see :mod:`flops_fit.report.plots`).
 
         ``save_dir`` also writes them as ``<name>.<format>``; ``show=True`` displays them through pyplot
         (inline in a notebook).
         """
-        from flops_fit.plotting import ScalingVisualizer
+        from flops_fit.report.plots import ScalingVisualizer  # matplotlib only when figures are drawn
 
         viz = ScalingVisualizer(
             self.runs, self.fits, budget_rtol=self.budget_rtol, target_budgets=target_budgets

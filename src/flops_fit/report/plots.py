@@ -1,6 +1,6 @@
 """Figures of a scaling-law analysis: IsoFLOP profiles, compute-optimal laws, L(N, D), residuals, envelope.
 
-:class:`ScalingVisualizer` takes the runs table (:mod:`flops_fit.runs`) and the fitted approaches
+:class:`ScalingVisualizer` takes the runs table (:mod:`flops_fit.core.runs`) and the fitted approaches
 (``EnvelopeFit``, ``IsoFLOPFit``, ``ParametricFit``) and draws each figure as a standalone
 :class:`matplotlib.figure.Figure` (no pyplot, so no global figure state), sized for a paper column (3.5 in)
 or a full page width (7 in), with colour-blind-safe colours: budgets on a truncated viridis scale, approaches
@@ -31,8 +31,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import Formatter
 
-from flops_fit._io import atomic_write
-from flops_fit.analysis.analyzer import ScalingAnalysis
 from flops_fit.analysis.approaches import APPROACHES, fit_from_dict
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lowest_loss_per_budget
 from flops_fit.analysis.envelope import EnvelopeFit
@@ -45,7 +43,9 @@ from flops_fit.analysis.isoflop import (
     IsoFLOPFit,
 )
 from flops_fit.analysis.parametric import ParametricFit
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN, usable_mask, validate_runs
+from flops_fit.core.io import atomic_write
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, usable_mask, validate_runs
+from flops_fit.report.analyzer import ScalingAnalysis
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class ScalingVisualizer:
     """Draw the figures of a scaling-law analysis.
 
     Args:
-        runs: the runs table (see :mod:`flops_fit.runs`); completed runs with finite values are drawn.
+        runs: the runs table (see :mod:`flops_fit.core.runs`); completed runs with finite values are drawn.
         fits: one fit, or a mapping of approach name (``"envelope"``, ``"isoflop"``, ``"parametric"``) to
             the fits to draw (any subset).
         budget_rtol: budgets within this relative distance form one bucket
@@ -254,13 +254,13 @@ class ScalingVisualizer:
         target_budgets: Iterable[float] | float | None = None,
         plan: Any = None,
     ) -> ScalingVisualizer:
-        """Visualizer for a results file (read by :func:`flops_fit.runs.load_runs`) and the
+        """Visualizer for a results file (read by :func:`flops_fit.core.runs.load_runs`) and the
         ``scaling_laws.json`` written by :meth:`ScalingLawAnalyzer.analyze`.
 
         ``budget_rtol`` defaults to the IsoFLOP fit's own (else the library default). ``plan`` (a
         ``sweep.json`` path or a SweepPlan) keeps only that plan's runs, as the analyzer's ``plan`` does.
         """
-        from flops_fit.planning import load_plan_runs
+        from flops_fit.plan.planning import load_plan_runs
 
         if not Path(results_path).is_file():
             raise FileNotFoundError(f"results file {str(results_path)!r} does not exist")
@@ -1074,7 +1074,7 @@ def _check_formats(formats: Iterable[str] | str) -> list[str]:
 
 
 def _save_atomic(fig: Figure, path: Path, fmt: str, dpi: float) -> None:
-    """Save the figure to ``path`` atomically (never a half-written file; see :mod:`flops_fit._io`)."""
+    """Save the figure to ``path`` atomically (never a half-written file; see :mod:`flops_fit.core.io`)."""
     metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
     atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=dpi, metadata=metadata))
 

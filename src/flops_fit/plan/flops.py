@@ -40,7 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from flops_fit.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
 
 CONVENTIONS: tuple[str, ...] = ("6nd", "chinchilla", "measured")
 PARAM_COUNTS: tuple[str, ...] = ("non_embedding", "total")

@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit.ledger import read_records
+from flops_fit.core.ledger import read_records
 
 logger = logging.getLogger(__name__)
 
 #: FLOPs per parameter per training token in the rule C = 6 N D (2 forward + 4 backward, Kaplan et al. 2020):
-#: the ``"6nd"`` convention of :mod:`flops_fit.flops`, and what the analysis assumes where a run lacks its
+#: the ``"6nd"`` convention of :mod:`flops_fit.plan.flops`, and what the analysis assumes where a run lacks its
 #: tokens or its budget, and in Approach 3's closed-form allocation (Hoffmann et al. 2022, Eq. 4).
 FLOPS_PER_PARAM_TOKEN = 6.0
 

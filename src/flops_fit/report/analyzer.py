@@ -18,8 +18,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit._io import atomic_write_json
-from flops_fit.analysis._validate import check_bootstrap, check_budget_rtol, check_flag, check_seed
 from flops_fit.analysis.approaches import (
     PRIMARY_ORDER,
     Fit,
@@ -31,7 +29,9 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets, lo
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.analysis.power_law import fit_power_law as _fit_power_law
-from flops_fit.runs import completed, usable
+from flops_fit.core.io import atomic_write_json
+from flops_fit.core.runs import completed, usable
+from flops_fit.core.validate import check_bootstrap, check_budget_rtol, check_flag, check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Write JSON to ``path`` atomically (see :mod:`flops_fit._io`)."""
+    """Write JSON to ``path`` atomically (see :mod:`flops_fit.core.io`)."""
     atomic_write_json(path, data)
 
 
@@ -160,7 +160,7 @@ class ScalingLawAnalyzer:
 
     ``approach``: ``"isoflop"`` (Approach 2, the default), ``"parametric"`` (3), ``"envelope"`` (1) or
     ``"all"``; the primary approach, whose laws the analysis reports, is Approach 2, else 3, else 1
-    (``PRIMARY_ORDER``). ``plan`` (a ``sweep.json`` path or a :class:`~flops_fit.planning.SweepPlan`) keeps
+    (``PRIMARY_ORDER``). ``plan`` (a ``sweep.json`` path or a :class:`~flops_fit.plan.planning.SweepPlan`) keeps
     only that plan's runs: a ledger can also hold runs of an earlier plan written to the same folder.
     """
 
@@ -193,7 +193,7 @@ class ScalingLawAnalyzer:
         self.seed = check_seed(seed)
         self.exclude_outliers = check_flag("exclude_outliers", exclude_outliers)
         self.budget_rtol = check_budget_rtol(budget_rtol)
-        from flops_fit.planning import as_plan  # the plan's module needs torch; the fits do not
+        from flops_fit.plan.planning import as_plan  # the plan's module needs torch; the fits do not
 
         self.plan = as_plan(plan)
         self.runs_: pd.DataFrame | None = None
@@ -204,7 +204,7 @@ class ScalingLawAnalyzer:
 
     def _runs(self) -> pd.DataFrame:
         """Every run of the results file, or only the plan's runs when a plan was given."""
-        from flops_fit.planning import load_plan_runs
+        from flops_fit.plan.planning import load_plan_runs
 
         return load_plan_runs(self.results_path, self.plan, self.columns)
 
