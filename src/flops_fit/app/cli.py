@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
@@ -359,6 +359,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
+    _add_fit_parser(sub)
+    sub_parser = _sub_parser_factory(sub)
+    for command in entry_points(group=COMMANDS_GROUP):  # e.g. `demo`, from flops_fit.examples
+        command.load()(sub_parser)
+
+    _add_plan_parser(sub_parser)
+    _add_train_parser(sub_parser)
+    _add_analyze_and_plot_parsers(sub_parser)
+    from flops_fit.report.html import add_report_parser
+
+    add_report_parser(sub)
+    return parser
+
+
+def _sub_parser_factory(sub: Any) -> Callable[[str, str, str], argparse.ArgumentParser]:
+    """``sub_parser(name, help, examples)``: a subcommand parser with its help as description and examples."""
+
+    def sub_parser(name: str, help_: str, examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            epilog="examples:\n" + examples,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    return sub_parser
+
+
+def _add_fit_parser(sub: Any) -> None:
+    """``flops-fit fit``: fit results you already have."""
     fit = sub.add_parser(
         "fit",
         help="fit scaling laws to a results file",
@@ -391,18 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--json", help="also write the fits to this JSON file")
     fit.set_defaults(func=cmd_fit)
 
-    def sub_parser(name: str, help_: str, examples: str) -> argparse.ArgumentParser:
-        return sub.add_parser(
-            name,
-            help=help_,
-            description=help_[0].upper() + help_[1:] + ".",
-            epilog="examples:\n" + examples,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
 
-    for command in entry_points(group=COMMANDS_GROUP):  # e.g. `demo`, from flops_fit.examples
-        command.load()(sub_parser)
-
+def _add_plan_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """``flops-fit plan``."""
     plan = sub_parser(
         "plan",
         "plan an IsoFLOP sweep and write OUT/sweep.json",
@@ -449,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.set_defaults(func=cmd_plan)
 
+
+def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """``flops-fit train``."""
     train = sub_parser(
         "train",
         "run or resume the sweep planned in DIR",
@@ -507,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=cmd_train)
 
+
+def _add_analyze_and_plot_parsers(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """``flops-fit analyze`` and ``flops-fit plot``."""
     analyze = sub_parser(
         "analyze",
         "fit the scaling laws of DIR/results.jsonl",
@@ -524,11 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--formats", default="png,svg", help="comma separated: png, svg, pdf")
     plot.add_argument("--dpi", type=int, default=150, help="resolution of raster formats")
     plot.set_defaults(func=cmd_plot)
-
-    from flops_fit.report.html import add_report_parser
-
-    add_report_parser(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 
+from flops_fit.core.validate import Integer, Real, check
+
+
 class DataNotFoundError(FileNotFoundError):
     """A data set is not available on this machine; the message says how to get it."""
 
@@ -36,12 +39,13 @@ class DataNotFoundError(FileNotFoundError):
 _HEAD_DIMS = (64, 32, 16, 8)
 
 
+_SIZE = Integer(1, type_label="an int", range_label="a positive integer")
+#: A dropout probability.
+DROPOUT = Real(0.0, 1.0, hi_open=True)
+
+
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value}")
-    return value
+    return check(name, value, _SIZE)
 
 
 def default_num_heads(d_model: int) -> int:

@@ -47,7 +47,8 @@ import unit_scaling as uu
 import unit_scaling.functional as U
 from torch import Tensor, nn
 
-from flops_fit.examples import _check_positive_int, default_num_heads
+from flops_fit.core.validate import POSITIVE, Real, check
+from flops_fit.examples import DROPOUT, _check_positive_int, default_num_heads
 from flops_fit.plan.flops import TransformerShape
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,7 @@ class GPTConfig:
             raise ValueError(
                 f"parametrization must be one of {list(PARAMETRIZATIONS)}, got {self.parametrization!r}"
             )
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)):
-            raise TypeError(f"dropout must be a float, got {type(self.dropout).__name__}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check("dropout", self.dropout, DROPOUT)
 
     @property
     def head_dim(self) -> int:
@@ -422,10 +420,8 @@ class GPT(nn.Module):
 
         Example: ``torch.optim.AdamW(model.configure_optimizers(lr=2.0), betas=(0.9, 0.95))``.
         """
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not math.isfinite(lr):
-            raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-        if not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-            raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
+        check("lr", lr, POSITIVE)
+        check("weight_decay", weight_decay, Real(0))
         independent = self.config.parametrization == "u-mup"
         groups: dict[tuple[float, float], dict[str, Any]] = {}
         for name, param, multiplier in self._lr_multipliers():
@@ -554,10 +550,7 @@ def config_for_params(
     default (``non_embedding=False`` targets the total). Logs a warning when the nearest shape is more
     than 25% off the target (e.g. a target below the smallest allowed width).
     """
-    if isinstance(target_params, bool) or not isinstance(target_params, (int, float)):
-        raise TypeError(f"target_params must be a number, got {type(target_params).__name__}")
-    if not target_params > 0 or not math.isfinite(target_params):
-        raise ValueError(f"target_params must be positive and finite, got {target_params}")
+    check("target_params", target_params, POSITIVE)
     for name, value in (
         ("num_layers", num_layers),
         ("vocab_size", vocab_size),

