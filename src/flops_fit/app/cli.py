@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flops_fit.app.console import UsageError, floats, guarded
+from flops_fit.core.sweepdir import SweepDir
 
 logger = logging.getLogger("flops_fit")
 
@@ -336,8 +337,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from flops_fit.app.stages import default_config, run_visualize
 
     out = _dir_arg(args.dir, "DIR")
-    if not (out / "scaling_laws.json").is_file():
-        raise UsageError(f"{out / 'scaling_laws.json'} not found; run `flops-fit analyze {args.dir}` first")
+    if not SweepDir(out).scaling_laws.is_file():
+        raise UsageError(f"{SweepDir(out).scaling_laws} not found; run `flops-fit analyze {args.dir}` first")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     run_visualize(default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi}))
     return 0

@@ -33,6 +33,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from flops_fit.core import sweepdir
 from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.training.callbacks import Callback
 
@@ -48,17 +49,7 @@ MLFLOW_FLUSH_S = 5.0
 _MLFLOW_BATCH = 1000
 _PARAM_MAX_CHARS = 500
 #: Files of a saved result that :meth:`TrackingCallback.log_result` logs from a directory (with the figures).
-_RESULT_FILES = frozenset(
-    {
-        "scaling_laws.json",
-        "result.json",
-        "runs.json",
-        "runs.csv",
-        "chinchilla_table.md",
-        "plan.json",
-        "report.html",
-    }
-)
+_RESULT_FILES = frozenset(sweepdir.ARTIFACTS)
 
 _EXPERIMENT_KEYS = (
     "experiment_id",
@@ -253,7 +244,7 @@ class TrackingCallback(Callback, ABC):
         Metrics: :func:`result_metrics`. Artifacts: the laws JSON, the table, the runs, the figures and,
         with ``report=True``, the self-contained HTML report.
         """
-        from flops_fit.report.html import REPORT_FILE, write_report
+        from flops_fit.report.html import write_report
         from flops_fit.report.plots import FIGURES
         from flops_fit.report.result import Result
 
@@ -274,13 +265,13 @@ class TrackingCallback(Callback, ABC):
                 for path in sorted(source.iterdir()):
                     if path.is_file() and (path.name in _RESULT_FILES or path.suffix in (".png", ".svg")):
                         shutil.copy2(path, directory / path.name)
-            if report and not (directory / REPORT_FILE).is_file():
+            if report and not (directory / sweepdir.REPORT_FILE).is_file():
                 drawn = {
                     n: (directory / f"{n}.png").read_bytes()
                     for n in FIGURES
                     if (directory / f"{n}.png").is_file()
                 }
-                write_report(result, directory / REPORT_FILE, backtest=False, figures=drawn or None)
+                write_report(result, directory / sweepdir.REPORT_FILE, backtest=False, figures=drawn or None)
             return self._log_result_files(directory, result, result_metrics(result), name)
 
     # -- backend hooks -------------------------------------------------------------------------------
