@@ -123,7 +123,8 @@ def test_round_trip_of_analysis(results_jsonl, tmp_path):
 
 def _sweep_into(out, budgets):
     """Plan a parameter-space sweep at ``budgets`` into ``out`` (same folder each time) and train it (mock)."""
-    from flops_fit.plan.planning import PLAN_FILE, SweepPlanner
+    from flops_fit.core.sweepdir import PLAN_FILE
+    from flops_fit.plan.planner import SweepPlanner
     from flops_fit.training.runner import TrainingRunner
 
     plan = SweepPlanner.from_budgets(budgets, 5).plan()

@@ -54,7 +54,7 @@ def result() -> Result:
         [{"experiment_id": "oom", "compute_budget": 1e19, "num_params": 2e8, "num_tokens": 8e9,
           "final_loss": float("nan"), "status": "failed", "error": "CUDA out of memory"}]
     )  # fmt: skip
-    return Result.from_runs(pd.concat([runs, extra], ignore_index=True), bootstrap=10, seed=0)
+    return Result.from_runs(pd.concat([runs, extra], ignore_index=True), bootstrap=10, seed=0).with_backtest()
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +150,12 @@ def test_backtest_section_explains_why_it_did_not_run():
     two = Result.from_runs(make_runs(budgets=(1e18, 1e19), curves=False), approach="isoflop")
     html = render_report(two)
     assert "Not run: backtest needs usable runs at 3 or more compute budgets" in html
+
+
+def test_the_report_runs_a_backtest_without_changing_the_result():
+    res = Result.from_runs(make_runs(curves=False), approach="isoflop")
+    html = render_report(res, figures={})
+    assert "largest budget with a bracketed IsoFLOP profile" in html and res.last_backtest is None
 
 
 def test_write_report_errors(result):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,7 +14,8 @@ from torch import nn
 from flops_fit.analysis import fit_isoflop, fit_parametric
 from flops_fit.core.runs import runs_from_arrays
 from flops_fit.plan.flops import count_params
-from flops_fit.plan.planning import ModelSpec, SweepPlan
+from flops_fit.plan.spec import ModelSpec
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.analyzer import ScalingLawAnalyzer
 from flops_fit.report.result import Result, default_budgets, runs_to_records
 from synth import TRUE, isoflop_sweep, true_a
@@ -286,12 +288,28 @@ def test_backtest_refits_without_the_largest_budget(result, runs):
     assert (table["params_rel_error"].abs() < 0.15).all()
     par = table.set_index("approach").loc["parametric"]
     assert abs(par["loss_rel_error"]) < 0.01
+    result = result.with_backtest(table)  # a Result carries a back-test only when built with it
     assert result.last_backtest is not None and "Backtest" in result.summary()
     # The measured optimum is the parabola vertex of the held-out budget's runs.
     top = runs[runs["compute_budget"] == 1e20]
     best = top.loc[top["final_loss"].idxmin()]
     assert par["measured_loss"] <= best["final_loss"]
     assert par["measured_params"] == pytest.approx(best["num_params"], rel=0.5)
+
+
+def test_backtest_returns_its_table_and_leaves_the_result_as_it_is(tmp_path, runs):
+    res = Result.from_runs(runs, approach="isoflop")
+    before = res.summary()
+    table = res.backtest()
+    assert res.last_backtest is None and res.summary() == before
+    out = res.save(tmp_path / "plain", plots=False)
+    assert json.loads((out / "result.json").read_text())["backtest"] is None
+    carried = res.with_backtest(table)
+    assert carried is not res and res.last_backtest is None
+    pd.testing.assert_frame_equal(carried.last_backtest, table)
+    assert "Backtest" in carried.summary() and "Backtest" not in res.summary()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.primary = "parametric"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -328,7 +346,7 @@ def test_plot_returns_and_saves_every_supported_figure(tmp_path, result):
 
 
 def test_save_and_load_round_trip(tmp_path, runs, result):
-    result.backtest(bootstrap=0)
+    result = result.with_backtest(bootstrap=0)
     out = result.save(tmp_path / "out", plots=False)
     names = {p.name for p in out.iterdir()}
     assert names == {"scaling_laws.json", "result.json", "runs.json", "runs.csv", "chinchilla_table.md"}

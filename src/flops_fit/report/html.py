@@ -29,7 +29,10 @@ import pandas as pd
 from flops_fit.analysis.approaches import APPROACH_LABELS
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.table import human, sci
+from flops_fit.core import sweepdir
 from flops_fit.core.io import atomic_write_text
+from flops_fit.core.sweepdir import SweepDir
+from flops_fit.core.validate import Instance, check
 from flops_fit.core.version import __version__
 from flops_fit.report.html_parts import (
     _e,
@@ -42,7 +45,7 @@ from flops_fit.report.result import Result
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
+REPORT_FILE = sweepdir.REPORT_FILE
 #: Resolution of the embedded figures (dots per inch; figures are 3.5 or 7 inches wide).
 FIGURE_DPI = 150
 
@@ -312,12 +315,12 @@ def render_report(
 ) -> str:
     """The report of ``result`` as one HTML document (a string); :func:`write_report` saves it.
 
-    ``backtest=True`` runs :meth:`Result.backtest` when it has not been run yet (a refit of every
-    approach without the largest budget; skipped with a note below 3 budgets). ``figures`` maps figure
-    names to PNG bytes already drawn (e.g. the files of :meth:`Result.save`); default: drawn here.
+    ``backtest=True`` runs :meth:`Result.backtest` when the Result carries no back-test (a refit of every
+    approach without the largest budget; skipped with a note below 3 budgets); the Result is not changed.
+    ``figures`` maps figure names to PNG bytes already drawn (e.g. the files of :meth:`Result.save`);
+    default: drawn here.
     """
-    if not isinstance(result, Result):
-        raise TypeError(f"result must be a flops_fit Result, got {type(result).__name__}")
+    check("result", result, Instance(Result), "a flops_fit Result")
     b = result.budgets
     title = title or "Compute-optimal scaling laws"
     status = result.runs["status"].value_counts()
@@ -325,7 +328,7 @@ def render_report(
     boot = int(result.fit_options.get("bootstrap", 0))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     figures_html = _figures_html(result, figures)
-    backtest_html = _backtest_html(result, backtest)  # before the warnings: it may add nothing, but is cached
+    backtest_html = _backtest_html(result, backtest)  # run here when asked; the Result is left as it is
     sections = [
         ("warnings", "Warnings and flags", _warnings_html(result)),
         ("laws", "Fitted laws (95% intervals)", _laws_html(result)),
@@ -398,10 +401,10 @@ def write_report(
     if path is None:
         if base is None:
             raise ValueError("write_report needs path= for a Result without output_dir")
-        path = Path(base) / REPORT_FILE
+        path = SweepDir(base).report
     if Path(path).is_dir():
         raise ValueError(
-            f"path {str(path)!r} is a folder; give the report's file name, e.g. {Path(path) / REPORT_FILE}"
+            f"path {str(path)!r} is a folder; give the report's file name, e.g. {SweepDir(path).report}"
         )
     text = render_report(result, backtest=backtest, title=title, figures=figures)
     out = atomic_write_text(path, text)
@@ -427,8 +430,11 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("dir", help="directory holding scaling_laws.json and runs.json (from Result.save)")
-    parser.add_argument("-o", "--output", help="HTML file to write (default: DIR/report.html)")
+    parser.add_argument(
+        "dir",
+        help=f"directory holding {sweepdir.SCALING_LAWS_FILE} (from Result.save, find_optimal, flops-fit analyze)",
+    )
+    parser.add_argument("-o", "--output", help=f"HTML file to write (default: DIR/{REPORT_FILE})")
     parser.add_argument("--no-backtest", action="store_true", help="do not refit without the largest budget")
     parser.add_argument("--title", help="title of the report")
     parser.set_defaults(func=cmd_report)
@@ -437,10 +443,11 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``flops-fit report``: write the report and print where it went."""
-    if Path(args.dir).is_dir() and not (Path(args.dir) / "scaling_laws.json").is_file():
+    laws = SweepDir(args.dir).scaling_laws
+    if Path(args.dir).is_dir() and not laws.is_file():
         raise ValueError(
-            f"{Path(args.dir) / 'scaling_laws.json'} not found; run `flops-fit analyze {args.dir}` (or "
-            "find_optimal, which saves a result there) first"
+            f"{laws} not found; run `flops-fit analyze {args.dir}` (or find_optimal, which saves a result "
+            "there) first"
         )
     path = write_report(args.dir, args.output, backtest=not args.no_backtest, title=args.title)
     print(f"wrote {path}")

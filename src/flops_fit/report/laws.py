@@ -1,0 +1,192 @@
+"""``ScalingAnalysis``: the fitted laws as ``scaling_laws.json`` holds them, and the one prediction dict.
+
+The laws file is written by :meth:`Result.save <flops_fit.report.result.Result.save>` and by
+``ScalingLawAnalyzer`` through the same :func:`write_laws`, and read back by :func:`read_laws`. A prediction
+at a budget C (FLOPs) is built by :func:`prediction` alone, for a Result and for a ScalingAnalysis alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from flops_fit.analysis.approaches import Fit, fit_from_dict
+from flops_fit.analysis.bucketing import lowest_loss_per_budget
+from flops_fit.analysis.isoflop import IsoFLOPFit
+from flops_fit.analysis.power_law import PowerLawFit
+from flops_fit.core.io import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+SCALING_LAWS_VERSION = 1
+
+
+def laws_of(fit: Fit) -> tuple[PowerLawFit, PowerLawFit, PowerLawFit]:
+    """The N_opt(C), D_opt(C), L_opt(C) power laws of any approach's fit."""
+    if hasattr(fit, "n_opt_fit"):
+        return fit.n_opt_fit, fit.d_opt_fit, fit.l_opt_fit
+    return fit.power_laws()
+
+
+def prediction(opt: Mapping[str, Any], c: float, approach: str) -> dict[str, Any]:
+    """The prediction dict at ``c`` FLOPs from a fit's ``optimal(c)`` answer ``opt``: N (parameters),
+    D (tokens), expected loss, tokens per parameter, their 95% intervals (None when unknown), the approach."""
+    return {
+        "target_compute": float(c),
+        "optimal_params": float(opt["optimal_params"]),
+        "optimal_tokens": float(opt["optimal_tokens"]),
+        "expected_loss": float(opt["optimal_loss"]),
+        "tokens_per_param": float(opt["tokens_per_param"]),
+        "optimal_params_ci": opt.get("optimal_params_ci"),
+        "optimal_tokens_ci": opt.get("optimal_tokens_ci"),
+        "expected_loss_ci": opt.get("optimal_loss_ci"),
+        "approach": approach,
+    }
+
+
+@dataclass(frozen=True, eq=False)
+class ScalingAnalysis:
+    """The fitted scaling laws of one analysis.
+
+    ``n_opt_fit``, ``d_opt_fit``, ``l_opt_fit``: the primary approach's laws N_opt(C), D_opt(C), L_opt(C)
+    (C in FLOPs, N in parameters, D in tokens). ``optimal_points``: the best run of each budget bucket (or the
+    IsoFLOP minima). ``optimal_ratio``: median D/N (tokens per parameter) at those points. ``fits``: every
+    approach that was fitted, by name.
+    """
+
+    n_opt_fit: PowerLawFit
+    d_opt_fit: PowerLawFit
+    l_opt_fit: PowerLawFit
+    optimal_points: pd.DataFrame
+    optimal_ratio: float
+    approach: str = "isoflop"
+    fits: dict[str, Fit] = field(default_factory=dict)
+    #: The ``experiment_id`` of every run the analysis read (after any plan filter), and the budget
+    #: grouping it used: plots and reports of the same folder then show exactly these runs.
+    run_ids: tuple[str, ...] | None = None
+    budget_rtol: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        fits: Mapping[str, Fit],
+        primary: str,
+        runs: pd.DataFrame,
+        usable: pd.DataFrame,
+        budget_rtol: float,
+    ) -> ScalingAnalysis:
+        """The analysis of ``fits`` with ``primary``'s laws; ``runs``: every run read (their ids are kept),
+        ``usable``: those a fit can use (their lowest-loss run per budget, without an IsoFLOP fit)."""
+        n_fit, d_fit, l_fit = laws_of(fits[primary])
+        iso = fits.get("isoflop")
+        if isinstance(iso, IsoFLOPFit):
+            points = iso.minima[iso.minima["used"]].reset_index(drop=True)
+        else:
+            points = lowest_loss_per_budget(usable, budget_rtol)
+        ratio = (
+            float(np.median(points["optimal_tokens"] / points["optimal_params"])) if len(points) else math.nan
+        )
+        return cls(
+            n_fit,
+            d_fit,
+            l_fit,
+            points,
+            ratio,
+            primary,
+            dict(fits),
+            run_ids=tuple(runs["experiment_id"].astype(str)),
+            budget_rtol=budget_rtol,
+        )
+
+    def predict_optimal_size(self, target_compute: float) -> dict[str, Any]:
+        """N_opt, D_opt, expected loss and tokens per parameter at ``target_compute`` FLOPs (with 95% CIs)."""
+        try:
+            c = float(target_compute)
+        except (TypeError, ValueError):
+            c = math.nan
+        if not (math.isfinite(c) and c > 0):
+            raise ValueError(f"target_compute must be a positive number of FLOPs, got {target_compute!r}")
+        fit = self.fits.get(self.approach)
+        if fit is not None:
+            return prediction(fit.optimal(c), c, self.approach)
+        n, d, l = self.n_opt_fit.predict(c), self.d_opt_fit.predict(c), self.l_opt_fit.predict(c)
+        laws = {"optimal_params": n, "optimal_tokens": d, "optimal_loss": l, "tokens_per_param": d / n}
+        return prediction(laws, c, self.approach)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": SCALING_LAWS_VERSION,
+            "approach": self.approach,
+            "n_opt_fit": self.n_opt_fit.to_dict(),
+            "d_opt_fit": self.d_opt_fit.to_dict(),
+            "l_opt_fit": self.l_opt_fit.to_dict(),
+            "optimal_points": _records(self.optimal_points),
+            "optimal_ratio": self.optimal_ratio,
+            "fits": {name: fit.to_dict() for name, fit in self.fits.items()},
+            "run_ids": None if self.run_ids is None else list(self.run_ids),
+            "budget_rtol": self.budget_rtol,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScalingAnalysis:
+        version = d.get("version", SCALING_LAWS_VERSION)
+        if version > SCALING_LAWS_VERSION:
+            raise ValueError(f"scaling laws file version {version} is newer than this flops-fit understands")
+        return cls(
+            n_opt_fit=PowerLawFit.from_dict(d["n_opt_fit"]),
+            d_opt_fit=PowerLawFit.from_dict(d["d_opt_fit"]),
+            l_opt_fit=PowerLawFit.from_dict(d["l_opt_fit"]),
+            optimal_points=pd.DataFrame.from_records(d.get("optimal_points", [])),
+            optimal_ratio=float(d.get("optimal_ratio", math.nan)),
+            approach=str(d.get("approach", "isoflop")),
+            fits={name: fit_from_dict(fd) for name, fd in (d.get("fits") or {}).items()},
+            run_ids=None if d.get("run_ids") is None else tuple(str(i) for i in d["run_ids"]),
+            budget_rtol=None if d.get("budget_rtol") is None else float(d["budget_rtol"]),
+        )
+
+    def runs_of(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """The rows of ``runs`` this analysis read (all of them when it did not record its run ids)."""
+        if self.run_ids is None:
+            return runs
+        keep = runs["experiment_id"].astype(str).isin(set(self.run_ids))
+        missing = len(set(self.run_ids) - set(runs["experiment_id"].astype(str)))
+        if missing:
+            logger.warning("%d run(s) the analysis read are not in this results table", missing)
+        return runs[keep].reset_index(drop=True)
+
+    def summary(self) -> str:
+        parts = [f"Scaling laws (primary approach: {self.approach})"]
+        parts += [fit.summary() for fit in self.fits.values()]
+        parts.append(f"Median tokens per parameter at the per-budget optima: {self.optimal_ratio:.1f}")
+        return "\n\n".join(parts)
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = df.copy()
+    for col in out.columns:
+        if out[col].map(lambda v: isinstance(v, tuple)).any():
+            out[col] = out[col].map(list)
+    return json.loads(out.to_json(orient="records"))
+
+
+def write_laws(path: str | os.PathLike[str], analysis: ScalingAnalysis) -> Path:
+    """Write ``analysis`` to ``path`` (a ``scaling_laws.json``) atomically; the one writer of that file."""
+    return atomic_write_json(path, analysis.to_dict())
+
+
+def read_laws(path: str | os.PathLike[str]) -> ScalingAnalysis:
+    """Read a ``scaling_laws.json`` back, or a ValueError saying it is not valid JSON."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
+    return ScalingAnalysis.from_dict(data)
