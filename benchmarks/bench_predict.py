@@ -13,7 +13,7 @@ The library's core promise, measured end to end on real training in one run:
 3. **Train at C*.** The size nearest each approach's N_opt, the size the plain 20-tokens-per-parameter
    rule picks (a reference that needs no fit), and a profile around the primary (IsoFLOP) prediction at
    N_opt x {1/4, 1/2, 1, 2, 4}, all at the same C* with D = C* / (6 N) tokens (the ``"6nd"`` convention
-   of the fit), planned by :class:`~flops_fit.plan.planning.SweepPlanner` with the fit's model, data, batch,
+   of the fit), planned by :class:`~flops_fit.plan.planner.SweepPlanner` with the fit's model, data, batch,
    seed and training settings, trained by :class:`~flops_fit.training.runner.TrainingRunner`.
 4. **Compare.** Achieved N_opt: the vertex of the parabola in ln N through the C* losses
    (:func:`flops_fit.analysis.isoflop.fit_profile`, as Approach 2 reads one budget). Achieved loss: the
@@ -80,7 +80,8 @@ from flops_fit.examples.gpt_text import (
     VOCAB_SIZE,
     text_datasets,
 )
-from flops_fit.plan.planning import SweepPlan, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.result import Result
 from flops_fit.training.runner import TrainingRunner
 

@@ -46,7 +46,8 @@ from flops_fit.analysis import (
     fit_parametric,
     fit_power_law,
 )
-from flops_fit.plan.planning import ModelSpec, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.spec import ModelSpec
 from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig
 from synth import isoflop_sweep
@@ -67,7 +68,7 @@ class ComputeSpent(BaseException):
 #: (module, attribute) of every expensive step; each is replaced by a trap in every test of this file.
 COMPUTE = (
     ("flops_fit.training.runner", "TrainingRunner.run_sweep"),
-    ("flops_fit.training.runner", "train"),
+    ("flops_fit.training.jobs", "train"),
     ("flops_fit.training.loop", "train"),
     ("flops_fit.analysis.parametric", "_fit_clean"),
     ("flops_fit.analysis.isoflop", "_bootstrap"),

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 import flops_fit
 from flops_fit.analysis import fit_envelope, fit_isoflop, fit_parametric, fit_power_law
 from flops_fit.core.runs import NUMERIC_COLUMNS, REQUIRED_COLUMNS, STATUSES, load_runs, validate_runs
-from flops_fit.plan.planning import SweepPlan, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.sweep import SweepPlan
 from synth import isoflop_sweep
 
 #: The errors a reader may raise on bad input (each with a message).

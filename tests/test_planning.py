@@ -17,16 +17,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from flops_fit.analysis.power_law import PowerLawFit
+from flops_fit.core.experiment import Experiment, experiment_id
+from flops_fit.plan.cost import CostEstimate
 from flops_fit.plan.flops import TransformerShape, count_params
-from flops_fit.plan.planning import (
-    CostEstimate,
-    Experiment,
-    ModelSpec,
-    PowerLawLR,
-    SweepPlan,
-    SweepPlanner,
-    experiment_id,
-)
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.spec import ModelSpec, PowerLawLR
+from flops_fit.plan.sweep import SweepPlan
 
 VOCAB, SEQ = 64, 16
 
@@ -628,7 +624,7 @@ def test_from_budgets_plans_exactly_the_given_budgets():
 
 
 def test_model_spec_from_dict_names_missing_keys():
-    from flops_fit.plan.planning import ModelSpec
+    from flops_fit.plan.spec import ModelSpec
 
     with pytest.raises(ValueError, match="model_cls"):
         ModelSpec.from_dict({"size_param": "width"})

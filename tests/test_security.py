@@ -28,8 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flops_fit
+from flops_fit.core.experiment import SAFE_EXPERIMENT_ID, Experiment
 from flops_fit.core.runs import runs_from_arrays
-from flops_fit.plan.planning import SAFE_EXPERIMENT_ID, Experiment, ModelSpec, SweepPlan, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.spec import ModelSpec
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.result import Result
 from flops_fit.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from flops_fit.training.runner import TrainingRunner

@@ -154,7 +154,7 @@ def test_ff_train_runs_the_plans_recorded_train_config_with_the_keys_given_on_to
     """A folder planned by find_optimal records its TrainConfig: ff-train keeps it (so finished runs stay
     finished) and applies only the train.* keys given; micro-batching is checked against the plan's batch."""
     from flops_fit.app.stages import _train_config
-    from flops_fit.plan.planning import SweepPlanner
+    from flops_fit.plan.planner import SweepPlanner
 
     path = tmp_path / "sweep.json"
     SweepPlanner(1e17, 1e19, 3, 4, batch_size=128, train_config={"lr": 1e-2, "eval_batches": 1}).plan().save(

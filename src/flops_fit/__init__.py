@@ -17,10 +17,14 @@ from flops_fit.analysis import (
     fit_power_law,
 )
 from flops_fit.app.pipeline import find_optimal
+from flops_fit.core.experiment import Experiment
 from flops_fit.core.runs import load_runs
 from flops_fit.core.version import __version__
+from flops_fit.plan.cost import CostEstimate
 from flops_fit.plan.flops import TransformerShape, chinchilla_flops_per_token, count_params
-from flops_fit.plan.planning import CostEstimate, Experiment, ModelSpec, PowerLawLR, SweepPlan, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.spec import ModelSpec, PowerLawLR
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.analyzer import ScalingAnalysis, ScalingLawAnalyzer
 from flops_fit.report.html import write_report
 from flops_fit.report.plots import ScalingVisualizer

@@ -283,7 +283,7 @@ def _executor_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     """Run or resume the sweep planned in DIR/sweep.json."""
     from flops_fit.app.stages import default_config, run_train
-    from flops_fit.plan.planning import PLAN_FILE
+    from flops_fit.core.sweepdir import PLAN_FILE
     from flops_fit.training.ray_executor import WorkersLostError
 
     out = _dir_arg(args.dir, "DIR")

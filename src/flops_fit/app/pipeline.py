@@ -23,7 +23,9 @@ from torch import nn
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.core.validate import check_seed
-from flops_fit.plan.planning import ModelSpec, SweepPlan, SweepPlanner, explicit_budgets
+from flops_fit.plan.planner import SweepPlanner, explicit_budgets
+from flops_fit.plan.spec import ModelSpec
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
@@ -207,7 +209,7 @@ def find_optimal(
     or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
     the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
     :class:`flops_fit.report.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
-    returns the :class:`~flops_fit.plan.planning.SweepPlan` for inspection (``plan.summary()``, and
+    returns the :class:`~flops_fit.plan.sweep.SweepPlan` for inspection (``plan.summary()``, and
     ``plan.estimate_cost()`` for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"``
     (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``)
     or ``"ray"`` (each experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see

@@ -88,7 +88,8 @@ def _callable(spec: Any, what: str) -> Any:
 
 def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
     """Build the plan that ``ff-plan`` writes (pure: no files written). Returns (plan, plan path)."""
-    from flops_fit.plan.planning import ModelSpec, SweepPlanner
+    from flops_fit.plan.planner import SweepPlanner
+    from flops_fit.plan.spec import ModelSpec
 
     cfg = _Config(data)
     compute, sweep, output = cfg.section("compute"), cfg.section("sweep"), cfg.section("output")
@@ -243,7 +244,7 @@ def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
     """The TrainConfig ff-train runs: the plan's recorded ``train_config`` with the ``train.*`` keys set on
     the command line on top (None: nothing recorded or set, the runner's default)."""
     from flops_fit.core.train_config import FIELD_NAMES, config_from_mapping
-    from flops_fit.plan.planning import SweepPlan
+    from flops_fit.plan.sweep import SweepPlan
 
     plan = SweepPlan.load(plan_path) if plan_path.is_file() else None  # missing: the runner says so
     recorded = (plan.config.get("train_config") if plan is not None else None) or {}
@@ -258,7 +259,7 @@ def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
 def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
     """The ``plan`` key of ff-analyze / ff-visualize. ``auto``: the output folder's plan, when the results
     are that folder's own ledger and the folder has a plan; a results file from elsewhere is used whole."""
-    from flops_fit.plan.planning import PLAN_FILE
+    from flops_fit.core.sweepdir import PLAN_FILE
 
     if plan == "auto":
         path = out_dir / PLAN_FILE

@@ -12,7 +12,7 @@ saved result files as artifacts.
 The backends are optional: ``pip install "flops-fit[tracking]"`` (or just the one you use). Each is
 imported when its tracker is built, so a missing one fails before any training starts.
 
-Which experiment a run belongs to: pass ``experiment=`` (a :class:`~flops_fit.plan.planning.Experiment` or a
+Which experiment a run belongs to: pass ``experiment=`` (a :class:`~flops_fit.core.experiment.Experiment` or a
 mapping) when building the tracker for one run, or call :meth:`TrackingCallback.on_experiment_start`
 before each run (the sweep runner does); without either, runs are named ``run-1``, ``run-2``, ...
 """

@@ -41,10 +41,14 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.validate import POSITIVE_INT, Nullable, Options, check
 
 CONVENTIONS: tuple[str, ...] = ("6nd", "chinchilla", "measured")
 PARAM_COUNTS: tuple[str, ...] = ("non_embedding", "total")
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
+_PARAM_COUNT = Options(PARAM_COUNTS)
+
+_OPTIONAL_COUNT = Nullable(POSITIVE_INT)
 
 #: ``flops_per_token(model, sample) -> float``: a user-defined FLOP convention.
 FlopsFn = Callable[[nn.Module, Any], float]
@@ -58,8 +62,7 @@ def count_params(model: nn.Module, param_count: str = "non_embedding") -> int:
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if param_count not in PARAM_COUNTS:
-        raise ValueError(f"param_count must be one of {list(PARAM_COUNTS)}, got {param_count!r}")
+    check("param_count", param_count, _PARAM_COUNT)
     excluded: set[int] = set()
     if param_count == "non_embedding":
         for module in model.modules():
@@ -90,10 +93,9 @@ class TransformerShape:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_layers", "num_heads", "d_ff", "vocab_size", "seq_len", "ffn_matrices"):
-            _check_positive_int(name, getattr(self, name))
+            check(name, getattr(self, name), POSITIVE_INT)
         for name in ("num_kv_heads", "head_dim"):
-            if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+            check(name, getattr(self, name), _OPTIONAL_COUNT)
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; pass head_dim explicitly"
@@ -132,11 +134,6 @@ class TransformerShape:
     def flops_per_token(self) -> float:
         """Training (forward + backward) FLOPs per token under the ``"chinchilla"`` convention."""
         return chinchilla_flops_per_token(**asdict(self))
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def chinchilla_forward_breakdown(
