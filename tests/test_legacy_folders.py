@@ -83,10 +83,11 @@ def test_the_report_command_writes_a_report_of_a_legacy_folder(folder, capsys):
 
 
 def test_a_legacy_folder_resumes_trains_nothing_new_and_refits(folder):
-    ledger = (folder / RESULTS_FILE).read_bytes()
+    ledger, plan = (folder / RESULTS_FILE).read_bytes(), (folder / PLAN_FILE).read_bytes()
     before = saved_laws(folder)
     assert main(["train", str(folder), "--mode", "mock", "--no-progress"]) == 0
     assert (folder / RESULTS_FILE).read_bytes() == ledger  # every run was finished: none trained again
+    assert (folder / PLAN_FILE).read_bytes() == plan  # the plan format is the release's: nothing rewritten
     (folder / SCALING_LAWS_FILE).unlink()
     assert main(["analyze", str(folder)]) == 0
     after = saved_laws(folder)

@@ -77,6 +77,12 @@ def _summary_row(e: Experiment, centres: Mapping[float, float]) -> dict[str, str
     }
 
 
+
+def _stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The planner settings as sweep.json stores them: ``design`` only when it is not the IsoFLOP grid of
+    ``num_model_sizes`` (so a plan of the default design is written exactly as release 0.1.0 wrote it)."""
+    return {k: v for k, v in config.items() if not (k == "design" and v is None)}
+
 @dataclass(frozen=True)
 class SweepPlan:
     """The planned IsoFLOP sweep: experiments, the FLOP convention and the planner settings that made it.
@@ -146,7 +152,7 @@ class SweepPlan:
             "flops": self.flops,
             "param_count": self.param_count,
             "model": None if self.model is None else self.model.to_dict(),
-            "config": dict(self.config),
+            "config": _stored_config(self.config),
             "expected_optimum": [list(p) for p in self.expected_optimum],
             "experiments": [e.to_dict() for e in self.experiments],
         }
@@ -177,7 +183,7 @@ class SweepPlan:
             flops=d["flops"],
             param_count=d["param_count"],
             model=None if model is None else ModelSpec.from_dict(model),
-            config=dict(d.get("config") or {}),
+            config={"design": None, **(d.get("config") or {})},
             expected_optimum=tuple((float(c), float(n)) for c, n in d.get("expected_optimum") or []),
             version=int(d["version"]),
         )
