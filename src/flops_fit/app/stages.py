@@ -272,8 +272,8 @@ def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
 
 def run_analyze(data: Mapping[str, Any]) -> Any:
     from flops_fit.core.io import atomic_write_text
+    from flops_fit.core.sweepdir import TABLE_FILE
     from flops_fit.report.analyzer import ScalingLawAnalyzer
-    from flops_fit.report.result import TABLE_FILE, Result
 
     cfg = _Config(data)
     output = cfg.section("output")
@@ -301,9 +301,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"table_budgets: {exc}") from None
     analysis = analyzer.analyze()
-    result = Result(
-        analyzer.runs_, analysis.fits, primary=analysis.approach, budget_rtol=analyzer.budget_rtol
-    )
+    result = analyzer.result_  # the Result the analysis was fitted as
     atomic_write_text(out_dir / TABLE_FILE, result.tables_markdown(budgets))  # as Result.save writes it
     print(analysis.summary())
     print()
