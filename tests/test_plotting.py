@@ -280,6 +280,23 @@ def test_flagged_budget_is_drawn_differently_and_annotated():
     )
 
 
+def test_many_flagged_budgets_are_summarised_by_advice():
+    """With more flagged budgets than the legend holds, one entry per advice counts them, and the axes keep
+    their size (a legend of every budget once squeezed them to nothing)."""
+    n, d, l, c = isoflop_sweep(noise=0.002, seed=4)
+    n2, d2, l2, c2 = isoflop_sweep(budgets=np.geomspace(6e19, 6e22, 24), sizes=2, noise=0.002, seed=5)
+    n, d, l, c = (np.concatenate(pair) for pair in ((n, n2), (d, d2), (l, l2), (c, c2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        iso = fit_isoflop(n, d, l, c)
+    fig = ScalingVisualizer(runs_from_arrays(n, d, l, c), iso).plot_isoflop()
+    texts = [t.get_text() for t in fig.axes[0].get_legend().texts]
+    assert texts == ["24 budgets: too few sizes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # constrained layout warns when the axes collapse
+        _render(fig)
+
+
 def test_excluded_outlier_is_a_cross():
     n, d, l, c = isoflop_sweep(noise=0.002, seed=2)
     l = l.copy()
