@@ -122,3 +122,14 @@ def test_envelope_bootstrap_is_seeded():
     for name in ("n_opt_fit", "d_opt_fit", "l_opt_fit"):
         assert getattr(again, name) == getattr(fit, name)
     assert fit_envelope(runs, bootstrap=60, seed=3).n_opt_fit.a_ci != fit.n_opt_fit.a_ci
+
+
+def test_envelope_exponent_intervals_like_isoflop():
+    """``a_ci``/``b_ci``: the bootstrap intervals of the N_opt and D_opt exponents, None without a bootstrap."""
+    plain = fit_envelope(_synthetic_runs())
+    assert plain.a_ci is None and plain.b_ci is None
+    fit = fit_envelope(_synthetic_runs(), bootstrap=40, seed=1)
+    assert fit.a_ci == fit.n_opt_fit.a_ci and fit.b_ci == fit.d_opt_fit.a_ci
+    assert fit.a_ci[0] <= fit.a <= fit.a_ci[1] and fit.b_ci[0] <= fit.b <= fit.b_ci[1]
+    again = EnvelopeFit.from_dict(fit.to_dict())
+    assert (again.a_ci, again.b_ci) == (fit.a_ci, fit.b_ci)

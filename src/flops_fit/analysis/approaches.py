@@ -1,9 +1,11 @@
-"""The three approaches by name: run one on a runs table, rebuild one from its dict."""
+"""The three approaches by name, with the one registry of fit types: run one on a runs table, rebuild one
+from its dict."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -11,14 +13,20 @@ import pandas as pd
 
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
+from flops_fit.analysis.fit import Fit
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
 from flops_fit.core.runs import list_ids, usable_mask, validate_runs
 
 logger = logging.getLogger(__name__)
 
+#: The fit type of each approach, by name, in Hoffmann et al.'s numbering (1, 2, 3): the one registry of fit
+#: types (:func:`fit_from_dict` rebuilds a fit with it; every type follows :class:`~flops_fit.analysis.fit.Fit`).
+FIT_TYPES: Mapping[str, type[Fit]] = MappingProxyType(
+    {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
+)
 #: Approach names, in Hoffmann et al.'s numbering (1, 2, 3).
-APPROACHES: tuple[str, ...] = ("envelope", "isoflop", "parametric")
+APPROACHES: tuple[str, ...] = tuple(FIT_TYPES)
 _ALIASES = {
     "1": "envelope",
     "2": "isoflop",
@@ -27,18 +35,14 @@ _ALIASES = {
     "approach2": "isoflop",
     "approach3": "parametric",
 }
-#: The primary approach (the one whose laws a result reports first) is the first of these that was fitted.
 #: How reports name each approach.
 APPROACH_LABELS: dict[str, str] = {
     "envelope": "Approach 1 (envelope)",
     "isoflop": "Approach 2 (IsoFLOP)",
     "parametric": "Approach 3 (parametric)",
 }
-
+#: The primary approach (the one whose laws a result reports first) is the first of these that was fitted.
 PRIMARY_ORDER: tuple[str, ...] = ("isoflop", "parametric", "envelope")
-_FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
-
-Fit = EnvelopeFit | IsoFLOPFit | ParametricFit
 
 
 def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
@@ -156,6 +160,6 @@ def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
 def fit_from_dict(d: Mapping[str, Any]) -> Fit:
     """Rebuild a fit from its ``to_dict()`` (the ``approach`` key says which)."""
     name = d.get("approach")
-    if name not in _FIT_TYPES:
-        raise ValueError(f"cannot rebuild a fit with approach {name!r}; expected one of {list(_FIT_TYPES)}")
-    return _FIT_TYPES[name].from_dict(d)
+    if name not in FIT_TYPES:
+        raise ValueError(f"cannot rebuild a fit with approach {name!r}; expected one of {list(FIT_TYPES)}")
+    return FIT_TYPES[name].from_dict(d)

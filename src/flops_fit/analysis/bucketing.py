@@ -10,8 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.core.validate import Real, check
+
 #: Budgets within this relative distance of the smallest budget of their bucket share the bucket.
 DEFAULT_BUDGET_RTOL = 0.05
+_RTOL = Real(0)
 
 
 def bucket_budgets(compute: Any, rtol: float = DEFAULT_BUDGET_RTOL) -> tuple[np.ndarray, np.ndarray]:
@@ -27,8 +30,7 @@ def bucket_budgets(compute: Any, rtol: float = DEFAULT_BUDGET_RTOL) -> tuple[np.
         return np.zeros(0, dtype=int), np.zeros(0)
     if not np.all(np.isfinite(c) & (c > 0)):
         raise ValueError("compute budgets must be positive and finite to be bucketed")
-    if not rtol >= 0:
-        raise ValueError(f"rtol must be >= 0, got {rtol}")
+    rtol = check("rtol", rtol, _RTOL)
     order = np.argsort(c, kind="stable")
     labels = np.empty(c.size, dtype=int)
     limit = np.log1p(rtol)

@@ -18,17 +18,18 @@ import pandas as pd
 
 from flops_fit.analysis._offset import BLOCK_ELEMENTS
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
-from flops_fit.analysis.isoflop import fmt_ci, optimum_from_laws, with_sample_ci
+from flops_fit.analysis.fit import LawsFit, fmt_ci, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
 from flops_fit.analysis.power_law import PowerLawFit, fit_power_law, fit_power_law_batch
 from flops_fit.core.runs import validate_runs
 from flops_fit.core.validate import (
+    Integer,
     canonical_order,
+    check,
     check_bootstrap,
     check_budget_rtol,
     check_flag,
     check_seed,
-    positive_budgets,
 )
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_GRID_POINTS = 1500
 #: ... and the most it accepts (each bootstrap resample holds a row of this many envelope values).
 MAX_GRID_POINTS = 100_000
+_AT_LEAST_10 = Integer(10, type_label="an int >= 10")
+_AT_MOST = Integer(
+    hi=MAX_GRID_POINTS, range_label=f"at most {MAX_GRID_POINTS:,} (default {DEFAULT_GRID_POINTS})"
+)
 
 
 @dataclass(frozen=True, eq=False)
-class EnvelopeFit:
-    """Result of Approach 1. ``envelope`` holds, per FLOP value, the best run's N, D and loss."""
+class EnvelopeFit(LawsFit):
+    """Result of Approach 1. ``envelope`` holds, per FLOP value, the best run's N, D and loss.
+
+    ``a``, ``b``: exponents of N_opt ∝ C^a and D_opt ∝ C^b; ``a_ci``, ``b_ci``: their 95% bootstrap
+    intervals (None without a bootstrap: envelope points are not independent, so there are no regression
+    intervals).
+    """
 
     n_opt_fit: PowerLawFit
     d_opt_fit: PowerLawFit
@@ -51,19 +61,6 @@ class EnvelopeFit:
     samples: np.ndarray | None = None  # bootstrap draws, columns as IsoFLOPFit.samples
 
     approach = "envelope"
-
-    @property
-    def a(self) -> float:
-        return self.n_opt_fit.a
-
-    @property
-    def b(self) -> float:
-        return self.d_opt_fit.a
-
-    def optimal(self, C: Any) -> dict[str, Any]:
-        """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs)."""
-        laws = (self.n_opt_fit, self.d_opt_fit, self.l_opt_fit)
-        return optimum_from_laws(positive_budgets(C), laws, self.samples)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,7 +98,7 @@ class EnvelopeFit:
                 f"  N_opt: {self.n_opt_fit}",
                 f"  D_opt: {self.d_opt_fit}",
                 f"  L_opt: {self.l_opt_fit}",
-                f"  a = {self.a:.4f}{fmt_ci(self.n_opt_fit.a_ci)}   b = {self.b:.4f}{fmt_ci(self.d_opt_fit.a_ci)}",
+                f"  a = {self.a:.4f}{fmt_ci(self.a_ci)}   b = {self.b:.4f}{fmt_ci(self.b_ci)}",
             ]
         )
 
@@ -139,19 +136,13 @@ def fit_envelope(
     """
     bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
     budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
-    if isinstance(grid_points, bool) or not isinstance(grid_points, (int, np.integer)):
-        raise TypeError(f"grid_points must be an int >= 10, got {grid_points!r}")
+    grid_points = check("grid_points", grid_points, _AT_LEAST_10)
+    grid_points = check("grid_points", grid_points, _AT_MOST)
     df = validate_runs(runs)
     if "curve" not in df.columns or not df["curve"].map(lambda c: c is not None and len(c) > 0).any():
         raise ValueError(
             "Approach 1 needs loss curves: the runs carry no 'curve' column of (tokens, loss) pairs. "
             "Train with eval_every set so each run records its curve, or use fit_isoflop/fit_parametric."
-        )
-    if int(grid_points) < 10:
-        raise ValueError(f"grid_points must be >= 10, got {grid_points}")
-    if int(grid_points) > MAX_GRID_POINTS:
-        raise ValueError(
-            f"grid_points must be at most {MAX_GRID_POINTS:,} (default {DEFAULT_GRID_POINTS}), got {grid_points}"
         )
     excluded = pd.DataFrame()
     if exclude:
@@ -165,7 +156,7 @@ def fit_envelope(
     if len({r[0] for r in runs_c}) < 2:
         raise ValueError("Approach 1 needs curves from at least 2 model sizes")
 
-    grid = np.linspace(min(r[2][0] for r in runs_c), max(r[2][-1] for r in runs_c), int(grid_points))
+    grid = np.linspace(min(r[2][0] for r in runs_c), max(r[2][-1] for r in runs_c), grid_points)
     env = _envelope(runs_c, grid)
     if len(env) < 2 or env["optimal_params"].nunique() < 2:
         raise ValueError(

@@ -19,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.fit import LawsFit, fmt_ci, with_sample_ci
 from flops_fit.analysis.outliers import exclude_outliers
-from flops_fit.analysis.power_law import CI_LEVEL, PowerLawFit, _ols, fit_power_law, fit_power_law_batch
+from flops_fit.analysis.power_law import PowerLawFit, _ols, fit_power_law, fit_power_law_batch
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 from flops_fit.core.validate import (
     canonical_order,
@@ -30,7 +31,6 @@ from flops_fit.core.validate import (
     check_ids,
     check_seed,
     positive_arrays,
-    positive_budgets,
 )
 
 logger = logging.getLogger(__name__)
@@ -266,16 +266,8 @@ def budget_minima(
     return pd.DataFrame(rows)
 
 
-def _ci(samples: np.ndarray) -> tuple[float, float] | None:
-    s = samples[np.isfinite(samples)]
-    if s.size < 2:
-        return None
-    lo, hi = np.percentile(s, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)])
-    return float(lo), float(hi)
-
-
 @dataclass(frozen=True, eq=False)
-class IsoFLOPFit:
+class IsoFLOPFit(LawsFit):
     """Result of Approach 2. ``a``, ``b``: exponents of N_opt ∝ C^a and D_opt ∝ C^b."""
 
     n_opt_fit: PowerLawFit
@@ -287,28 +279,6 @@ class IsoFLOPFit:
     samples: np.ndarray | None = None  # bootstrap draws: columns ln k_N, a, ln k_D, b, L_opt(C) params
 
     approach = "isoflop"
-
-    @property
-    def a(self) -> float:
-        return self.n_opt_fit.a
-
-    @property
-    def b(self) -> float:
-        return self.d_opt_fit.a
-
-    @property
-    def a_ci(self) -> tuple[float, float] | None:
-        return self.n_opt_fit.a_ci
-
-    @property
-    def b_ci(self) -> tuple[float, float] | None:
-        return self.d_opt_fit.a_ci
-
-    def optimal(self, C: Any) -> dict[str, Any]:
-        """Compute-optimal N (parameters), D (tokens) and loss at budget(s) C (FLOPs), with 95% intervals."""
-        return optimum_from_laws(
-            positive_budgets(C), (self.n_opt_fit, self.d_opt_fit, self.l_opt_fit), self.samples
-        )
 
     def to_dict(self) -> dict[str, Any]:
         minima = self.minima.copy()
@@ -371,66 +341,6 @@ def describe_flagged(minima: pd.DataFrame) -> list[str]:
         ]
     counts = flagged["flags"].str.split(",").explode().value_counts().to_dict()
     return [f"{len(flagged)} flagged budgets by flag: {counts} (see .minima)"]
-
-
-def fmt_ci(ci: tuple[float, float] | None) -> str:
-    return "" if ci is None else f" [{ci[0]:.4f}, {ci[1]:.4f}]"
-
-
-def _vector_ci(draws: np.ndarray) -> tuple[Any, Any]:
-    lo, hi = np.nanpercentile(draws, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)], axis=-1)
-    if np.ndim(lo) == 0:
-        return float(lo), float(hi)
-    return lo, hi
-
-
-def optimum_from_laws(
-    c: np.ndarray, laws: tuple[PowerLawFit, PowerLawFit, PowerLawFit], samples: np.ndarray | None
-) -> dict[str, Any]:
-    """``optimal(C)`` of a fit made of the laws N_opt(C), D_opt(C), L_opt(C) (Approaches 1 and 2).
-
-    With bootstrap draws ``samples`` (columns ln k_N, a, ln k_D, b, then the L_opt law's offset, ln k,
-    exponent) the intervals are 95% percentiles of the draws' predictions at C; without, the laws' own
-    regression intervals.
-    """
-    n_fit, d_fit, l_fit = laws
-    n, d, l = n_fit.predict(c), d_fit.predict(c), l_fit.predict(c)
-    if samples is not None and len(samples):
-        s, lc = samples, np.log(c)[..., None]
-        n_ci = _vector_ci(np.exp(s[:, 0] + s[:, 1] * lc))
-        d_ci = _vector_ci(np.exp(s[:, 2] + s[:, 3] * lc))
-        l_ci = _vector_ci(s[:, 4] + np.exp(s[:, 5] + s[:, 6] * lc))
-    else:
-        n_ci, d_ci, l_ci = n_fit.predict_interval(c), d_fit.predict_interval(c), l_fit.predict_interval(c)
-    return optimum_record(c, n, d, l, n_ci, d_ci, l_ci)
-
-
-def optimum_record(
-    c: Any, n: Any, d: Any, l: Any, n_ci: Any = None, d_ci: Any = None, l_ci: Any = None
-) -> dict[str, Any]:
-    """The dict every fit's ``optimal(C)`` returns (scalars for scalar C, arrays otherwise)."""
-
-    def conv(v: Any) -> Any:
-        return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
-
-    def conv_ci(ci: Any) -> Any:
-        if ci is None:
-            return None
-        lo, hi = ci
-        if np.ndim(lo) == 0 and not (np.isfinite(lo) and np.isfinite(hi)):
-            return None
-        return (conv(lo), conv(hi))
-
-    return {
-        "compute_budget": conv(c),
-        "optimal_params": conv(n),
-        "optimal_tokens": conv(d),
-        "optimal_loss": conv(l),
-        "tokens_per_param": conv(np.asarray(d) / np.asarray(n)),
-        "optimal_params_ci": conv_ci(n_ci),
-        "optimal_tokens_ci": conv_ci(d_ci),
-        "optimal_loss_ci": conv_ci(l_ci),
-    }
 
 
 def _laws(
@@ -527,28 +437,6 @@ def fit_isoflop(
             for f, cols in ((n_fit, (0, 1, None)), (d_fit, (2, 3, None)), (l_fit, (5, 6, 4)))
         )
     return IsoFLOPFit(n_fit, d_fit, l_fit, minima, excluded, budget_rtol, samples)
-
-
-def with_sample_ci(fit: PowerLawFit, s: np.ndarray, cols: tuple[int, int, int | None]) -> PowerLawFit:
-    """``fit`` with intervals and covariance taken from bootstrap draws ``s`` (columns ln k, a[, offset])."""
-    ik, ia, io = cols
-    k_ci = _ci(np.exp(s[:, ik]))
-    a_ci = _ci(s[:, ia])
-    off_ci = _ci(s[:, io]) if io is not None and fit.offset else fit.offset_ci
-    idx = [ik, ia] if io is None or not fit.offset else [io, ik, ia]
-    good = np.all(np.isfinite(s[:, idx]), axis=1)
-    cov = np.cov(s[good][:, idx].T) if good.sum() > 2 else None
-    return PowerLawFit(
-        k=fit.k,
-        a=fit.a,
-        r_squared=fit.r_squared,
-        k_ci=k_ci,
-        a_ci=a_ci,
-        offset=fit.offset,
-        offset_ci=off_ci,
-        n_points=fit.n_points,
-        cov=None if cov is None else tuple(tuple(float(v) for v in r) for r in cov),
-    )
 
 
 def _bootstrap(

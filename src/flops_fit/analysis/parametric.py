@@ -11,8 +11,9 @@ point of a grid of starts, keeping the best. N is in parameters, D in tokens, L 
 any positive loss works); the Huber loss acts on natural-log residuals.
 
 All starts are optimised together: the objective and its analytic gradient are evaluated for every
-start in one vectorised pass, and a batched L-BFGS (two-loop recursion, a weak-Wolfe line search per
-start, converged starts leave the batch) drives them. The best starts are then refined with tight
+start in one vectorised pass (:mod:`flops_fit.analysis.huber`), and a batched L-BFGS
+(:mod:`flops_fit.analysis.lbfgs`: two-loop recursion, a weak-Wolfe line search per start, converged starts
+leave the batch) drives them. The best starts are then refined with tight
 tolerances and the winner is polished with scipy's L-BFGS-B. The bootstrap refits resampled data, all
 resamples in one batch, warm-started from the distinct optima of the full-data fit.
 
@@ -28,7 +29,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +39,9 @@ import pandas as pd
 from scipy import optimize
 
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.huber import HuberLogObjective as _HuberLogObjective
+from flops_fit.analysis.huber import objective_scale
+from flops_fit.analysis.lbfgs import MAX_ITER, NON_FINITE, BatchResult, Evaluate, Stop, lbfgs_batch
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
@@ -82,23 +86,10 @@ MIN_TERM_CHANGE = 1e-4
 #: collapsed to zero: the data do not pin E, and the exponents then carry the loss floor too.
 MIN_FLOOR_FRACTION = 1e-3
 
-# Optimiser settings. The objective the optimiser sees is the summed Huber loss divided by delta * sum(w),
-# i.e. the weighted mean absolute log residual in the linear part of the Huber loss, so the tight
-# tolerances below do not depend on the number of points, their weights or delta.
-_MEMORY = 10  # L-BFGS correction pairs, as scipy's L-BFGS-B default
-
-
-@dataclass(frozen=True)
-class _Stop:
-    """When one start of the batched L-BFGS stops (see :func:`_lbfgs_batch`)."""
-
-    gtol: float
-    ftol: float
-    ftol_floor: float
-    patience: int
-    max_iter: int
-
-
+# Optimiser settings (the optimiser is flops_fit.analysis.lbfgs). The objective it sees is the summed Huber
+# loss divided by delta * sum(w), i.e. the weighted mean absolute log residual in the linear part of the
+# Huber loss, so the tight tolerances below do not depend on the number of points, their weights or delta.
+#
 # Every grid start stops where scipy's L-BFGS-B with its default options stops on the summed Huber
 # objective itself (pgtol 1e-5 on the gradient; a decrease of at most factr * eps = 2.2e-9 times
 # max(|f|, 1)), i.e. where the per-start loop the method prescribes stops: on the Chinchilla points the
@@ -108,17 +99,9 @@ class _Stop:
 _GRID_PGTOL, _GRID_FACTR_EPS, _GRID_MAX_ITER = 1e-5, 2.2e-9, 1000
 
 
-def _objective_scale(w: np.ndarray, huber_delta: float) -> Any:
-    """delta * sum(w): the optimiser minimises the summed Huber loss divided by this (the weighted mean
-    |log residual| in the Huber loss's linear part). A float for weights (n,), a column for a table (m, n)."""
-    if w.ndim == 1:
-        return huber_delta * float(w.sum())
-    return huber_delta * w.sum(axis=1, keepdims=True)
-
-
-def _grid_stop(scale: float) -> _Stop:
+def _grid_stop(scale: float) -> Stop:
     """Scipy L-BFGS-B's default stop on the summed objective, for the objective divided by ``scale``."""
-    return _Stop(
+    return Stop(
         gtol=_GRID_PGTOL / scale,
         ftol=_GRID_FACTR_EPS,
         ftol_floor=1.0 / scale,
@@ -130,360 +113,17 @@ def _grid_stop(scale: float) -> _Stop:
 # Refinement and bootstrap: run to the precision the objective allows. The Huber loss with a small delta is
 # nearly piecewise linear, so L-BFGS can crawl for a few iterations and then speed up again; a start stops
 # only after `patience` consecutive iterations of negligible progress.
-_TIGHT_STOP = _Stop(gtol=1e-10, ftol=1e-14, ftol_floor=0.0, patience=3, max_iter=2000)
+_TIGHT_STOP = Stop(gtol=1e-10, ftol=1e-14, ftol_floor=0.0, patience=3, max_iter=2000)
 _N_REFINE_BEST = 16  # best grid starts refined with tight tolerances
 _N_REFINE_DISTINCT = 8  # plus the best start of up to this many distinct basins
 _DISTINCT_START = 0.1  # max |difference| in (e, a, b, alpha, beta) for grid end points to count as one basin
 _DISTINCT_OPTIMUM = 1e-3  # ... and for refined optima
 _N_BOOTSTRAP_STARTS = 4  # warm starts per resample: the optimum and up to 3 other distinct optima
 _CONVERGED_GTOL = 1e-5  # final normalised gradient (max-abs) below which a fit is reported as converged
-_CHUNK_ELEMENTS = 65536  # rows x points per vectorised block: keeps the temporaries in cache
-
-# Status codes of the batched optimiser.
-_RUNNING, _GTOL, _FTOL, _LINE_SEARCH, _MAX_ITER, _NON_FINITE = range(6)
 
 
 # --------------------------------------------------------------------------------------------------------
-# Objective
-
-
-class _HuberLogObjective:
-    """Summed weighted Huber loss of log residuals, and its gradient, for many parameter vectors at once.
-
-    Parameter vectors are the columns of a (5, k) array, in log space ``(e, a, b, alpha, beta)``; the
-    batched optimiser keeps every per-start quantity in this column layout (one contiguous row per
-    coordinate), which keeps its many small vector operations cheap. The three terms of the model are
-    computed divided by the observed loss, ``t1 = exp(a - alpha log N - log L)`` and so on, so the residual
-    is ``r = log(t1 + t2 + t3)`` with no explicit log-sum-exp shift; a vector whose terms overflow gets
-    ``f = inf`` (the line search then backs off), which only happens absurdly far from any fit.
-
-    Vectors are processed in blocks of about ``_CHUNK_ELEMENTS`` values through preallocated work arrays
-    (cache-sized, and no large allocation per call), so an instance is not safe to call from several
-    threads at once.
-    """
-
-    def __init__(
-        self, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float, weights: np.ndarray
-    ) -> None:
-        ones = np.ones_like(log_n)
-        self.delta = float(delta)
-        self.n_points = log_n.size
-        self._m1 = np.stack([ones, -log_n, -log_l])  # [a, alpha, 1] @ m1 = a - alpha log N - log L
-        self._m2 = np.stack([ones, -log_d, -log_l])
-        self._inv_l = np.exp(-log_l)
-        self._g1 = np.stack([ones, -log_n])  # d/d(a, alpha) of the first exponent
-        self._g2 = np.stack([ones, -log_d])
-        # Equal weights (the usual case) are applied to f and grad once instead of to every residual.
-        self._common = float(weights[0]) if bool((weights == weights[0]).all()) else None
-        self._weights = None if self._common is not None else np.asarray(weights, dtype=float)
-        self._chunk = max(8, _CHUNK_ELEMENTS // log_n.size)
-        self._work = np.empty((6, self._chunk, log_n.size))
-        self._p = np.ones((2, self._chunk, 3))  # per block: [a, alpha, 1] and [b, beta, 1] per column
-
-    def __call__(
-        self, theta: np.ndarray, table: np.ndarray | None = None, rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(f, grad)``, shapes (k,) and (5, k), for the parameter columns of ``theta`` (5, k).
-
-        Points carry the constructor's ``weights``, or with ``table`` (m, n) the weights in row ``rows[i]``
-        for column ``i`` (bootstrap resamples).
-        """
-        k = theta.shape[1]
-        f = np.empty(k)
-        g = np.empty((5, k))
-        common = None if table is not None else self._common
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            for lo in range(0, k, self._chunk):
-                hi = min(lo + self._chunk, k)
-                if table is not None:
-                    assert rows is not None
-                    w = np.take(table, rows[lo:hi], axis=0, out=self._work[5, : hi - lo])
-                else:
-                    w = self._weights
-                self._block(theta[:, lo:hi], w, f[lo:hi], g[:, lo:hi])
-        if common is not None and common != 1.0:
-            f *= common
-            g *= common
-        bad = ~np.isfinite(f)
-        if bad.any():
-            f[bad] = np.inf
-            g[:, bad] = 0.0
-        return f, g
-
-    def _block(self, theta: np.ndarray, w: np.ndarray | None, f: np.ndarray, grad: np.ndarray) -> None:
-        k = theta.shape[1]
-        t1, t2, s, r, q = (buf[:k] for buf in self._work[:5])
-        p1, p2 = self._p[0, :k], self._p[1, :k]
-        p1[:, 0], p1[:, 1] = theta[1], theta[3]
-        p2[:, 0], p2[:, 1] = theta[2], theta[4]
-        np.matmul(p1, self._m1, out=t1)  # a - alpha log N - log L
-        np.exp(t1, out=t1)
-        np.matmul(p2, self._m2, out=t2)
-        np.exp(t2, out=t2)
-        big_e = np.exp(theta[0])
-        np.einsum("i,j->ij", big_e, self._inv_l, out=s)  # E / L_observed
-        s += t1
-        s += t2  # = L(N, D) / L_observed
-        np.log(s, out=r)  # log residual
-        np.clip(r, -self.delta, self.delta, out=q)  # Huber'(r)
-        # Huber(r) = psi (2 r - psi) / 2 in both regimes (psi = Huber'(r)); r is not needed afterwards.
-        r *= 2.0
-        r -= q
-        if w is not None:
-            q *= w
-        np.einsum("ij,ij->i", q, r, out=f)
-        f *= 0.5
-        # dr/d(log term_j) = term_j / L(N, D), so with q = w Huber'(r) / s: df/da = sum q t1,
-        # df/dalpha = -sum q t1 log N (likewise b, beta with t2, log D) and df/de = E sum q / L_observed.
-        q /= s
-        np.matmul(q, self._inv_l, out=grad[0])
-        grad[0] *= big_e
-        t1 *= q
-        t2 *= q
-        grad[[1, 3]] = self._g1 @ t1.T
-        grad[[2, 4]] = self._g2 @ t2.T
-
-
-# --------------------------------------------------------------------------------------------------------
-# Batched L-BFGS
-#
-# Every per-start quantity is stored column-wise: a point of the search space is a column of a (dim, k)
-# array, the curvature history is (MEMORY, dim, k). The optimiser's work is many tiny vector operations per
-# iteration, and this layout makes each of them run over contiguous memory.
-
-
-@dataclass
-class _BatchResult:
-    x: np.ndarray  # (k, 5) end points
-    f: np.ndarray  # (k,) objective at x (inf for rows that never had a finite value)
-    grad: np.ndarray  # (k, 5) gradient at x
-    status: np.ndarray  # (k,) one of the _GTOL.. codes
-    n_iter: np.ndarray  # (k,) iterations per row
-    n_eval: int  # row-evaluations of the objective in total
-
-
-def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Column-wise inner products of two (dim, k) arrays."""
-    return np.einsum("dk,dk->k", u, v)
-
-
-def _two_loop(
-    g: np.ndarray,
-    s_hist: np.ndarray,
-    y_hist: np.ndarray,
-    rho: np.ndarray,
-    gamma: np.ndarray,
-    order: Sequence[int],
-) -> np.ndarray:
-    """Return -H g for every column (L-BFGS two-loop recursion); ``order`` lists history slots newest first.
-
-    ``g`` is (dim, k), ``s_hist`` and ``y_hist`` (MEMORY, dim, k), ``rho`` (MEMORY, k), ``gamma`` (k,).
-    Slots with ``rho == 0`` (empty, or a skipped update) are no-ops.
-    """
-    q = g.copy()
-    step = np.empty_like(q)
-    coef = {}
-    for j in order:
-        c = _dot(s_hist[j], q)
-        c *= rho[j]
-        q -= np.multiply(y_hist[j], c, out=step)
-        coef[j] = c
-    q *= gamma
-    for j in reversed(order):
-        c = _dot(y_hist[j], q)
-        c *= rho[j]
-        np.subtract(coef[j], c, out=c)
-        q += np.multiply(s_hist[j], c, out=step)
-    return np.negative(q, out=q)
-
-
-@np.errstate(over="ignore", invalid="ignore", divide="ignore")  # step interpolation may divide by 0
-def _line_search(
-    evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-    rows: np.ndarray,
-    x: np.ndarray,
-    f: np.ndarray,
-    g: np.ndarray,
-    d: np.ndarray,
-    gd: np.ndarray,
-    *,
-    c1: float = 1e-4,
-    c2: float = 0.9,
-    max_steps: int = 25,
-    xtol: float = 1e-10,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Weak-Wolfe line search along ``d`` for every column at once (bisection / doubling, Lewis & Overton).
-
-    ``x``, ``g`` and ``d`` are (dim, k). Each round evaluates only the columns still searching. Returns
-    ``(x_new, f_new, g_new, ok, n_eval)``; ``ok`` is False where no step with sufficient decrease was
-    found (the column has converged to the precision the objective allows, or cannot move); such columns
-    keep ``x``, ``f`` and ``g``.
-    """
-    k = x.shape[1]
-    t = np.ones(k)
-    lo = np.zeros(k)
-    hi = np.full(k, np.inf)
-    t_min = np.zeros(k)
-    live = np.arange(k)
-    n_eval = 0
-    for round_ in range(max_steps):
-        if round_ == 0:  # the unit step for every column: no gathers, no scatters
-            tl, d_l, f_l, gd_l = t, d, f, gd
-            xt = x + d
-        else:
-            tl = t[live]
-            d_l, f_l, gd_l = np.take(d, live, axis=1), f[live], gd[live]
-            xt = np.take(x, live, axis=1)
-            xt += tl * d_l
-        ft, gt = evaluate(rows[live], xt)
-        n_eval += live.size
-        armijo = ft <= f_l + c1 * tl * gd_l  # False for inf / nan
-        done = armijo & (_dot(gt, d_l) >= c2 * gd_l)  # sufficient decrease and curvature
-        # Every point with sufficient decrease is acceptable; keep the latest (largest such step).
-        if round_ == 0:
-            x_new, f_new, g_new = np.where(armijo, xt, x), np.where(armijo, ft, f), np.where(armijo, gt, g)
-            ok = armijo.copy()
-        else:
-            good = live[armijo]
-            x_new[:, good], f_new[good], g_new[:, good] = xt[:, armijo], ft[armijo], gt[:, armijo]
-            ok[good] = True
-        if done.all():
-            break
-        long_ = ~armijo
-        if long_.any():
-            # Too long: shrink (quadratic interpolation while no lower bracket exists, then bisection).
-            rl = live[long_]
-            tq = tl[long_]
-            hi[rl] = tq
-            t_quad = -gd_l[long_] * tq * tq / (2.0 * (ft[long_] - f_l[long_] - gd_l[long_] * tq))
-            t_quad = np.clip(np.where(np.isfinite(t_quad), t_quad, 0.1 * tq), 0.1 * tq, 0.5 * tq)
-            lo_rl = lo[rl]
-            t[rl] = np.where(lo_rl > 0, 0.5 * (lo_rl + tq), t_quad)
-        short = armijo ^ done
-        if short.any():
-            # Too short (still steep): grow.
-            rs = live[short]
-            ts = tl[short]
-            lo[rs] = ts
-            hi_rs = hi[rs]
-            t[rs] = np.where(np.isfinite(hi_rs), 0.5 * (ts + hi_rs), 2.0 * ts)
-        live = live[~done]
-        if round_ == 0:
-            # Smallest useful step: moves no coordinate by more than xtol relative to its size.
-            x_l, d_l = np.take(x, live, axis=1), np.take(d, live, axis=1)
-            t_min[live] = xtol * (1.0 + np.abs(x_l).max(axis=0)) / np.maximum(np.abs(d_l).max(axis=0), 1e-300)
-        # Stop columns whose bracket collapsed or whose step became negligible.
-        hi_l, lo_l = hi[live], lo[live]
-        stuck = (np.isfinite(hi_l) & (hi_l - lo_l <= 1e-12 * hi_l)) | ((t[live] < t_min[live]) & (lo_l == 0))
-        if stuck.any():
-            live = live[~stuck]
-        if live.size == 0:
-            break
-    return x_new, f_new, g_new, ok, n_eval
-
-
-def _lbfgs_batch(
-    x0: np.ndarray,
-    evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
-    stop: _Stop,
-) -> _BatchResult:
-    """Minimise ``evaluate`` from every row of ``x0`` (k, dim) at once with L-BFGS.
-
-    ``evaluate(rows, x)`` returns ``(f, grad)``, shapes (m,) and (dim, m), for the parameter columns of
-    ``x`` (dim, m) belonging to original rows ``rows`` (so per-row data, e.g. bootstrap weights, can be
-    looked up). A row stops when its gradient max-norm is <= ``stop.gtol``, when ``f`` fell by
-    <= ``stop.ftol * max(|f|, stop.ftol_floor)`` in ``stop.patience`` consecutive iterations, when no step
-    decreases ``f`` any more, or after ``stop.max_iter`` iterations.
-    """
-    gtol = stop.gtol
-    k0, dim = x0.shape
-    every = np.arange(k0)
-    x = np.ascontiguousarray(x0.T, dtype=float)
-    f0, g0 = evaluate(every, x)
-    out = _BatchResult(
-        x=x0.astype(float, copy=True),
-        f=f0.copy(),
-        grad=g0.T.copy(),
-        status=np.full(k0, _RUNNING),
-        n_iter=np.zeros(k0, dtype=int),
-        n_eval=k0,
-    )
-    out.status[~np.isfinite(f0)] = _NON_FINITE
-    out.status[np.isfinite(f0) & (np.abs(g0).max(axis=0) <= gtol)] = _GTOL
-    rows = np.flatnonzero(out.status == _RUNNING)
-    x, f, g = np.take(x, rows, axis=1), f0[rows], np.take(g0, rows, axis=1)
-    s_hist = np.zeros((_MEMORY, dim, rows.size))
-    y_hist = np.zeros((_MEMORY, dim, rows.size))
-    rho = np.zeros((_MEMORY, rows.size))
-    gamma = np.zeros(rows.size)  # 0: no curvature pair yet
-    stall = np.zeros(rows.size, dtype=int)
-    for it in range(stop.max_iter):
-        if rows.size == 0:
-            break
-        slot = it % _MEMORY
-        order = [(slot - 1 - j) % _MEMORY for j in range(min(it, _MEMORY))]  # filled slots, newest first
-        fresh = gamma == 0
-        gnorm = np.maximum(np.sqrt(_dot(g, g)), 1e-300)
-        # Without curvature information take a unit-length steepest-descent step, as L-BFGS-B does.
-        d = _two_loop(g, s_hist, y_hist, rho, np.where(fresh, 1.0 / gnorm, gamma), order)
-        gd = _dot(g, d)
-        uphill = ~(gd < 0)
-        if uphill.any():  # lost descent (numerically): restart those rows from steepest descent
-            d[:, uphill] = -g[:, uphill] / gnorm[uphill]
-            gd[uphill] = -gnorm[uphill]
-            rho[:, uphill] = 0.0
-            gamma[uphill] = 0.0
-        x_new, f_new, g_new, ok, n_eval = _line_search(evaluate, rows, x, f, g, d, gd)
-        out.n_eval += n_eval
-        # Curvature pair into this iteration's slot (a no-op pair where the update is skipped; rows
-        # without an acceptable step have s = y = 0).
-        s = np.subtract(x_new, x, out=s_hist[slot])
-        y = np.subtract(g_new, g, out=y_hist[slot])
-        sy = _dot(s, y)
-        yy = _dot(y, y)
-        update = ok & (sy > 1e-10 * yy) & (yy > 0)
-        if not update.all():
-            s *= update
-            y *= update
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho[slot] = np.where(update, 1.0 / sy, 0.0)
-            gamma = np.where(update, sy / yy, gamma)
-        decrease = f - f_new
-        small = ok & (
-            decrease <= stop.ftol * np.maximum(np.maximum(np.abs(f), np.abs(f_new)), stop.ftol_floor)
-        )
-        stall = np.where(small, stall + 1, 0)
-        x, f, g = x_new, f_new, g_new  # unchanged where no acceptable step was found
-        status = np.full(rows.size, _RUNNING)
-        status[stall >= stop.patience] = _FTOL
-        status[ok & (np.abs(g).max(axis=0) <= gtol)] = _GTOL
-        # No acceptable step: like L-BFGS-B, drop the curvature memory and retry once from steepest
-        # descent; a row that fails without memory has converged as far as the objective allows.
-        retry = ~ok & (gamma != 0)
-        if retry.any():
-            rho[:, retry] = 0.0
-            gamma[retry] = 0.0
-        status[~ok & ~retry] = _LINE_SEARCH
-        finished = status != _RUNNING
-        if finished.any():
-            done = rows[finished]
-            out.x[done], out.f[done], out.grad[done], out.status[done] = (
-                x[:, finished].T,
-                f[finished],
-                g[:, finished].T,
-                status[finished],
-            )
-            out.n_iter[done] = it + 1
-            # Drop the finished columns. np.compress keeps the arrays C-contiguous; boolean indexing along
-            # the last axis returns a transposed layout that slows every later operation on them.
-            keep = ~finished
-            rows, f, stall, gamma = rows[keep], f[keep], stall[keep], gamma[keep]
-            x, g, rho = x.compress(keep, axis=1), g.compress(keep, axis=1), rho.compress(keep, axis=1)
-            s_hist, y_hist = s_hist.compress(keep, axis=2), y_hist.compress(keep, axis=2)
-    if rows.size:
-        out.x[rows], out.f[rows], out.grad[rows], out.status[rows] = x.T, f, g.T, _MAX_ITER
-        out.n_iter[rows] = stop.max_iter
-    return out
+# Fitting helpers
 
 
 def _distinct(x: np.ndarray, order: np.ndarray, tol: float, limit: int) -> list[int]:
@@ -574,6 +214,16 @@ class ParametricFit:
     def b(self) -> float:
         """Exponent of D_opt ∝ C^b: alpha / (alpha + beta)."""
         return self.alpha / (self.alpha + self.beta)
+
+    @property
+    def a_ci(self) -> tuple[float, float] | None:
+        """95% bootstrap interval of ``a``, or None without a bootstrap."""
+        return self.ci.get("a")
+
+    @property
+    def b_ci(self) -> tuple[float, float] | None:
+        """95% bootstrap interval of ``b``, or None without a bootstrap."""
+        return self.ci.get("b")
 
     @property
     def G(self) -> float:
@@ -898,6 +548,75 @@ def _to_params(theta: np.ndarray) -> np.ndarray:
     return out
 
 
+def _search(
+    starts: np.ndarray, evaluate: Evaluate, scale: float
+) -> tuple[BatchResult, np.ndarray, BatchResult, np.ndarray]:
+    """Steps 1 and 2 of Approach 3: every start of the grid (rows (e, a, b, alpha, beta)) stopping where
+    scipy's L-BFGS-B with default options would, then the best starts and the best start of each distinct
+    basin refined with tight tolerances. Returns ``(grid, finite, refined, ranked)``: the grid's results, its
+    starts with a finite objective, the refined results and their order, best first."""
+    grid = lbfgs_batch(starts, evaluate, _grid_stop(scale))
+    finite = np.flatnonzero(np.isfinite(grid.f))
+    if finite.size == 0:
+        raise ValueError(
+            "no start of init_grid gives a finite objective; use start values near the data's scale"
+        )
+    order = finite[np.argsort(grid.f[finite], kind="stable")]
+    picks = list(
+        dict.fromkeys(
+            [*order[:_N_REFINE_BEST].tolist(), *_distinct(grid.x, order, _DISTINCT_START, _N_REFINE_DISTINCT)]
+        )
+    )
+    refined = lbfgs_batch(grid.x[picks], evaluate, _TIGHT_STOP)
+    return grid, finite, refined, np.argsort(refined.f, kind="stable")
+
+
+def _polish(evaluate: Evaluate, theta: np.ndarray, f: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """Step 3: polish ``theta`` (objective ``f``) with scipy's L-BFGS-B, kept only if lower; returns the
+    point, its objective and its gradient."""
+
+    def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        f, g = evaluate(np.zeros(1, dtype=int), theta[:, None])
+        return float(f[0]), g[:, 0]
+
+    polished = optimize.minimize(
+        single,
+        theta,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-12},
+    )
+    if np.isfinite(polished.fun) and polished.fun < f:
+        theta, f = np.asarray(polished.x, dtype=float), float(polished.fun)
+    return theta, f, single(theta)[1]
+
+
+def _sample_ci(samples: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
+    """Bootstrap optima (e, a, b, alpha, beta) rows -> (E, A, B, alpha, beta) rows and the 95% intervals of
+    those five and of the exponents a, b."""
+    params = _to_params(samples)
+    draws = {name: params[:, i] for i, name in enumerate(PARAM_NAMES)}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        draws["a"] = params[:, 4] / (params[:, 3] + params[:, 4])
+        draws["b"] = params[:, 3] / (params[:, 3] + params[:, 4])
+    return params, {name: _percentile_ci(v) for name, v in draws.items()}
+
+
+def _warn_if_unsound(fit: ParametricFit, grad: np.ndarray) -> None:
+    """Warn the caller of :func:`fit_parametric` about a degenerate, floorless or unconverged fit."""
+    if fit.degeneracy is not None:
+        warnings.warn(f"Approach 3 fit is degenerate: {fit.degeneracy}", UserWarning, stacklevel=4)
+    elif fit.floor_collapsed is not None:
+        warnings.warn(f"Approach 3: {fit.floor_collapsed}", UserWarning, stacklevel=4)
+    if not fit.converged:
+        warnings.warn(
+            f"Approach 3 optimum not converged (normalised gradient {np.abs(grad).max():.2g} > {_CONVERGED_GTOL:g}); "
+            "check the data or widen init_grid",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _fit_clean(
     N: np.ndarray,
     D: np.ndarray,
@@ -912,73 +631,32 @@ def _fit_clean(
     """Approach 3 on validated arrays: N, D, L positive finite, w >= 0 with a usable design."""
     t_start = time.perf_counter()
     log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
-    scale = _objective_scale(w, huber_delta)
+    scale = objective_scale(w, huber_delta)
     objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta, w / scale)
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return objective(theta)
 
-    # 1. Every start, stopping where scipy's L-BFGS-B with default options would.
-    grid = _lbfgs_batch(starts, evaluate, _grid_stop(scale))
-    finite = np.flatnonzero(np.isfinite(grid.f))
-    if finite.size == 0:
-        raise ValueError(
-            "no start of init_grid gives a finite objective; use start values near the data's scale"
-        )
-    order = finite[np.argsort(grid.f[finite], kind="stable")]
-    # 2. Refine the best starts and the best start of each distinct basin with tight tolerances.
-    picks = list(
-        dict.fromkeys(
-            [*order[:_N_REFINE_BEST].tolist(), *_distinct(grid.x, order, _DISTINCT_START, _N_REFINE_DISTINCT)]
-        )
-    )
-    refined = _lbfgs_batch(grid.x[picks], evaluate, _TIGHT_STOP)
-    ranked = np.argsort(refined.f, kind="stable")
-    best_theta = refined.x[ranked[0]].copy()
-    best_f = float(refined.f[ranked[0]])
-
-    # 3. Polish the winner with scipy's L-BFGS-B; keep it only if it is lower.
-    def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = evaluate(np.zeros(1, dtype=int), theta[:, None])
-        return float(f[0]), g[:, 0]
-
-    polished = optimize.minimize(
-        single,
-        best_theta,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-12},
-    )
-    if np.isfinite(polished.fun) and polished.fun < best_f:
-        best_theta, best_f = np.asarray(polished.x, dtype=float), float(polished.fun)
-    grad = single(best_theta)[1]
-    converged = bool(np.abs(grad).max() <= _CONVERGED_GTOL)
-    n_near = int((grid.f[finite] <= best_f * (1 + 1e-6)).sum())
+    grid, finite, refined, ranked = _search(starts, evaluate, scale)
+    best_theta, best_f, grad = _polish(evaluate, refined.x[ranked[0]].copy(), float(refined.f[ranked[0]]))
     logger.info(
         "Approach 3: %d starts (%d iterations, %.1f evaluations per start), %d within 1e-6 of the best; "
         "objective %.6g; %.2f s",
         starts.shape[0],
         int(grid.n_iter.max(initial=0)),
         grid.n_eval / starts.shape[0],
-        n_near,
+        int((grid.f[finite] <= best_f * (1 + 1e-6)).sum()),
         best_f * scale,
         time.perf_counter() - t_start,
     )
-
     samples = None
     ci: dict[str, tuple[float, float]] = {}
     if bootstrap > 0:
-        optima = [best_theta] + [refined.x[i] for i in ranked[1:]]
-        keep = _distinct(np.array(optima), np.arange(len(optima)), _DISTINCT_OPTIMUM, _N_BOOTSTRAP_STARTS)
-        samples = _bootstrap(objective, w, huber_delta, log_n, log_d, np.array(optima)[keep], bootstrap, seed)
-        params = _to_params(samples)
-        draws = {name: params[:, i] for i, name in enumerate(PARAM_NAMES)}
-        with np.errstate(invalid="ignore", divide="ignore"):
-            draws["a"] = params[:, 4] / (params[:, 3] + params[:, 4])
-            draws["b"] = params[:, 3] / (params[:, 3] + params[:, 4])
-        ci = {name: _percentile_ci(v) for name, v in draws.items()}
-        samples = params
-
+        optima = np.array([best_theta] + [refined.x[i] for i in ranked[1:]])
+        keep = _distinct(optima, np.arange(len(optima)), _DISTINCT_OPTIMUM, _N_BOOTSTRAP_STARTS)
+        samples, ci = _sample_ci(
+            _bootstrap(objective, w, huber_delta, log_n, log_d, optima[keep], bootstrap, seed)
+        )
     E, A, B = (math.exp(v) for v in best_theta[:3])
     used = w > 0
     fit = ParametricFit(
@@ -988,26 +666,16 @@ def _fit_clean(
         alpha=float(best_theta[3]),
         beta=float(best_theta[4]),
         objective=best_f * scale,
-        n_points=int((w > 0).sum()),
+        n_points=int(used.sum()),
         huber_delta=huber_delta,
         ci=ci,
         samples=samples,
         n_starts=int(starts.shape[0]),
-        converged=converged,
+        converged=bool(np.abs(grad).max() <= _CONVERGED_GTOL),
         n_range=(float(N[used].min()), float(N[used].max())),
         d_range=(float(D[used].min()), float(D[used].max())),
     )
-    if fit.degeneracy is not None:
-        warnings.warn(f"Approach 3 fit is degenerate: {fit.degeneracy}", UserWarning, stacklevel=3)
-    elif fit.floor_collapsed is not None:
-        warnings.warn(f"Approach 3: {fit.floor_collapsed}", UserWarning, stacklevel=3)
-    if not converged:
-        warnings.warn(
-            f"Approach 3 optimum not converged (normalised gradient {np.abs(grad).max():.2g} > {_CONVERGED_GTOL:g}); "
-            "check the data or widen init_grid",
-            UserWarning,
-            stacklevel=3,
-        )
+    _warn_if_unsound(fit, grad)
     return fit
 
 
@@ -1026,18 +694,18 @@ def _bootstrap(
     rng = np.random.default_rng(seed)
     counts = _resample_counts(w, n_boot, log_n, log_d, rng)
     weights = counts * w  # resampled points keep their own weight
-    weights /= _objective_scale(weights, huber_delta)  # each refit's objective as in _fit_clean
+    weights /= objective_scale(weights, huber_delta)  # each refit's objective as in _fit_clean
     n_warm = warm.shape[0]  # row i starts from warm[i // n_boot] on resample i % n_boot
 
     def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return objective(theta, weights, rows % n_boot)
 
     x0 = np.repeat(warm, n_boot, axis=0)
-    res = _lbfgs_batch(x0, evaluate, _TIGHT_STOP)
+    res = lbfgs_batch(x0, evaluate, _TIGHT_STOP)
     f = res.f.reshape(n_warm, n_boot)
     best = np.argmin(f, axis=0)
     pick = best * n_boot + np.arange(n_boot)
-    not_done = int(np.isin(res.status[pick], (_MAX_ITER, _NON_FINITE)).sum())
+    not_done = int(np.isin(res.status[pick], (MAX_ITER, NON_FINITE)).sum())
     if not_done:
         warnings.warn(
             f"{not_done} of {n_boot} bootstrap refits did not converge; their end points are kept",
