@@ -41,10 +41,7 @@ def ci_pair(ci: Any) -> tuple[float, float]:
 
 def exponent_ci(fit: Fit, which: str) -> tuple[float, float]:
     """95% interval of the exponent ``a`` (N_opt ∝ C^a) or ``b`` (D_opt ∝ C^b) of any fit."""
-    if isinstance(fit, ParametricFit):
-        return ci_pair(fit.ci.get(which))
-    law = fit.n_opt_fit if which == "a" else fit.d_opt_fit
-    return ci_pair(law.a_ci)
+    return ci_pair(fit.a_ci if which == "a" else fit.b_ci)
 
 
 def fmt(x: float, digits: int = 4) -> str:

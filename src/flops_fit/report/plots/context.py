@@ -20,11 +20,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm
 
-from flops_fit.analysis.approaches import APPROACHES
+from flops_fit.analysis.approaches import APPROACHES, FIT_TYPES
 from flops_fit.analysis.bucketing import bucket_budgets
-from flops_fit.analysis.envelope import EnvelopeFit
 from flops_fit.analysis.isoflop import IsoFLOPFit
-from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.core.runs import usable_mask, validate_runs
 from flops_fit.core.validate import check_budget_rtol, positive_values
 from flops_fit.report.plots.style import log_norm
@@ -32,7 +30,6 @@ from flops_fit.report.plots.style import log_norm
 logger = logging.getLogger(__name__)
 
 #: The fit type of each approach.
-FIT_TYPES: dict[str, type] = {"envelope": EnvelopeFit, "isoflop": IsoFLOPFit, "parametric": ParametricFit}
 #: Without target budgets, the laws are drawn this factor beyond the largest observed budget.
 EXTRAPOLATION_FACTOR = 10.0
 #: A fit's excluded run is matched to a plotted run when N, D and loss agree to this relative tolerance.
