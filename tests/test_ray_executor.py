@@ -24,13 +24,14 @@ ray = pytest.importorskip("ray")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import flops_fit.training.progress as runner_mod  # noqa: E402
 import flops_fit.training.ray_executor as rx  # noqa: E402
-import flops_fit.training.runner as runner_mod  # noqa: E402
 from flops_fit import find_optimal  # noqa: E402
 from flops_fit.app.cli import main  # noqa: E402
 from flops_fit.app.stages import default_config, run_train  # noqa: E402
+from flops_fit.core.experiment import Experiment  # noqa: E402
 from flops_fit.core.ledger import read_records  # noqa: E402
-from flops_fit.plan.planning import Experiment, SweepPlan  # noqa: E402
+from flops_fit.plan.sweep import SweepPlan  # noqa: E402
 from flops_fit.training import Callback, TrainingRunner  # noqa: E402
 from test_runner import CountingLM, lm_loss, local_runner, make_plan  # noqa: E402
 

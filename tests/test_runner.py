@@ -15,10 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-import flops_fit.training.runner as runner_mod
+import flops_fit.training.jobs as runner_mod
+from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.ledger import read_records
 from flops_fit.core.runs import load_runs
-from flops_fit.plan.planning import Experiment, ModelSpec, SweepPlan, experiment_id
+from flops_fit.plan.spec import ModelSpec
+from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training import Callback, MockLaw, TrainConfig, TrainingRunner, load_results
 
 VOCAB, SEQ, BATCH = 11, 16, 8

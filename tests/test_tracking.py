@@ -22,8 +22,8 @@ from flops_fit.app.tracking import (
     experiment_params,
     result_metrics,
 )
+from flops_fit.core.experiment import Experiment
 from flops_fit.core.outcome import RunInfo, TrainOutcome
-from flops_fit.plan.planning import Experiment
 from flops_fit.report.result import Result
 from flops_fit.training import TrainConfig, train
 from test_result import make_runs

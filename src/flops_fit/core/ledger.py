@@ -2,6 +2,10 @@
 
 Writers only ever append a whole line and fsync it; nothing is rewritten. Readers tolerate a torn last
 line (a writer killed mid-append) and skip it with a warning, so a crash never makes the ledger unreadable.
+
+Every reader of results files goes through here: :func:`read_records` (a ``.jsonl`` ledger),
+:func:`read_run_list` (a ``.json`` list of run objects), :func:`load_results` (either, or a sweep folder)
+and :func:`latest_records` (the record that counts for each experiment).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from flops_fit.core import sweepdir
+
 logger = logging.getLogger(__name__)
 
 #: Held (``flock``) by the runner writing a sweep folder; holds that runner's process id.
-LOCK_FILE = ".flops_fit.lock"
+LOCK_FILE = sweepdir.LOCK_FILE
 
 
 @contextlib.contextmanager
@@ -143,6 +149,51 @@ def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 continue
             records.append(obj)
     return records
+
+
+def read_run_list(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every run object of a ``.json`` results file: a JSON list of objects, or ``{"runs": [...]}``.
+
+    Raises ValueError when the file is not JSON, or not such a list.
+    """
+    with open(path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of run objects") from exc
+    if isinstance(data, Mapping) and isinstance(data.get("runs"), list):
+        data = data["runs"]
+    if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
+        raise ValueError(f"{path} must hold a JSON list of run objects (or {{'runs': [...]}})")
+    return [dict(r) for r in data]
+
+
+def load_results(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record of a results file, in file order.
+
+    ``path`` is a ``.jsonl`` ledger (a torn last line is skipped with a warning), a ``.json`` list of run
+    objects (or ``{"runs": [...]}``), or a sweep folder: then its ``results.json`` (if any) followed by its
+    ``results.jsonl`` (if any). A missing file gives an empty list.
+    """
+    path = Path(path)
+    if path.is_dir():
+        folder = sweepdir.SweepDir(path)
+        return [*load_results(folder.legacy_results), *load_results(folder.results)]
+    if not path.exists():
+        return []
+    if path.suffix.lower() == ".json":
+        return read_run_list(path)
+    return read_records(path)
+
+
+def latest_records(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The last record of each ``experiment_id`` (a retried run supersedes its failure), in order of first
+    appearance; records without an id are dropped."""
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if "experiment_id" in record:
+            latest[str(record["experiment_id"])] = dict(record)
+    return list(latest.values())
 
 
 def finished_ids(records: Iterable[Mapping[str, Any]]) -> set[str]:

@@ -20,17 +20,17 @@ error          no       the error message of a failed run
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from flops_fit.core.ledger import read_records
+from flops_fit.core.ledger import latest_records, load_results
+from flops_fit.core.sweepdir import RESULTS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -147,19 +147,8 @@ def runs_from_arrays(
 
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        return pd.DataFrame.from_records(read_records(path))
-    if suffix == ".json":
-        with open(path, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path} is not valid JSON ({exc}); expected a list of run objects") from exc
-        if isinstance(data, Mapping) and isinstance(data.get("runs"), list):
-            data = data["runs"]
-        if not isinstance(data, list) or not all(isinstance(r, Mapping) for r in data):
-            raise ValueError(f"{path} must hold a JSON list of run objects (or {{'runs': [...]}})")
-        return pd.DataFrame.from_records(data)
+    if suffix in (".json", ".jsonl"):
+        return pd.DataFrame.from_records(load_results(path))
     if suffix == ".csv":
         try:
             return pd.read_csv(path)
@@ -192,7 +181,7 @@ def load_runs(path: str | os.PathLike[str], columns: Mapping[str, str] | None = 
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(
-            f"results file {str(path)!r} is a directory; pass the file in it (e.g. {str(path / 'results.jsonl')!r})"
+            f"results file {str(path)!r} is a directory; pass the file in it (e.g. {str(path / RESULTS_FILE)!r})"
         )
     if not path.is_file():
         raise FileNotFoundError(f"results file {str(path)!r} does not exist")
@@ -253,6 +242,15 @@ def complete_runs(df: pd.DataFrame, *, source: str = "runs") -> pd.DataFrame:
     if "experiment_id" not in df:
         df["experiment_id"] = [f"run-{i}" for i in range(len(df))]
     return validate_runs(df)
+
+
+def runs_from_records(records: Iterable[Mapping[str, Any]], *, source: str = RESULTS_FILE) -> pd.DataFrame:
+    """The runs table of ledger records: the last record of each experiment id, derived columns filled;
+    an empty table (the required columns, no rows) when there is none."""
+    rows = latest_records(records)
+    if not rows:
+        return validate_runs(pd.DataFrame({c: [] for c in REQUIRED_COLUMNS}))
+    return complete_runs(pd.DataFrame.from_records(rows), source=source)
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,13 +16,15 @@ plan and seed give the same numbers, bit for bit, on every re-run and in any ord
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+
+from flops_fit.core.validate import POSITIVE, POSITIVE_INT, Constraint, Real, check
 
 __all__ = ["MockLaw", "mock_generator"]
 
@@ -32,6 +34,19 @@ def mock_generator(seed: int, experiment_id: str) -> np.random.Generator:
     digest = hashlib.sha256(f"{int(seed)}:{experiment_id}".encode()).digest()
     words = np.frombuffer(digest[:16], dtype="<u4").tolist()
     return np.random.default_rng(np.random.SeedSequence(words))
+
+
+_NON_NEGATIVE = Real(0)
+#: What each field of :class:`MockLaw` must be: the offset and the noise may be 0, the rest positive.
+_FIELD_RULES: dict[str, Constraint] = {
+    "E": _NON_NEGATIVE,
+    "A": POSITIVE,
+    "B": POSITIVE,
+    "alpha": POSITIVE,
+    "beta": POSITIVE,
+    "noise": _NON_NEGATIVE,
+    "curve_points": POSITIVE_INT,
+}
 
 
 @dataclass(frozen=True)
@@ -55,18 +70,8 @@ class MockLaw:
     curve_points: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("E", "A", "B", "alpha", "beta", "noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"MockLaw.{name} must be a finite number, got {value!r}")
-            low_ok = value >= 0 if name in ("E", "noise") else value > 0
-            if not low_ok:
-                bound = "non-negative" if name in ("E", "noise") else "positive"
-                raise ValueError(f"MockLaw.{name} must be {bound}, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        points = self.curve_points
-        if isinstance(points, bool) or not isinstance(points, int) or points < 1:
-            raise ValueError(f"MockLaw.curve_points must be a positive integer, got {points!r}")
+        for name, value in dataclasses.asdict(self).items():
+            object.__setattr__(self, name, check(f"MockLaw.{name}", value, _FIELD_RULES[name]))
 
     @classmethod
     def from_value(cls, value: MockLaw | Mapping[str, Any] | None) -> MockLaw:

@@ -8,8 +8,8 @@ the driver (the process that called :meth:`TrainingRunner.run_sweep`)
     ``results.jsonl`` (it is the ledger's only writer), shows progress and ETA, and cancels the tasks in
     flight on Ctrl-C.
 the workers (one Ray task per experiment, anywhere on the cluster)
-    build the model, train (or call ``train_fn``, or simulate in mock mode) and write the experiment's
-    checkpoint under ``checkpoint_dir``; they return the record and never touch the ledger.
+    run the sweep's job on one experiment (build the model and train, call ``train_fn``, or simulate) and
+    write its checkpoint under ``checkpoint_dir``; they return the record and never touch the ledger.
 
 A worker that dies (process killed, node lost) is re-run by Ray up to ``max_retries`` times and resumes
 from its checkpoint, which is why ``checkpoint_dir`` must be shared by all nodes on a multi-node
@@ -23,21 +23,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import numbers
 import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from flops_fit.core.experiment import Experiment
 from flops_fit.core.outcome import RunInfo
-from flops_fit.core.train_config import TrainConfig
-from flops_fit.plan.planning import Experiment
+from flops_fit.core.validate import Real, check
 from flops_fit.training.callbacks import Callback, format_count
-from flops_fit.training.distributed import SingleProcess
+from flops_fit.training.jobs import Job, job_kind
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +98,10 @@ def require_ray() -> ModuleType:
     return ray
 
 
+#: A resource amount: a number (never a bool), finite and >= 0.
+_AMOUNT = Real(0, type_label="a number", range_label="a finite non-negative number")
+
+
 def check_resources(resources: Any) -> dict[str, float] | None:
     """Validate a per-experiment resource request (Ray resource names -> amounts); ``None`` stays None."""
     if resources is None:
@@ -116,11 +119,7 @@ def check_resources(resources: Any) -> dict[str, float] | None:
             raise ValueError(
                 f"resources uses Ray resource names: write 'CPU'/'GPU' instead of {name!r}, {example}"
             )
-        if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
-            raise TypeError(f"resources[{name!r}] must be a number, got {amount!r}")
-        value = float(amount)
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"resources[{name!r}] must be a finite non-negative number, got {amount!r}")
+        value = check(f"resources[{name!r}]", amount, _AMOUNT)
         if name != "memory" and value > 1 and not value.is_integer():
             raise ValueError(
                 f"resources[{name!r}]={amount!r}: Ray takes fractions only below 1; use a whole number"
@@ -131,9 +130,10 @@ def check_resources(resources: Any) -> dict[str, float] | None:
     return out
 
 
-def default_resources(cluster: Mapping[str, float], mode: str) -> dict[str, float]:
-    """One GPU per experiment when the cluster has GPUs (training modes), else one CPU."""
-    if mode != "mock" and cluster.get("GPU", 0.0) >= 1.0:
+def default_resources(cluster: Mapping[str, float], mode: str | Job) -> dict[str, float]:
+    """One GPU per experiment when the cluster has GPUs and the job (or the job of a mode name) computes
+    (is not simulated), else one CPU."""
+    if not job_kind(mode).simulated and cluster.get("GPU", 0.0) >= 1.0:
         return {"GPU": 1.0}
     return {"CPU": 1.0}
 
@@ -154,15 +154,15 @@ def task_options(resources: Mapping[str, float]) -> dict[str, Any]:
     return options
 
 
-def fresh_process(mode: str, resources: Mapping[str, float]) -> bool:
+def fresh_process(mode: str | Job, resources: Mapping[str, float]) -> bool:
     """Whether each experiment gets a worker process of its own (Ray's ``max_calls=1``).
 
-    Yes for training (mode ``"local"``) and for anything holding a GPU, as Ray does for GPU tasks: GPU
-    memory and interpreter state never carry over to the next experiment, and a worker interrupted by a
+    Yes for a job that trains (mode ``"local"``) and for anything holding a GPU, as Ray does for GPU tasks:
+    GPU memory and interpreter state never carry over to the next experiment, and a worker interrupted by a
     cancel (perhaps mid-import) is not reused. Process start-up is small next to a training run. Mock and
-    CPU ``train_fn`` tasks reuse workers.
+    CPU ``train_fn`` tasks reuse workers. ``mode`` is a job or the mode name of one.
     """
-    return mode == "local" or resources.get("GPU", 0.0) > 0
+    return job_kind(mode).trains or resources.get("GPU", 0.0) > 0
 
 
 def submission_order(experiments: Iterable[Experiment]) -> list[Experiment]:
@@ -212,13 +212,16 @@ def _worker_logging(level: int) -> None:
         lib.propagate = False
 
 
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    """What every task of a sweep shares, put in Ray's object store once: the job and the callbacks."""
+
+    job: Job
+    callbacks: tuple[Callback, ...] = ()
+
+
 def _execute(
-    job: Any,
-    e: Experiment,
-    config: TrainConfig | None,
-    checkpoint_path: str | None,
-    board: Any,
-    log_level: int,
+    work: _Work, e: Experiment, checkpoint_path: str | None, board: Any, log_level: int
 ) -> dict[str, Any]:
     """The Ray task of one experiment: run it on this worker and return its record (never the ledger)."""
     import ray
@@ -226,22 +229,20 @@ def _execute(
     _worker_logging(log_level)
     ip, pid = ray.util.get_node_ip_address(), os.getpid()
     where = f"{ip} (pid {pid})"
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = list(work.callbacks)
     if board is not None:
         reporter = _BoardReporter(board, e.experiment_id, uuid.uuid4().hex[:12], where)
         reporter.send(0, force=True)
         callbacks.append(reporter)
     logger.info("experiment %s running on %s", e.experiment_id, where)
-    for cb in job.callbacks:
+    for cb in work.callbacks:
         cb.on_experiment_start(e)
-    procs, path = None, None
-    if job.mode == "local":
-        assert checkpoint_path is not None
-        procs = SingleProcess(job.device)
+    path = None
+    if checkpoint_path is not None:
         path = Path(checkpoint_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-    record, trained = job.run(e, config, path, callbacks, procs)
-    if job.mode != "mock":  # mock records stay identical to the local executor's
+    record, trained = work.job.run(e, path, callbacks, None)  # the job makes its own single process
+    if not work.job.simulated:  # simulated records stay identical to the local executor's
         record.setdefault("ray_node_ip", ip)
         record.setdefault("ray_worker_pid", pid)
     return {"record": record, "trained_flops": trained}
@@ -373,23 +374,31 @@ def _unshared_nodes(ray: ModuleType, directory: Path, timeout_s: float = PROBE_T
         marker.unlink(missing_ok=True)
 
 
-def _put_job(ray: ModuleType, job: Any) -> Any:
-    """``ray.put`` the job once; if it cannot be pickled, say which argument is at fault."""
+def _put_work(ray: ModuleType, work: _Work) -> Any:
+    """``ray.put`` the job and callbacks once; if they cannot be pickled, say which argument is at fault."""
     try:
-        return ray.put(job)
+        return ray.put(work)
     except Exception as exc:
         from ray import cloudpickle
 
-        for f in dataclasses.fields(job):
+        job = work.job
+        parts = (
+            [(f.name, getattr(job, f.name)) for f in dataclasses.fields(job)] if _is_dataclass(job) else []
+        )
+        for name, value in [*parts, ("callbacks", work.callbacks)]:
             try:
-                cloudpickle.dumps(getattr(job, f.name))
+                cloudpickle.dumps(value)
             except Exception as inner:
                 raise TypeError(
-                    f"{f.name} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); make it "
+                    f"{name} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); make it "
                     "picklable: define classes and functions at module level, and open files or connections "
                     "lazily (in __getitem__ / forward), not in __init__"
                 ) from inner
         raise TypeError(f"the sweep cannot be sent to Ray workers: {type(exc).__name__}: {exc}") from exc
+
+
+def _is_dataclass(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def _remote_error(e: Experiment, exc: BaseException) -> BaseException:
@@ -528,16 +537,16 @@ class _Driver:
 
 
 def run_on_ray(
-    job: Any,
+    job: Job,
     todo: list[Experiment],
-    configs: Mapping[str, TrainConfig],
     checkpoint_path: Callable[[str], Path],
     options: RayOptions,
     display: Any,
     record: Callable[[Experiment, dict[str, Any], float], None],
+    callbacks: Sequence[Callback] = (),
 ) -> None:
-    """Run ``todo`` as Ray tasks; call ``record(experiment, record, trained_flops)`` in this process as each
-    result arrives (the caller appends it to the ledger).
+    """Run ``job`` on each experiment of ``todo`` as a Ray task; call ``record(experiment, record,
+    trained_flops)`` in this process as each result arrives (the caller appends it to the ledger).
 
     Raises:
         KeyboardInterrupt: on Ctrl-C, after cancelling the tasks in flight (they checkpoint and stop).
@@ -548,55 +557,13 @@ def run_on_ray(
     """
     ray = require_ray()
     with _Connection(ray, options.address) as connection:
-        cluster = ray.cluster_resources()
-        request = dict(options.resources) if options.resources else default_resources(cluster, job.mode)
-        _check_feasible(ray, request, strict=connection.implicit)
-        nodes = _alive_nodes(ray)
-        storage = checkpoint_path(todo[0].experiment_id).parent
-        logger.info(
-            "ray: %d node(s), %s; each experiment requests %s (max_retries=%d); checkpoints in %s; worker "
-            "logs in %s on each node (`ray logs`, the dashboard), also streamed here with (task pid=, ip=) "
-            "prefixes",
-            len(nodes),
-            ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU"))
-            or "no CPU/GPU",
-            request,
-            options.max_retries,
-            storage,
-            connection.logs,
+        request = _prepare_cluster(
+            ray, job, options, checkpoint_path(todo[0].experiment_id).parent, connection
         )
-        if job.mode == "local" and len(nodes) > 1:
-            blind = _unshared_nodes(ray, storage)
-            if blind:
-                logger.warning(
-                    "node(s) %s do not see checkpoint_dir %s: an experiment retried there restarts from "
-                    "scratch instead of resuming; put checkpoint_dir on storage every node mounts at the same "
-                    "path (NFS, Lustre, ...)",
-                    blind,
-                    storage,
-                )
-        job_ref = _put_job(ray, job)
-        board = _start_board(ray) if job.mode != "mock" else None
-        remote = (
-            ray.remote(max_calls=1)(_execute) if fresh_process(job.mode, request) else ray.remote(_execute)
-        )
-        task = {"max_retries": options.max_retries, "retry_exceptions": False, **task_options(request)}
-        level = logging.getLogger("flops_fit").getEffectiveLevel()
-        driver = _Driver(ray, display, record, board, graceful=job.mode != "mock")
-        order = submission_order(todo)
+        board = _start_board(ray) if not job.simulated else None
+        driver = _Driver(ray, display, record, board, graceful=not job.simulated)
         try:
-            for e in order:
-                path = str(checkpoint_path(e.experiment_id)) if job.mode == "local" else None
-                ref = remote.options(name=f"flops-fit:{e.experiment_id}", **task).remote(
-                    job_ref, e, configs.get(e.experiment_id), path, board, level
-                )
-                driver.pending[ref] = e
-            logger.info(
-                "submitted %d experiment(s), largest first (%s .. %s FLOPs)",
-                len(order),
-                format_count(order[0].planned_flops),
-                format_count(order[-1].planned_flops),
-            )
+            _submit(ray, driver, _Work(job, tuple(callbacks)), todo, checkpoint_path, options, request)
             driver.loop()
         except KeyboardInterrupt:
             running = len(driver.pending)
@@ -620,3 +587,66 @@ def run_on_ray(
             f"times: {ids}. Every other experiment is recorded; their checkpoints are kept: run the same "
             "command again to resume them (raise max_retries if workers are often preempted)"
         )
+
+
+def _prepare_cluster(
+    ray: ModuleType, job: Job, options: RayOptions, storage: Path, connection: _Connection
+) -> dict[str, float]:
+    """Each experiment's resource request, checked against the cluster; logs the set-up, and warns when a
+    training job's checkpoints are not on storage every node sees."""
+    cluster = ray.cluster_resources()
+    request = dict(options.resources) if options.resources else default_resources(cluster, job)
+    _check_feasible(ray, request, strict=connection.implicit)
+    nodes = _alive_nodes(ray)
+    logger.info(
+        "ray: %d node(s), %s; each experiment requests %s (max_retries=%d); checkpoints in %s; worker "
+        "logs in %s on each node (`ray logs`, the dashboard), also streamed here with (task pid=, ip=) "
+        "prefixes",
+        len(nodes),
+        ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU")) or "no CPU/GPU",
+        request,
+        options.max_retries,
+        storage,
+        connection.logs,
+    )
+    if job.trains and len(nodes) > 1:
+        blind = _unshared_nodes(ray, storage)
+        if blind:
+            logger.warning(
+                "node(s) %s do not see checkpoint_dir %s: an experiment retried there restarts from "
+                "scratch instead of resuming; put checkpoint_dir on storage every node mounts at the same "
+                "path (NFS, Lustre, ...)",
+                blind,
+                storage,
+            )
+    return request
+
+
+def _submit(
+    ray: ModuleType,
+    driver: _Driver,
+    work: _Work,
+    todo: list[Experiment],
+    checkpoint_path: Callable[[str], Path],
+    options: RayOptions,
+    request: Mapping[str, float],
+) -> None:
+    """Submit one task per experiment, largest first, into ``driver.pending``."""
+    work_ref = _put_work(ray, work)
+    job = work.job
+    remote = ray.remote(max_calls=1)(_execute) if fresh_process(job, request) else ray.remote(_execute)
+    task = {"max_retries": options.max_retries, "retry_exceptions": False, **task_options(request)}
+    level = logging.getLogger("flops_fit").getEffectiveLevel()
+    order = submission_order(todo)
+    for e in order:
+        path = str(checkpoint_path(e.experiment_id)) if job.trains else None
+        ref = remote.options(name=f"flops-fit:{e.experiment_id}", **task).remote(
+            work_ref, e, path, driver.board, level
+        )
+        driver.pending[ref] = e
+    logger.info(
+        "submitted %d experiment(s), largest first (%s .. %s FLOPs)",
+        len(order),
+        format_count(order[0].planned_flops),
+        format_count(order[-1].planned_flops),
+    )
