@@ -189,7 +189,7 @@ def test_default_data_id_tells_datasets_of_the_same_size_apart():
     other ids; the same data gives the same; data drawn at random on each read falls back to type and size."""
     from torch.utils.data import Dataset, TensorDataset
 
-    from flops_fit.app.pipeline import _data_id
+    from flops_fit.app.probe import data_id as _data_id
 
     def counting() -> TensorDataset:
         return TensorDataset(torch.arange(1024 * 9).reshape(1024, 9), torch.zeros(1024))
