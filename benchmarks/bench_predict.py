@@ -70,7 +70,6 @@ import torch
 
 import flops_fit
 from flops_fit.analysis.isoflop import fit_profile
-from flops_fit.app.pipeline import BOOKKEEPING_KEYS
 from flops_fit.examples.gpt import GPT, lm_loss
 from flops_fit.examples.gpt_text import (
     MODEL_KWARGS,
@@ -314,9 +313,9 @@ def target_plan(
     centre = float(math.exp(log_n.mean()))
     span = (math.exp(log_n[0]) / centre, math.exp(log_n[-1]) / centre)
     config = fit_plan.config
-    # recorded as find_optimal records it; max_epochs stays the example's, so that raising --max-epochs
-    # adds runs without renaming (and retraining) the ones already done
-    train_config = {k: v for k, v in TRAIN_CONFIG.to_dict().items() if k not in BOOKKEEPING_KEYS}
+    # recorded as find_optimal records it (every field; only result-changing ones enter experiment ids, so
+    # raising --max-epochs adds runs without renaming, and retraining, the ones already done)
+    train_config = TRAIN_CONFIG.to_dict()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*sizes are distinct after snapping")
         plan = SweepPlanner.from_budgets(
