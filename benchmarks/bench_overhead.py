@@ -33,10 +33,12 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+import flops_fit.training.jobs as jobs_mod
 import flops_fit.training.loop as loop_mod
 import flops_fit.training.runner as runner_mod
 from flops_fit.examples.gpt import GPT, lm_loss
-from flops_fit.plan.planning import ModelSpec, SweepPlanner
+from flops_fit.plan.planner import SweepPlanner
+from flops_fit.plan.spec import ModelSpec
 from flops_fit.training import TrainConfig, TrainingRunner
 
 VOCAB, SEQ, LAYERS, BATCH = 64, 64, 2, 16
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
         saves = Timed(loop_mod, "save_checkpoint", lambda path, state: Path(path).stem, save_and_measure)
         appends = Timed(runner_mod, "append_record", lambda path, record: record["experiment_id"])
-        trains = Timed(runner_mod, "train", lambda *a, **k: Path(k["checkpoint_path"]).stem)
+        trains = Timed(jobs_mod, "train", lambda *a, **k: Path(k["checkpoint_path"]).stem)
         with saves, appends, trains:
             t0 = time.perf_counter()
             runs = runner.run_sweep()
