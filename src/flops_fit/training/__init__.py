@@ -11,6 +11,7 @@ from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import load_checkpoint, save_checkpoint
 from flops_fit.training.data import HOLDOUT_SEED, DataPlan
 from flops_fit.training.device import resolve_device, resolve_precision
+from flops_fit.training.jobs import FunctionJob, LocalJob, MockJob
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
@@ -21,6 +22,9 @@ __all__ = [
     "HOLDOUT_SEED",
     "Callback",
     "DataPlan",
+    "FunctionJob",
+    "LocalJob",
+    "MockJob",
     "MockLaw",
     "ProgressCallback",
     "RunInfo",
