@@ -28,7 +28,7 @@ class Callback:
     """
 
     def on_experiment_start(self, experiment: Any) -> None:
-        """Called by the sweep runner before each experiment (a :class:`flops_fit.plan.planning.Experiment`)."""
+        """Called by the sweep runner before each experiment (a :class:`flops_fit.core.experiment.Experiment`)."""
 
     def on_train_start(self, info: RunInfo) -> None:
         """Called before the first step (``info.start_step > 0`` when resuming)."""

@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +30,40 @@ from flops_fit.core.io import atomic_write, remove_temporaries
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class LoopState:
+    """The mutable counters of a run: the checkpoint's ``step`` and ``loop`` entries."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)
+    init_loss: float | None = None
+    train_loss: float = math.nan
+    elapsed_s: float = 0.0
+
+    def to_state(self) -> dict[str, Any]:
+        """The ``loop`` entry of a checkpoint (plain numbers and lists, loadable with ``weights_only``)."""
+        return {
+            "tokens_seen": self.tokens_seen,
+            "curve": [[int(t), float(v)] for t, v in self.curve],
+            "init_loss": self.init_loss,
+            "train_loss": self.train_loss,
+            "elapsed_s": self.elapsed_s,
+        }
+
+    @classmethod
+    def from_state(cls, step: int, state: Mapping[str, Any]) -> LoopState:
+        """The counters of a checkpoint's ``step`` and ``loop`` entries."""
+        return cls(
+            step=int(step),
+            tokens_seen=int(state["tokens_seen"]),
+            curve=[(int(t), float(v)) for t, v in state["curve"]],
+            init_loss=state["init_loss"],
+            train_loss=float(state["train_loss"]),
+            elapsed_s=float(state["elapsed_s"]),
+        )
 
 
 class _WriteErrors:

@@ -1,4 +1,10 @@
-"""Train one experiment: :func:`train`."""
+"""Train one experiment: :func:`train`.
+
+The loop (:meth:`_Run._train`) reads like nanoGPT's: for each step set the learning rate, take the step
+(forward and backward over the micro-batches, clip, optimiser), then at a log boundary log, evaluate when
+due, and checkpoint. Set-up, resume, evaluation, checkpoints and how a run ends are short helpers of
+:class:`_Run` around it.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,10 @@ import contextlib
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -20,10 +23,12 @@ from torch import nn
 from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.core.train_config import TRAJECTORY_FIELDS, TrainConfig
+from flops_fit.core.validate import POSITIVE, Instance, Nullable, Real, check
 from flops_fit.plan.flops import count_params
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import (
     CHECKPOINT_FORMAT,
+    LoopState,
     capture_rng,
     discard_checkpoint,
     fingerprint,
@@ -34,7 +39,9 @@ from flops_fit.training.checkpoint import (
     save_checkpoint,
 )
 from flops_fit.training.data import (
+    Batch,
     DataExhaustedError,
+    DataPlan,
     batch_layout,
     leading_length,
     move_to_device,
@@ -42,6 +49,7 @@ from flops_fit.training.data import (
 )
 from flops_fit.training.device import autocast_dtype, cpu_threads, resolve_compile, resolve_precision
 from flops_fit.training.distributed import SingleProcess, make_processes
+from flops_fit.training.interrupt import InterruptGuard
 from flops_fit.training.optim import build_optimizer
 from flops_fit.training.schedule import lr_multiplier
 
@@ -49,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 AUTO_EVALS = 16
 """Evaluations spread over a run when ``TrainConfig.eval_every`` is ``None``."""
+
+_NUM_TOKENS = Real(0, lo_open=True, range_label="a positive finite number of training tokens")
+_FLOPS_PER_TOKEN = Nullable(POSITIVE)
+_PATH = Nullable(Instance(str, os.PathLike))
 
 
 class _Diverged(Exception):
@@ -59,65 +71,11 @@ class _LossContractError(TypeError):
     """``loss_fn`` did not return a scalar tensor."""
 
 
-@dataclass
-class _Progress:
-    """The mutable counters of a run, saved in checkpoints."""
+class _Agreed(NamedTuple):
+    """What all processes agreed on at a log boundary: write a checkpoint, stop (Ctrl-C)."""
 
-    step: int = 0
-    tokens_seen: int = 0
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    init_loss: float | None = None
-    train_loss: float = math.nan
-    elapsed_s: float = 0.0
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "tokens_seen": self.tokens_seen,
-            "curve": [[int(t), float(v)] for t, v in self.curve],
-            "init_loss": self.init_loss,
-            "train_loss": self.train_loss,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    @classmethod
-    def from_state(cls, step: int, state: dict[str, Any]) -> _Progress:
-        return cls(
-            step=int(step),
-            tokens_seen=int(state["tokens_seen"]),
-            curve=[(int(t), float(v)) for t, v in state["curve"]],
-            init_loss=state["init_loss"],
-            train_loss=float(state["train_loss"]),
-            elapsed_s=float(state["elapsed_s"]),
-        )
-
-
-class _InterruptGuard:
-    """Turn the first Ctrl-C into a request to stop at the next step boundary (a second one stops at once).
-
-    Stopping between steps keeps the model and optimiser consistent, so the checkpoint written on the way
-    out is exact. Only the main thread can install signal handlers; elsewhere this does nothing.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
-        self._installed = False
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> _InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._installed:
-            previous = self._previous if self._previous is not None else signal.default_int_handler
-            signal.signal(signal.SIGINT, previous)
+    save: bool
+    stop: bool
 
 
 def _is_compile_error(exc: BaseException) -> bool:
@@ -134,32 +92,17 @@ def _check_args(
     callbacks: Any,
     checkpoint_path: Any,
 ) -> list[Callback]:
+    """The callbacks as a list, after checking every argument of :func:`train` that is not data."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(loss_fn):
         raise TypeError(
             f"loss_fn must be callable as loss_fn(model(inputs), targets), got {type(loss_fn).__name__}"
         )
-    if (
-        isinstance(num_tokens, bool)
-        or not isinstance(num_tokens, (int, float))
-        or not math.isfinite(num_tokens)
-        or num_tokens <= 0
-    ):
-        raise ValueError(
-            f"num_tokens must be a positive finite number of training tokens, got {num_tokens!r}"
-        )
-    if not isinstance(config, TrainConfig):
-        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if flops_per_token is not None and (
-        isinstance(flops_per_token, bool)
-        or not isinstance(flops_per_token, (int, float))
-        or not math.isfinite(flops_per_token)
-        or flops_per_token <= 0
-    ):
-        raise ValueError(f"flops_per_token must be a positive number or None (6 N), got {flops_per_token!r}")
-    if checkpoint_path is not None and not isinstance(checkpoint_path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint_path must be a path or None, got {type(checkpoint_path).__name__}")
+    check("num_tokens", num_tokens, _NUM_TOKENS)
+    check("config", config, Instance(TrainConfig))
+    check("flops_per_token", flops_per_token, _FLOPS_PER_TOKEN, "None: 6 N")
+    check("checkpoint_path", checkpoint_path, _PATH)
     if isinstance(callbacks, Callback) or not isinstance(callbacks, Iterable):
         raise TypeError("callbacks must be a sequence of Callback objects, e.g. callbacks=[MyCallback()]")
     cbs = list(callbacks)
@@ -169,6 +112,33 @@ def _check_args(
                 f"every callback must subclass flops_fit.training.Callback, got {type(cb).__name__}"
             )
     return cbs
+
+
+def _prepare(
+    dataset: Any, eval_dataset: Any, num_tokens: float, config: TrainConfig, procs: SingleProcess
+) -> tuple[DataPlan, Any, Any]:
+    """This process's share of the data (:func:`prepare_data`), warning when whole batches overshoot the
+    ``num_tokens`` tokens asked for by more than 5%."""
+    layout = batch_layout(config, procs.world_size, procs.rank)
+    prepared = prepare_data(
+        dataset,
+        eval_dataset,
+        num_tokens=num_tokens,
+        config=config,
+        layout=layout,
+        pin_memory=procs.device.type == "cuda",
+    )
+    plan = prepared[0]
+    planned = plan.total_steps * plan.tokens_per_step
+    if planned > num_tokens * 1.05:
+        logger.warning(
+            "num_tokens=%s is not a multiple of the %s tokens per step: training %s tokens (+%.1f%%)",
+            f"{num_tokens:,.0f}",
+            f"{plan.tokens_per_step:,}",
+            f"{planned:,}",
+            100 * (planned / num_tokens - 1),
+        )
+    return prepared
 
 
 def train(
@@ -233,36 +203,16 @@ def train(
         model, loss_fn, num_tokens, config, flops_per_token, callbacks, checkpoint_path
     )
     procs = make_processes(distributed, device)
-    dev = procs.device
-    precision = resolve_precision(config.precision, dev)
-    layout = batch_layout(config, procs.world_size, procs.rank)
-    plan, train_data, eval_data = prepare_data(
-        dataset,
-        eval_dataset,
-        num_tokens=num_tokens,
-        config=config,
-        layout=layout,
-        pin_memory=dev.type == "cuda",
-    )
-    planned = plan.total_steps * plan.tokens_per_step
-    if planned > num_tokens * 1.05:
-        logger.warning(
-            "num_tokens=%s is not a multiple of the %s tokens per step: training %s tokens (+%.1f%%)",
-            f"{num_tokens:,.0f}",
-            f"{plan.tokens_per_step:,}",
-            f"{planned:,}",
-            100 * (planned / num_tokens - 1),
-        )
-    with cpu_threads(dev, procs.local_world_size):
+    precision = resolve_precision(config.precision, procs.device)
+    prepared = _prepare(dataset, eval_dataset, num_tokens, config, procs)
+    with cpu_threads(procs.device, procs.local_world_size):
         return _Run(
             model,
             loss_fn,
             config,
             procs,
             precision,
-            plan,
-            train_data,
-            eval_data,
+            prepared,
             num_tokens=math.ceil(num_tokens),
             checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
             flops_per_token=flops_per_token,
@@ -281,9 +231,7 @@ class _Run:
         config: TrainConfig,
         procs: SingleProcess,
         precision: str,
-        plan: Any,
-        train_data: Any,
-        eval_data: Any,
+        prepared: tuple[DataPlan, Any, Any],
         *,
         num_tokens: int,
         checkpoint_path: Path | None,
@@ -298,13 +246,11 @@ class _Run:
         self.procs = procs
         self.device = procs.device
         self.precision = precision
-        self.plan = plan
-        self.train_data = train_data
-        self.eval_data = eval_data
+        self.plan, self.train_data, self.eval_data = prepared
         self.num_tokens = num_tokens
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks if procs.is_main else []
-        self.total_steps = plan.total_steps
+        self.total_steps = self.plan.total_steps
         if config.eval_every is None:
             self.eval_every = max(1, math.ceil(self.total_steps / AUTO_EVALS))
         else:
@@ -320,10 +266,132 @@ class _Run:
             else contextlib.nullcontext
         )
         self._reduce_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        # The loop's own position, never checkpointed: the last step saved (-1: none), whether the model and
+        # optimiser are between steps (a Ctrl-C then checkpoints them), the open data stream.
+        self.saved_step = -1
+        self.consistent = True
+        self.stream: Iterator[tuple[list[Batch], int]] | None = None
+
+    # ---------------------------------------------------------------------------------------------- loop
+
+    def run(self) -> TrainOutcome:
+        """Set up, train, and turn how training ended into the outcome (Ctrl-C is re-raised)."""
+        self._setup()
+        self.checkpoint_s = 0.0
+        self._segment_start = time.perf_counter()
+        with InterruptGuard() as self.interrupt:
+            try:
+                ended = ("completed", None, self._train())
+            except _LossContractError:
+                raise
+            except KeyboardInterrupt:
+                raise self._interrupted() from None
+            except Exception as exc:
+                if self.interrupt.requested and not isinstance(exc, (_Diverged, DataExhaustedError)):
+                    raise self._interrupted() from exc  # e.g. DataLoader workers killed by the same Ctrl-C
+                ended = self._failure(exc)
+            finally:
+                if self.stream is not None and hasattr(self.stream, "close"):
+                    self.stream.close()
+        return self._finish(*ended)
+
+    def _train(self) -> float:
+        """The loop: set the learning rate, step, log, evaluate, checkpoint. Returns the final validation loss."""
+        stream = self._start()
+        while self.state.step < self.total_steps:
+            micro_batches, tokens = next(stream)
+            self._set_lr(self.state.step)
+            self._step(micro_batches, tokens)
+            step = self.state.step
+            agreed = self._log(step) if self._log_due(step) else None
+            if self._eval_due(step):
+                self._record_eval(step)
+            if agreed is not None:
+                self._checkpoint_or_stop(step, agreed)
+        return self._record_eval(self.total_steps)
+
+    def _start(self) -> Iterator[tuple[list[Batch], int]]:
+        """Announce the run, make up an evaluation a Ctrl-C skipped, and open the data stream."""
+        self._emit("on_train_start", self._info())
+        if self._evaluation_missed():
+            self._record_eval(self.state.step)
+        self.stream = self.train_data.steps(self.state.step, self.total_steps)
+        self.window: list[torch.Tensor] = []  # the losses (on the device) since the last log
+        self.window_start = self.state.step
+        self.last_save_step, self.last_save_time = self.state.step, time.monotonic()
+        return self.stream
+
+    def _set_lr(self, step: int) -> None:
+        """Every parameter group's learning rate for the update at 0-based ``step``: its base times the schedule."""
+        multiplier = lr_multiplier(
+            step,
+            self.total_steps,
+            schedule=self.config.schedule,
+            warmup_frac=self.config.warmup_frac,
+            min_lr_ratio=self.config.min_lr_ratio,
+            decay_frac=self.config.decay_frac,
+        )
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * multiplier
+
+    def _step(self, micro_batches: list[Batch], tokens: int) -> None:
+        """One optimiser step on ``tokens`` tokens (all processes): forward and backward, clip, update."""
+        self.consistent = False  # the model and optimiser are mid-update until the step is counted
+        loss = self._forward_backward(micro_batches)
+        self._clip_gradients()
+        self._update()
+        self.window.append(loss)
+        self.state.step += 1
+        self.state.tokens_seen += tokens
+        self.consistent = True
+
+    def _log_due(self, step: int) -> bool:
+        """Every ``log_every`` steps, after the last, and (one process) as soon as Ctrl-C was pressed."""
+        if step % self.config.log_every == 0 or step == self.total_steps:
+            return True
+        return self.interrupt.requested and self.procs.world_size == 1
+
+    def _log(self, step: int) -> _Agreed:
+        """Reduce the window's losses over processes (with the checkpoint and stop wishes, one collective),
+        check them for divergence and report their mean to the callbacks."""
+        wishes = [
+            float(self._checkpoint_due(step) and self.procs.is_main and step < self.total_steps),
+            float(self.interrupt.requested),
+        ]
+        flags = torch.tensor(wishes, device=self.device)
+        values = self.procs.all_reduce_sum(torch.cat([torch.stack(self.window), flags])).tolist()
+        losses = [v / self.procs.world_size for v in values[: len(self.window)]]
+        agreed = _Agreed(save=values[-2] > 0, stop=values[-1] > 0)
+        self._check_divergence(self.window_start, losses)
+        self.state.train_loss = sum(losses) / len(losses)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self._emit("on_log", step, self.state.tokens_seen, self.state.train_loss, lr)
+        self.window, self.window_start = [], step
+        return agreed
+
+    def _eval_due(self, step: int) -> bool:
+        """Every ``eval_every`` steps before the last (the last step's evaluation ends the run)."""
+        return bool(self.eval_every) and step % self.eval_every == 0 and step < self.total_steps
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """``checkpoint_every_steps`` steps or ``checkpoint_every_s`` seconds since the last checkpoint."""
+        every_steps, every_s = self.config.checkpoint_every_steps, self.config.checkpoint_every_s
+        if every_steps is not None and step - self.last_save_step >= every_steps:
+            return True
+        return every_s is not None and time.monotonic() - self.last_save_time >= every_s
+
+    def _checkpoint_or_stop(self, step: int, agreed: _Agreed) -> None:
+        """Write the checkpoint the processes agreed on (a stop writes one too), then stop if asked."""
+        if (agreed.save or agreed.stop) and self.checkpoint_path is not None:
+            self._save(step)
+            self.saved_step, self.last_save_step, self.last_save_time = step, step, time.monotonic()
+        if agreed.stop:
+            raise KeyboardInterrupt
 
     # ---------------------------------------------------------------------------------------------- set-up
 
     def _setup(self) -> None:
+        """Seed, place the model, build the optimiser, resume from a checkpoint, then wrap and compile."""
         torch.manual_seed(self.config.seed + self.procs.rank)
         self.model.to(self.device)
         self.model.train()
@@ -331,7 +399,17 @@ class _Run:
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        self.fingerprint = fingerprint(
+        self.fingerprint = self._fingerprint()
+        self.state = LoopState()
+        self.resumed_from: int | None = None
+        saved = self._matching_checkpoint()
+        if saved is not None:
+            self._restore(saved)
+        self._wrap()
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What this run is (tokens, steps, trajectory config, model and optimiser shapes, data sizes)."""
+        return fingerprint(
             format=CHECKPOINT_FORMAT,
             num_tokens=self.num_tokens,
             total_steps=self.total_steps,
@@ -351,9 +429,9 @@ class _Run:
                 self.plan.eval_samples,
             ],
         )
-        self.state = _Progress()
-        self.resumed_from: int | None = None
-        self._resume()
+
+    def _wrap(self) -> None:
+        """The data-parallel model, compiled where asked; the model validation runs (never DDP's)."""
         self.ddp_model = self.procs.wrap(self.model)
         self.compiled = resolve_compile(self.config.compile, self.device)
         self.forward_model: Callable[[Any], Any] = (
@@ -366,12 +444,13 @@ class _Run:
         else:
             self.eval_model = torch.compile(self.model) if self.compiled else self.model
 
-    def _resume(self) -> None:
+    def _matching_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint at ``checkpoint_path`` if it is this run's (same fingerprint), else None."""
         if self.checkpoint_path is None:
-            return
+            return None
         saved = load_checkpoint(self.checkpoint_path, discard_corrupt=self.procs.is_main)
         if saved is None:
-            return
+            return None
         differing = fingerprint_mismatch(saved["fingerprint"], self.fingerprint)
         if differing:
             logger.warning(
@@ -379,7 +458,11 @@ class _Run:
                 self.checkpoint_path,
                 ", ".join(differing),
             )
-            return
+            return None
+        return saved
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Load the model, optimiser, scaler, random streams and counters of a matching checkpoint."""
         try:
             self.model.load_state_dict(saved["model"])
             self.optimizer.load_state_dict(saved["optimizer"])
@@ -399,9 +482,22 @@ class _Run:
                 len(rng),
                 self.procs.world_size,
             )
-        self.state = _Progress.from_state(saved["step"], saved["loop"])
+        self.state = LoopState.from_state(saved["step"], saved["loop"])
         self.resumed_from = self.state.step
         logger.info("resuming %s at step %d of %d", self.checkpoint_path, self.state.step, self.total_steps)
+
+    def _info(self) -> RunInfo:
+        return RunInfo(
+            total_steps=self.total_steps,
+            start_step=self.state.step,
+            num_tokens=self.num_tokens,
+            tokens_per_step=self.plan.tokens_per_step,
+            device=str(self.device),
+            precision=self.precision,
+            compiled=self.compiled,
+            world_size=self.procs.world_size,
+            num_params=self.num_params,
+        )
 
     # ---------------------------------------------------------------------------------------------- steps
 
@@ -434,8 +530,9 @@ class _Run:
             )
         return loss
 
-    def _train_step(self, micro_batches: list[tuple[Any, Any]]) -> torch.Tensor:
-        """One optimiser step over this process's micro-batches; returns the mean loss (on the device)."""
+    def _forward_backward(self, micro_batches: list[Batch]) -> torch.Tensor:
+        """Accumulate the gradients of this process's micro-batches (DDP syncs on the last); returns their
+        mean loss, on the device."""
         accum = len(micro_batches)
         total = torch.zeros((), device=self.device, dtype=torch.float32)
         for i, (inputs, targets) in enumerate(micro_batches):
@@ -445,19 +542,24 @@ class _Run:
                 scaled = loss / accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += loss.detach().float()
-        if self.config.grad_clip is not None:
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(
-                self.params, self.config.grad_clip, foreach=self.device.type != "mps"
-            )
+        return total / accum
+
+    def _clip_gradients(self) -> None:
+        """Clip the global gradient norm to ``config.grad_clip`` (unscaled first under fp16)."""
+        if self.config.grad_clip is None:
+            return
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip, foreach=self.device.type != "mps")
+
+    def _update(self) -> None:
+        """The optimiser step (through the fp16 gradient scaler when there is one), then clear the gradients."""
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / accum
 
     def _evaluate(self) -> float:
         """Mean validation loss over the fixed validation samples (all processes agree on it)."""
@@ -472,13 +574,59 @@ class _Run:
         total, count = self.procs.all_reduce_sum(sums).tolist()
         return total / count if count > 0 else math.nan
 
+    def _record_eval(self, step: int) -> float:
+        """Evaluate, add the point to the curve and tell the callbacks; a non-finite loss diverges the run."""
+        value = self._evaluate()
+        self.state.curve.append((self.state.tokens_seen, value))
+        self._emit("on_eval", step, self.state.tokens_seen, value)
+        if not math.isfinite(value):
+            raise _Diverged(f"validation loss became {value} at step {step} of {self.total_steps}")
+        return value
+
+    def _evaluation_missed(self) -> bool:
+        """True when a resumed run's checkpoint sits at an evaluation step whose evaluation was interrupted
+        (a Ctrl-C between the step and its evaluation): it is made up before training goes on."""
+        step, curve = self.state.step, self.state.curve
+        return (
+            self.resumed_from is not None
+            and bool(self.eval_every)
+            and 0 < step < self.total_steps
+            and step % self.eval_every == 0
+            and (not curve or curve[-1][0] < self.state.tokens_seen)
+        )
+
+    def _check_divergence(self, first: int, losses: list[float]) -> None:
+        """Raise :class:`_Diverged` for a non-finite loss, or a window mean above ``divergence_factor`` times
+        the first step's loss."""
+        for i, value in enumerate(losses):
+            if not math.isfinite(value):
+                raise _Diverged(f"training loss became {value} at step {first + i + 1} of {self.total_steps}")
+        if self.state.init_loss is None:
+            self.state.init_loss = losses[0]
+        mean = sum(losses) / len(losses)
+        limit = self.config.divergence_factor * self.state.init_loss
+        if self.state.init_loss > 0 and mean > limit:
+            raise _Diverged(
+                f"mean training loss {mean:.4g} over steps {first + 1}-{first + len(losses)} of {self.total_steps} "
+                f"exceeds {self.config.divergence_factor:g} x the first step's loss {self.state.init_loss:.4g}"
+            )
+
     # ---------------------------------------------------------------------------------------------- events
 
     def _emit(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, event)(*args)
 
+    def _emit_ignoring_errors(self, event: str, *args: Any) -> None:
+        """:meth:`_emit` for the last event of a run: a failing callback is logged, the others still run."""
+        for cb in self.callbacks:
+            try:
+                getattr(cb, event)(*args)
+            except Exception:
+                logger.exception("callback %s failed in %s (ignored)", type(cb).__name__, event)
+
     def _save(self, step: int) -> None:
+        """Checkpoint the state after ``step`` steps (every process gives its RNG state; the main one writes)."""
         rng = self.procs.gather(capture_rng())
         if not self.procs.is_main or self.checkpoint_path is None:
             return
@@ -507,175 +655,32 @@ class _Run:
     def _elapsed(self) -> float:
         return self.state.elapsed_s + (time.perf_counter() - self._segment_start)
 
-    def _check_divergence(self, first: int, losses: list[float]) -> None:
-        for i, value in enumerate(losses):
-            if not math.isfinite(value):
-                raise _Diverged(f"training loss became {value} at step {first + i + 1} of {self.total_steps}")
-        if self.state.init_loss is None:
-            self.state.init_loss = losses[0]
-        mean = sum(losses) / len(losses)
-        limit = self.config.divergence_factor * self.state.init_loss
-        if self.state.init_loss > 0 and mean > limit:
-            raise _Diverged(
-                f"mean training loss {mean:.4g} over steps {first + 1}-{first + len(losses)} of {self.total_steps} "
-                f"exceeds {self.config.divergence_factor:g} x the first step's loss {self.state.init_loss:.4g}"
-            )
+    # ---------------------------------------------------------------------------------------------- endings
 
-    # ---------------------------------------------------------------------------------------------- loop
+    def _failure(self, exc: Exception) -> tuple[str, str, float]:
+        """Status, error and final loss of a run that ``exc`` ended: diverged, or failed."""
+        if isinstance(exc, _Diverged):
+            return "diverged", str(exc), math.nan
+        if isinstance(exc, DataExhaustedError):
+            return "failed", str(exc), math.nan
+        logger.debug("training failed", exc_info=exc)
+        where = f"at step {self.state.step + 1} of {self.total_steps}"
+        return "failed", f"{type(exc).__name__}: {exc} ({where})", math.nan
 
-    def run(self) -> TrainOutcome:
-        self._setup()
-        self.checkpoint_s = 0.0
-        self._segment_start = time.perf_counter()
-        info = RunInfo(
-            total_steps=self.total_steps,
-            start_step=self.state.step,
-            num_tokens=self.num_tokens,
-            tokens_per_step=self.plan.tokens_per_step,
-            device=str(self.device),
-            precision=self.precision,
-            compiled=self.compiled,
-            world_size=self.procs.world_size,
-            num_params=self.num_params,
-        )
-        status, error = "completed", None
-        final_loss = math.nan
-        stream: Iterator[Any] | None = None
-        consistent = True
-        saved_step = -1
-        save_now = stop_now = False
-        with _InterruptGuard() as interrupt:
-            try:
-                self._emit("on_train_start", info)
-                if self._evaluation_missed():
-                    self._record_eval(self.state.step)
-                stream = self.train_data.steps(self.state.step, self.total_steps)
-                window: list[torch.Tensor] = []
-                window_start = self.state.step
-                last_save_step, last_save_time = self.state.step, time.monotonic()
-                while self.state.step < self.total_steps:
-                    micro, step_tokens = next(stream)
-                    multiplier = lr_multiplier(
-                        self.state.step,
-                        self.total_steps,
-                        schedule=self.config.schedule,
-                        warmup_frac=self.config.warmup_frac,
-                        min_lr_ratio=self.config.min_lr_ratio,
-                        decay_frac=self.config.decay_frac,
-                    )
-                    for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-                        group["lr"] = base * multiplier
-                    consistent = False
-                    window.append(self._train_step(micro))
-                    self.state.step += 1
-                    self.state.tokens_seen += step_tokens
-                    consistent = True
-                    step = self.state.step
-                    boundary = step % self.config.log_every == 0 or step == self.total_steps
-                    boundary = boundary or (interrupt.requested and self.procs.world_size == 1)
-                    if boundary:
-                        due = (
-                            self.config.checkpoint_every_steps is not None
-                            and step - last_save_step >= self.config.checkpoint_every_steps
-                        ) or (
-                            self.config.checkpoint_every_s is not None
-                            and time.monotonic() - last_save_time >= self.config.checkpoint_every_s
-                        )
-                        flags = torch.tensor(
-                            [
-                                float(due and self.procs.is_main and step < self.total_steps),
-                                float(interrupt.requested),
-                            ],
-                            device=self.device,
-                        )
-                        packed = self.procs.all_reduce_sum(torch.cat([torch.stack(window), flags]))
-                        values = packed.tolist()
-                        losses = [v / self.procs.world_size for v in values[: len(window)]]
-                        save_now, stop_now = values[-2] > 0, values[-1] > 0
-                        self._check_divergence(window_start, losses)
-                        self.state.train_loss = sum(losses) / len(losses)
-                        self._emit(
-                            "on_log",
-                            step,
-                            self.state.tokens_seen,
-                            self.state.train_loss,
-                            self.optimizer.param_groups[0]["lr"],
-                        )
-                        window, window_start = [], step
-                    if self.eval_every and step % self.eval_every == 0 and step < self.total_steps:
-                        self._record_eval(step)
-                    if boundary and (save_now or stop_now) and self.checkpoint_path is not None:
-                        self._save(step)
-                        saved_step, last_save_step, last_save_time = step, step, time.monotonic()
-                    if boundary and stop_now:
-                        raise KeyboardInterrupt
-                final_loss = self._record_eval(self.total_steps)
-                if not math.isfinite(final_loss):
-                    raise _Diverged(
-                        f"validation loss is {final_loss} after the last step ({self.total_steps})"
-                    )
-            except _Diverged as exc:
-                status, error = "diverged", str(exc)
-                final_loss = math.nan
-            except _LossContractError:
-                raise
-            except KeyboardInterrupt:
-                raise self._interrupted(saved_step, consistent) from None
-            except DataExhaustedError as exc:
-                status, error = "failed", str(exc)
-                final_loss = math.nan
-            except Exception as exc:
-                if interrupt.requested:  # e.g. DataLoader workers killed by the same Ctrl-C
-                    raise self._interrupted(saved_step, consistent) from exc
-                status, error = (
-                    "failed",
-                    f"{type(exc).__name__}: {exc} (at step {self.state.step + 1} of {self.total_steps})",
-                )
-                final_loss = math.nan
-                logger.debug("training failed", exc_info=True)
-            finally:
-                if stream is not None and hasattr(stream, "close"):
-                    stream.close()
-        return self._finish(status, error, final_loss)
-
-    def _evaluation_missed(self) -> bool:
-        """True when a resumed run's checkpoint sits at an evaluation step whose evaluation was interrupted
-        (a Ctrl-C between the step and its evaluation): it is made up before training goes on."""
-        step, curve = self.state.step, self.state.curve
-        return (
-            self.resumed_from is not None
-            and bool(self.eval_every)
-            and 0 < step < self.total_steps
-            and step % self.eval_every == 0
-            and (not curve or curve[-1][0] < self.state.tokens_seen)
-        )
-
-    def _record_eval(self, step: int) -> float:
-        value = self._evaluate()
-        self.state.curve.append((self.state.tokens_seen, value))
-        self._emit("on_eval", step, self.state.tokens_seen, value)
-        if not math.isfinite(value):
-            raise _Diverged(f"validation loss became {value} at step {step} of {self.total_steps}")
-        return value
-
-    def _interrupted(self, saved_step: int, consistent: bool) -> KeyboardInterrupt:
+    def _interrupted(self) -> KeyboardInterrupt:
         """Checkpoint the last completed step if that was not done yet (one process, between steps) and
         return the KeyboardInterrupt to re-raise, with a message saying how to resume."""
         step = self.state.step
         if (
-            saved_step != step
-            and consistent
+            self.saved_step != step
+            and self.consistent
             and self.procs.world_size == 1
             and self.checkpoint_path is not None
         ):
             self._save(step)
-            saved_step = step
-        message = self._interrupt_message(step, saved_step == step)
-        for cb in self.callbacks:
-            try:
-                cb.on_interrupt(step)
-            except Exception:
-                logger.exception("callback %s failed in on_interrupt (ignored)", type(cb).__name__)
+            self.saved_step = step
+        message = self._interrupt_message(step, self.saved_step == step)
+        self._emit_ignoring_errors("on_interrupt", step)
         logger.warning("%s", message)
         return KeyboardInterrupt(message)
 
@@ -690,14 +695,9 @@ class _Run:
         return f"{where}; no checkpoint (pass checkpoint_path= to make runs resumable)"
 
     def _finish(self, status: str, error: str | None, final_loss: float) -> TrainOutcome:
+        """Tidy the checkpoint away (kept for a failed run's retry), build the outcome, tell the callbacks."""
         wall = self._elapsed()
-        finished = status in ("completed", "diverged")
-        if self.checkpoint_path is not None and finished and self.procs.is_main and not self.keep_checkpoint:
-            discard_checkpoint(self.checkpoint_path)  # read-only storage: the run stays finished
-        elif status == "failed" and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            logger.info(
-                "keeping checkpoint %s of the failed run: a retry resumes from it", self.checkpoint_path
-            )
+        self._tidy_checkpoint(status)
         if self.checkpoint_s and wall > 0:
             logger.debug(
                 "checkpointing took %.3f s (%.2f%% of %.1f s)",
@@ -720,9 +720,17 @@ class _Run:
             flops_per_token=self.flops_per_token,
             resumed_from_step=self.resumed_from,
         )
-        for cb in self.callbacks:
-            try:
-                cb.on_train_end(outcome)
-            except Exception:
-                logger.exception("callback %s failed in on_train_end (ignored)", type(cb).__name__)
+        self._emit_ignoring_errors("on_train_end", outcome)
         return outcome
+
+    def _tidy_checkpoint(self, status: str) -> None:
+        """Delete a finished run's checkpoint (unless ``keep_checkpoint``); keep a failed run's for a retry."""
+        if self.checkpoint_path is None:
+            return
+        finished = status in ("completed", "diverged")
+        if finished and self.procs.is_main and not self.keep_checkpoint:
+            discard_checkpoint(self.checkpoint_path)  # read-only storage: the run stays finished
+        elif status == "failed" and self.checkpoint_path.exists():
+            logger.info(
+                "keeping checkpoint %s of the failed run: a retry resumes from it", self.checkpoint_path
+            )
