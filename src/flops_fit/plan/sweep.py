@@ -77,11 +77,11 @@ def _summary_row(e: Experiment, centres: Mapping[float, float]) -> dict[str, str
     }
 
 
-
 def _stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """The planner settings as sweep.json stores them: ``design`` only when it is not the IsoFLOP grid of
     ``num_model_sizes`` (so a plan of the default design is written exactly as release 0.1.0 wrote it)."""
     return {k: v for k, v in config.items() if not (k == "design" and v is None)}
+
 
 @dataclass(frozen=True)
 class SweepPlan:
