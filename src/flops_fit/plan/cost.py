@@ -12,9 +12,8 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -24,9 +23,6 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.validate import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, Nullable, check
 from flops_fit.plan.flops import call_model, default_loss, move_to, split_sample
 from flops_fit.plan.spec import LossFn, ModelSpec, SampleFn
-
-if TYPE_CHECKING:
-    from flops_fit.plan.sweep import SweepPlan
 
 logger = logging.getLogger(__name__)
 
@@ -90,23 +86,24 @@ class CostEstimate:
         return f"{head}, {where} (calibrated over {steps} steps each; {pts})"
 
 
-def _cost_frame(plan: SweepPlan) -> pd.DataFrame:
+def _cost_frame(experiments: Sequence[Experiment]) -> pd.DataFrame:
     """One row per experiment with its planned FLOPs."""
     return pd.DataFrame(
         {
-            "experiment_id": [e.experiment_id for e in plan],
-            "compute_budget": [e.compute_budget for e in plan],
-            "size_value": [e.size_value for e in plan],
-            "num_params": [e.num_params for e in plan],
-            "num_tokens": [e.num_tokens for e in plan],
-            "num_steps": [e.num_steps for e in plan],
-            "flops": [e.planned_flops for e in plan],
+            "experiment_id": [e.experiment_id for e in experiments],
+            "compute_budget": [e.compute_budget for e in experiments],
+            "size_value": [e.size_value for e in experiments],
+            "num_params": [e.num_params for e in experiments],
+            "num_tokens": [e.num_tokens for e in experiments],
+            "num_steps": [e.num_steps for e in experiments],
+            "flops": [e.planned_flops for e in experiments],
         }
     )
 
 
 def estimate_cost(
-    plan: SweepPlan,
+    experiments: Sequence[Experiment],
+    model: ModelSpec | None,
     device: torch.device | str | None = None,
     *,
     sample_fn: SampleFn | None = None,
@@ -115,30 +112,30 @@ def estimate_cost(
     steps: int = 3,
     warmup: int = 1,
 ) -> CostEstimate:
-    """Total and per-experiment FLOPs of ``plan``, and wall time when it can be known
-    (see :meth:`flops_fit.plan.sweep.SweepPlan.estimate_cost`)."""
+    """Total and per-experiment FLOPs of a plan's ``experiments``, and wall time when it can be known by
+    training a few steps of its ``model`` (see :meth:`flops_fit.plan.sweep.SweepPlan.estimate_cost`)."""
     check("steps", steps, POSITIVE_INT)
     check("warmup", warmup, NON_NEGATIVE_INT)
     check("flops_per_second", flops_per_second, Nullable(POSITIVE))
-    frame = _cost_frame(plan)
+    frame = _cost_frame(experiments)
     total = float(math.fsum(frame["flops"]))
     if flops_per_second is not None:
         frame["seconds"] = frame["flops"] / float(flops_per_second)
         seconds = float(frame["seconds"].sum())
         return CostEstimate(total, frame, "throughput", seconds, None if device is None else str(device))
-    sample_fn = sample_fn if sample_fn is not None else (plan.model.sample_fn if plan.model else None)
-    if plan.model is None or sample_fn is None or not plan.experiments:
-        if plan.experiments:
+    sample_fn = sample_fn if sample_fn is not None else (model.sample_fn if model else None)
+    if model is None or sample_fn is None or not experiments:
+        if experiments:
             logger.info("wall time not calibrated: no model or no sample_fn; reporting FLOPs only")
         return CostEstimate(total, frame, "uncalibrated")
     if not callable(sample_fn):
         raise TypeError(f"sample_fn must be callable, got {type(sample_fn).__name__}")
-    loss_fn = loss_fn if loss_fn is not None else (plan.model.loss_fn or default_loss)
+    loss_fn = loss_fn if loss_fn is not None else (model.loss_fn or default_loss)
     dev = torch.device(device) if device is not None else default_device()
-    by_size = sorted(plan.experiments, key=lambda e: e.num_params)
+    by_size = sorted(experiments, key=lambda e: e.num_params)
     chosen = [by_size[0]] if by_size[0].num_params == by_size[-1].num_params else [by_size[0], by_size[-1]]
-    seed = plan.experiments[0].seed
-    points = tuple(calibrate(plan.model, e, dev, sample_fn, loss_fn, steps, warmup, seed) for e in chosen)
+    seed = experiments[0].seed
+    points = tuple(calibrate(model, e, dev, sample_fn, loss_fn, steps, warmup, seed) for e in chosen)
     log_n = np.log([p.num_params for p in points])
     log_fps = np.log([p.flops_per_second for p in points])
     fps = np.exp(np.interp(np.log(frame["num_params"].to_numpy(float)), log_n, log_fps))

@@ -252,7 +252,8 @@ class SweepPlan:
         between them. Without either, only FLOPs are reported. See :mod:`flops_fit.plan.cost`.
         """
         return estimate_cost(
-            self,
+            self.experiments,
+            self.model,
             device,
             sample_fn=sample_fn,
             loss_fn=loss_fn,

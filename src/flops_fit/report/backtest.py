@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,7 @@ from flops_fit.analysis.isoflop import fit_profile
 from flops_fit.analysis.outliers import detect_outliers
 from flops_fit.core.validate import check_bootstrap, check_seed
 from flops_fit.report.diagnostics import ci_pair
-
-if TYPE_CHECKING:
-    from flops_fit.report.result import Result
+from flops_fit.report.view import ResultView
 
 #: The columns of a back-test table, in order.
 BACKTEST_COLUMNS = (
@@ -115,7 +113,7 @@ def _refit_row(name: str, train: pd.DataFrame, held: HeldOut, options: dict[str,
     return row
 
 
-def backtest(result: Result, *, bootstrap: int | None = None, seed: int | None = None) -> pd.DataFrame:
+def backtest(result: ResultView, *, bootstrap: int | None = None, seed: int | None = None) -> pd.DataFrame:
     """The back-test table of ``result`` (see :meth:`Result.backtest`); ``result`` is left as it is."""
     options = result.fit_options
     boot = check_bootstrap(options.get("bootstrap", 0) if bootstrap is None else bootstrap)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,7 @@ from flops_fit.analysis.approaches import APPROACH_LABELS, Fit
 from flops_fit.analysis.isoflop import MIN_POINTS_PER_BUDGET, IsoFLOPFit, describe_flagged
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
-
-if TYPE_CHECKING:
-    from flops_fit.report.result import Result
+from flops_fit.report.view import ResultView
 
 #: Budgets (C) whose median C / (6 N D) is off 1 by more than this use another FLOP convention than the
 #: C = 6 N D that Approach 3's allocation assumes.
@@ -159,7 +157,7 @@ def _six_nd_note(usable: pd.DataFrame) -> list[str]:
     ]
 
 
-def warning_notes(result: Result) -> list[str]:
+def warning_notes(result: ResultView) -> list[str]:
     """What to check before trusting ``result``'s numbers (see :attr:`Result.warnings`)."""
     notes = [f"{APPROACH_LABELS[k]} not fitted: {v}" for k, v in result.skipped.items()]
     status = result.runs["status"].value_counts()

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,9 +29,7 @@ from flops_fit.core.io import atomic_write_json, atomic_write_text
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.plan.sweep import SweepPlan, load_plan_runs
 from flops_fit.report.laws import ScalingAnalysis, read_laws, write_laws
-
-if TYPE_CHECKING:
-    from flops_fit.report.result import Result
+from flops_fit.report.view import ResultView
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ def sha256(path: str | os.PathLike[str]) -> str:
 
 
 def write_result(
-    result: Result, directory: str | os.PathLike[str], *, plots: bool, export_runs: bool | None
+    result: ResultView, directory: str | os.PathLike[str], *, plots: bool, export_runs: bool | None
 ) -> Path:
     """Write ``result``'s files to ``directory`` (see :meth:`Result.save`) and return the folder's path."""
     folder = SweepDir(directory)
@@ -100,7 +98,7 @@ def write_result(
     return folder.root
 
 
-def write_exports(result: Result, folder: SweepDir, export_runs: bool | None) -> None:
+def write_exports(result: ResultView, folder: SweepDir, export_runs: bool | None) -> None:
     """The runs table as ``runs.json`` (loss curves included) and ``runs.csv`` (without), and the plan as
     ``plan.json``: always with ``export_runs=True``, never with False, and with None only where the folder
     lacks the ledger (for the runs) or ``sweep.json`` (for the plan) that :func:`read_result` would read."""

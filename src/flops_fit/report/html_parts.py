@@ -6,15 +6,13 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
 from flops_fit.analysis.approaches import APPROACH_LABELS
 from flops_fit.analysis.table import human, sci
-
-if TYPE_CHECKING:
-    from flops_fit.report.result import Result
+from flops_fit.report.view import ResultView
 
 
 def _e(value: Any) -> str:
@@ -71,7 +69,7 @@ def chinchilla_table_html(table: pd.DataFrame) -> str:
     return _table(["FLOPs", "Parameters", "Tokens", "Tokens/param", "Loss"], rows)
 
 
-def result_html_fragment(result: Result) -> str:
+def result_html_fragment(result: ResultView) -> str:
     """A compact HTML view of ``result`` for notebooks (``Result._repr_html_``): laws, table, warnings."""
     laws = "".join(
         f"<li><b>{_e(APPROACH_LABELS[n])}</b>{' (primary)' if n == result.primary else ''}: "
