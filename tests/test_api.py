@@ -244,3 +244,12 @@ def test_six_nd_far_from_the_models_real_cost_is_called_out(tmp_path):
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="flops='6nd'")
         plan(flops="measured")
+
+
+def test_tokens_per_sample_without_a_dataset_reaches_the_planner(tmp_path):
+    """A plan without data (train=False, or a mock/function sweep) takes tokens_per_sample as given."""
+    plan = find_optimal(Wide, "width", None, None, [1e9, 1e10], mode="mock", train=False, tokens_per_sample=4,
+                        output_dir=tmp_path)  # fmt: skip
+    assert isinstance(plan, SweepPlan)
+    assert all(e.num_tokens % 4 == 0 for e in plan)  # whole samples of 4 tokens
+    assert plan.config["tokens_per_sample"] == 4

@@ -32,7 +32,7 @@ from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
-from flops_fit.training.jobs import MODES
+from flops_fit.training.jobs import MODES, Job, job_for_mode
 from flops_fit.training.runner import EXECUTORS, check_executor
 
 logger = logging.getLogger(__name__)
@@ -139,11 +139,13 @@ def find_optimal(
         compute_budgets, mode, executor, seed, train, approach, train_config, output_dir, resume,
         _Training(mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks)),
         _Execution(executor, ray_address, resources, max_retries, checkpoint_dir),
+        planner_kwargs,
     )  # fmt: skip
     spec = _model_spec(model_cls, model_size_param, model_kwargs, loss_fn, planner_kwargs)
-    sample = (
-        Sample.read(dataset, planner_kwargs.pop("tokens_per_sample", None)) if dataset is not None else None
-    )
+    sample = None
+    if dataset is not None:  # its tokens per sample go to the planner in place of any given
+        sample = Sample.read(dataset, planner_kwargs.pop("tokens_per_sample", None))
+        planner_kwargs["tokens_per_sample"] = sample.tokens
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(model(inputs), targets), got {loss_fn!r}")
     spec = _with_sample_fn(spec, sample)
@@ -213,8 +215,10 @@ def _checked_request(
     resume: bool,
     training: _Training,
     execution: _Execution,
+    options: Mapping[str, Any],
 ) -> _Request:
-    """Every argument that needs no data, checked in the documented order (before anything is built)."""
+    """Every argument that needs no data, checked in the documented order (before anything is built);
+    ``options``: find_optimal's extra keywords."""
     budgets = _check_budgets(compute_budgets)
     _check_choice("mode", mode, MODES)
     _check_choice("executor", executor, EXECUTORS)
@@ -223,6 +227,12 @@ def _checked_request(
     if executor == "local" and mode == "local" and train:
         resolve_device(training.device)  # a Ray sweep resolves it on its workers; planning and mock need none
     check_seed(seed)
+    unknown = sorted(set(options) - _PLANNER_KEYWORDS)
+    if unknown:
+        raise TypeError(
+            f"find_optimal got unexpected keyword(s) {unknown}; extra keywords go to SweepPlanner or ModelSpec: "
+            f"{sorted(_PLANNER_KEYWORDS)}"
+        )
     if ex.checkpoint_dir is not None and (
         not isinstance(ex.checkpoint_dir, (str, os.PathLike)) or not str(ex.checkpoint_dir)
     ):
@@ -275,12 +285,6 @@ def _model_spec(
     model_cls: Any, size_param: Any, model_kwargs: Mapping[str, Any] | None, loss_fn: Any, options: dict
 ) -> ModelSpec:
     """The model spec (``options``: find_optimal's extra keywords; the spec's are taken out of it)."""
-    unknown = sorted(set(options) - _PLANNER_KEYWORDS)
-    if unknown:
-        raise TypeError(
-            f"find_optimal got unexpected keyword(s) {unknown}; extra keywords go to SweepPlanner or ModelSpec: "
-            f"{sorted(_PLANNER_KEYWORDS)}"
-        )
     if not callable(model_cls):
         raise TypeError(f"model_cls must be a class or factory building an nn.Module, got {model_cls!r}")
     if not isinstance(size_param, str) or not size_param:
@@ -324,7 +328,6 @@ def _planner(
         tokens_per_param=tokens_per_param,
         dataset_tokens=dataset_tokens,
         batch_size=config.batch_size,
-        tokens_per_sample=None if sample is None else sample.tokens,
         data_id=options.pop("data_id", None),
         train_config={k: v for k, v in train_dict.items() if _jsonable(v)},
         seed=config.seed,
@@ -357,19 +360,12 @@ def _train(request: _Request, plan: SweepPlan) -> Any:
     """Run (or resume) every experiment of ``plan``; the runs table of this plan's experiments."""
     from flops_fit.training.runner import TrainingRunner
 
-    t, ex = request.training, request.execution
+    ex = request.execution
     runner = TrainingRunner(
-        mode=t.mode,
-        plan=plan,
+        plan,
+        job=_job(request.training, request.train_config),
         output_dir=request.out.root,
-        dataset=t.dataset,
-        eval_dataset=t.eval_dataset,
-        loss_fn=t.loss_fn,
-        train_config=request.train_config,
-        train_fn=t.train_fn,
-        seed=t.seed,
-        callbacks=t.callbacks,
-        device=t.device,
+        callbacks=request.training.callbacks,
         executor=ex.executor,
         ray_address=ex.ray_address,
         resources=ex.resources,
@@ -377,6 +373,20 @@ def _train(request: _Request, plan: SweepPlan) -> Any:
         checkpoint_dir=ex.checkpoint_dir,
     )
     return plan.select_runs(runner.run_sweep(), request.out.results)
+
+
+def _job(t: _Training, train_config: TrainConfig) -> Job:
+    """The job that trains each experiment: ``t.mode`` names its kind; it takes the settings it has."""
+    return job_for_mode(
+        t.mode,
+        seed=t.seed,
+        device=t.device,
+        dataset=t.dataset,
+        eval_dataset=t.eval_dataset,
+        loss_fn=t.loss_fn,
+        train_config=train_config,
+        train_fn=t.train_fn,
+    )
 
 
 def _fit_and_save(request: _Request, plan: SweepPlan, runs: Any) -> Any:
