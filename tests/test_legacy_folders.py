@@ -112,6 +112,17 @@ def test_saving_into_a_sweep_folder_copies_neither_the_plan_nor_the_runs(tmp_pat
     assert {RUNS_FILE, RUNS_CSV_FILE, LEGACY_PLAN_FILE} <= {p.name for p in folder.iterdir()}
 
 
+def test_a_result_saved_into_another_sweeps_folder_exports_its_runs(tmp_path):
+    """The folder's ledger holds other runs than the result's: the result's runs are exported, so it loads."""
+    other = Path(shutil.copytree(LEGACY / "cli_v0_1", tmp_path / "other"))
+    source = Result.load(LEGACY / "find_optimal_v0_1")
+    source.save(other, plots=False)
+    assert SweepDir(other).runs_export.is_file()
+    back = Result.load(other)
+    assert sorted(back.runs["experiment_id"]) == sorted(source.runs["experiment_id"])
+    assert back.predict(1e15) == source.predict(1e15)
+
+
 def test_a_result_saved_away_from_its_ledger_writes_the_runs_it_needs_to_load(tmp_path):
     source = Result.load(LEGACY / "find_optimal_v0_1")
     out = source.save(tmp_path / "elsewhere", plots=False)

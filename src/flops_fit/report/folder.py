@@ -26,6 +26,7 @@ import pandas as pd
 
 from flops_fit.core import sweepdir
 from flops_fit.core.io import atomic_write_json, atomic_write_text
+from flops_fit.core.ledger import load_results
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.plan.sweep import SweepPlan, load_plan_runs
 from flops_fit.report.laws import ScalingAnalysis, read_laws, write_laws
@@ -101,8 +102,9 @@ def write_result(
 def write_exports(result: ResultView, folder: SweepDir, export_runs: bool | None) -> None:
     """The runs table as ``runs.json`` (loss curves included) and ``runs.csv`` (without), and the plan as
     ``plan.json``: always with ``export_runs=True``, never with False, and with None only where the folder
-    lacks the ledger (for the runs) or ``sweep.json`` (for the plan) that :func:`read_result` would read."""
-    runs = folder.ledger_file() is None if export_runs is None else export_runs
+    lacks the ledger holding the result's runs (for the runs) or ``sweep.json`` (for the plan) that
+    :func:`read_result` would read."""
+    runs = not _ledger_holds(folder, result.runs) if export_runs is None else export_runs
     if runs:
         atomic_write_json(folder.runs_export, runs_to_records(result.runs), allow_nan=False)
         flat = result.runs.drop(columns=[c for c in ("curve",) if c in result.runs.columns])
@@ -110,6 +112,18 @@ def write_exports(result: ResultView, folder: SweepDir, export_runs: bool | None
     plan = not folder.plan.is_file() if export_runs is None else export_runs
     if plan and result.plan is not None:
         result.plan.save(folder / PLAN_EXPORT_FILE)
+
+
+def _ledger_holds(folder: SweepDir, runs: pd.DataFrame) -> bool:
+    """Whether the folder's ledger has a record of every run in ``runs`` (so it need not be exported)."""
+    ledger = folder.ledger_file()
+    if ledger is None or "experiment_id" not in runs.columns:
+        return False
+    try:
+        recorded = {str(r.get("experiment_id")) for r in load_results(ledger)}
+    except (OSError, ValueError):
+        return False
+    return set(runs["experiment_id"].astype(str)) <= recorded
 
 
 # ----------------------------------------------------------------------------------------------------
