@@ -190,6 +190,27 @@ def test_log_result_from_a_saved_directory_logs_only_the_result_files(saved, sma
     assert not (saved / "report.html").exists()  # the source directory is left as it was
 
 
+def test_log_result_of_a_sweep_folder_carries_its_runs(tmp_path):
+    """A sweep folder keeps its runs in the ledger (not logged): the logged result gets them as an export
+    and loads on its own."""
+    import shutil
+    from pathlib import Path
+
+    legacy = Path(__file__).parent / "data" / "legacy_v0_1" / "cli_v0_1"
+    folder = shutil.copytree(legacy, tmp_path / "sweep")
+    Result.load(folder).save(folder, plots=False)  # as find_optimal leaves it: no runs.json
+
+    class Keeper(Recorder):
+        def _log_result_files(self, directory, result, metrics, name):
+            shutil.copytree(directory, tmp_path / "logged")
+            return super()._log_result_files(directory, result, metrics, name)
+
+    files, _, _ = Keeper().log_result(folder, report=False)
+    assert "results.jsonl" not in files and {"runs.json", "sweep.json"} <= set(files)
+    logged = Result.load(tmp_path / "logged")
+    assert sorted(logged.runs["experiment_id"]) == sorted(Result.load(folder).runs["experiment_id"])
+
+
 # ----------------------------------------------------------------------------------------------------
 # The real backends, fed by one real training run
 

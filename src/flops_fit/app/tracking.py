@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 
 from flops_fit.core import sweepdir
 from flops_fit.core.outcome import RunInfo, TrainOutcome
+from flops_fit.core.sweepdir import SweepDir
 from flops_fit.training.callbacks import Callback
 
 logger = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ class TrackingCallback(Callback, ABC):
         Metrics: :func:`result_metrics`. Artifacts: the laws JSON, the table, the runs, the figures and,
         with ``report=True``, the self-contained HTML report.
         """
+        from flops_fit.report.folder import write_exports
         from flops_fit.report.html import write_report
         from flops_fit.report.plots import FIGURES
         from flops_fit.report.result import Result
@@ -265,12 +267,10 @@ class TrackingCallback(Callback, ABC):
                 for path in sorted(source.iterdir()):
                     if path.is_file() and (path.name in _RESULT_FILES or path.suffix in (".png", ".svg")):
                         shutil.copy2(path, directory / path.name)
+                write_exports(result, SweepDir(directory), None)  # the runs, as the ledger is not logged
             if report and not (directory / sweepdir.REPORT_FILE).is_file():
-                drawn = {
-                    n: (directory / f"{n}.png").read_bytes()
-                    for n in FIGURES
-                    if (directory / f"{n}.png").is_file()
-                }
+                figure = SweepDir(directory).figure
+                drawn = {n: figure(n).read_bytes() for n in FIGURES if figure(n).is_file()}
                 write_report(result, directory / sweepdir.REPORT_FILE, backtest=False, figures=drawn or None)
             return self._log_result_files(directory, result, result_metrics(result), name)
 
