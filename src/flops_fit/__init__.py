@@ -17,6 +17,7 @@ from flops_fit.analysis import (
     fit_power_law,
 )
 from flops_fit.app.pipeline import find_optimal
+from flops_fit.core import compat
 from flops_fit.core.experiment import Experiment
 from flops_fit.core.runs import load_runs
 from flops_fit.core.version import __version__
@@ -31,6 +32,8 @@ from flops_fit.report.plots import ScalingVisualizer
 from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig, TrainOutcome, train
 from flops_fit.training.runner import TrainingRunner
+
+compat.install()  # the module paths of release 0.1.0 keep working (with a DeprecationWarning)
 
 __all__ = [
     "Callback",

@@ -1,6 +1,6 @@
 """Hydra stage commands: ``ff-plan``, ``ff-train``, ``ff-analyze``, ``ff-visualize``.
 
-Each reads its YAML from ``flops_fit/conf`` (overridable on the command line, ``key=value``). Every key of a
+Each reads its YAML from ``flops_fit/app/conf`` (overridable on the command line, ``key=value``). Every key of a
 config is consumed: :class:`_Config` hands keys out one by one and refuses to finish while any is left
 unread, so a key that nothing reads is an error rather than silently ignored. User objects (model, dataset,
 loss, train_fn) are named by import path with Hydra's ``_target_``.
@@ -143,7 +143,7 @@ def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
 
 
 def default_config(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A stage's YAML from ``flops_fit/conf`` with dotted-key ``overrides`` applied and interpolations resolved.
+    """A stage's YAML from ``flops_fit/app/conf`` with dotted-key ``overrides`` applied and interpolations resolved.
 
     This is how the ``flops-fit`` subcommands reuse the stage configs without Hydra's command line.
     """

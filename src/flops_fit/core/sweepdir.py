@@ -5,7 +5,7 @@ A sweep folder holds each thing once::
     sweep.json           the plan (experiments, model spec, train config)          written by planning
     results.jsonl        the append-only ledger, one JSON record per finished run   written by training
     checkpoints/         in-flight checkpoints, removed when a run finishes          written by training
-    scaling_laws.json    the fitted laws and the run ids they read                  written by analysis
+    scaling_laws.json    the fitted laws and the run ids they read                  written by the report
     result.json          the primary approach, back-test and options of a Result    written by the report
     chinchilla_table.md  the Chinchilla table of every fitted approach              written by the report
     report.html          the self-contained HTML report                             written by the report
