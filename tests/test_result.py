@@ -443,3 +443,22 @@ def test_backtest_holds_out_the_largest_bracketed_budget():
     assert row["measured_from"] == "lowest-loss run (profile: too_few_points)"
     kept = three[three["compute_budget"] == 1e20]
     assert row["measured_loss"] == kept["final_loss"].min()
+
+
+def test_a_result_cannot_be_changed_in_place_and_still_copies_and_pickles(runs):
+    import copy
+    import pickle
+
+    res = Result.from_runs(runs, approach="isoflop")
+    before = res.summary()
+    with pytest.raises(TypeError):
+        res.fits["parametric"] = res.fits["isoflop"]
+    with pytest.raises(TypeError):
+        res.fit_options["bootstrap"] = 9
+    with pytest.raises(ValueError):
+        res.budgets[0] = 1.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.primary = "parametric"
+    assert res.summary() == before
+    for twin in (copy.deepcopy(res), pickle.loads(pickle.dumps(res))):
+        assert twin.summary() == before and twin.predict(1e21) == res.predict(1e21)

@@ -4,7 +4,7 @@ A sweep folder holds each thing once::
 
     sweep.json           the plan (experiments, model spec, train config)          written by planning
     results.jsonl        the append-only ledger, one JSON record per finished run   written by training
-    checkpoints/         in-flight checkpoints, removed when a run finishes          written by training
+    checkpoints/<id>.pt  in-flight checkpoints, removed when a run finishes          written by training
     scaling_laws.json    the fitted laws and the run ids they read                  written by the report
     result.json          the primary approach, back-test and options of a Result    written by the report
     chinchilla_table.md  the Chinchilla table of every fitted approach              written by the report
@@ -31,6 +31,8 @@ RESULT_FILE = "result.json"
 TABLE_FILE = "chinchilla_table.md"
 REPORT_FILE = "report.html"
 LOCK_FILE = ".flops_fit.lock"
+#: A checkpoint's file name in the checkpoint folder is the experiment id with this suffix.
+CHECKPOINT_SUFFIX = ".pt"
 #: Exports of the runs table, written only on request (``Result.save(export_runs=True)``).
 RUNS_FILE = "runs.json"
 RUNS_CSV_FILE = "runs.csv"
@@ -114,6 +116,10 @@ class SweepDir:
     def runs_csv_export(self) -> Path:
         return self.root / RUNS_CSV_FILE
 
+    def checkpoint(self, experiment_id: str) -> Path:
+        """``checkpoints/<experiment_id>.pt``: the checkpoint of a run in flight (see :func:`checkpoint_file`)."""
+        return checkpoint_file(self.checkpoints, experiment_id)
+
     def figure(self, name: str, fmt: str = "png") -> Path:
         return self.root / f"{name}.{fmt}"
 
@@ -130,3 +136,9 @@ class SweepDir:
             if path.is_file():
                 return path
         return None
+
+
+def checkpoint_file(checkpoint_dir: str | os.PathLike[str], experiment_id: str) -> Path:
+    """The checkpoint of ``experiment_id`` in ``checkpoint_dir`` (the sweep's ``checkpoints/`` or a folder
+    the user named, e.g. shared storage for a cluster)."""
+    return Path(checkpoint_dir) / f"{experiment_id}{CHECKPOINT_SUFFIX}"

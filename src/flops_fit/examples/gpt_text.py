@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flops_fit.core.sweepdir import SweepDir
 from flops_fit.examples.gpt import GPT, lm_loss
 from flops_fit.examples.text import TokenDataset, load_text_corpus
 from flops_fit.training import TrainConfig
@@ -93,7 +94,7 @@ def run_demo(
         size_span=SIZE_SPAN,
         device=device,
     )
-    report = write_report(result, out / "report.html")
+    report = write_report(result, SweepDir(out).report)
     target = 10 * max(budgets)
     pred = result.predict(target)
     print(result.summary())

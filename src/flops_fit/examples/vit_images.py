@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flops_fit.core.sweepdir import SweepDir
 from flops_fit.examples.images import load_image_datasets
 from flops_fit.examples.vit import VisionTransformer, classification_loss
 from flops_fit.training import TrainConfig
@@ -72,7 +73,7 @@ def run(
         size_span=SIZE_SPAN,
         device=device,
     )
-    report = write_report(result, out / "report.html")
+    report = write_report(result, SweepDir(out).report)
     print(result.summary())
     target = 10 * max(budgets)
     pred = result.predict(target)

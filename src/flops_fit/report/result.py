@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -163,7 +164,7 @@ class Result:
         if not fits:
             why = "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none given"
             raise ValueError(f"a Result needs at least one fitted approach ({why})")
-        set_(self, "fits", fits)
+        set_(self, "fits", MappingProxyType(dict(fits)))  # read-only: a Result never changes
         set_(self, "primary", self._primary_of(fits))
         check("plan", self.plan, Nullable(Instance(SweepPlan)))
         if self.output_dir is not None:
@@ -173,13 +174,20 @@ class Result:
             iso = fits.get("isoflop")
             rtol = iso.budget_rtol if isinstance(iso, IsoFLOPFit) else DEFAULT_BUDGET_RTOL
         set_(self, "budget_rtol", check_budget_rtol(rtol))
-        set_(self, "skipped", {str(k): str(v) for k, v in self.skipped.items()})
-        set_(self, "fit_options", dict(self.fit_options))
+        set_(self, "skipped", MappingProxyType({str(k): str(v) for k, v in self.skipped.items()}))
+        set_(self, "fit_options", MappingProxyType(dict(self.fit_options)))
         table = check("backtest_table", self.backtest_table, Nullable(Instance(pd.DataFrame)))
         set_(self, "backtest_table", None if table is None else table.copy())
         set_(self, "trust_plan", check("trust_plan", self.trust_plan, Flag()))
         if not usable_mask(self.runs).any():
             raise ValueError("runs holds no completed run with positive finite C, N, D and loss")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle and deep-copy through the constructor (the read-only mappings are given as plain dicts)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in ("fits", "skipped", "fit_options"):
+            values[name] = dict(values[name])
+        return (_rebuild, (type(self), values))
 
     def _primary_of(self, fits: Mapping[str, Fit]) -> str:
         """The canonical name of the primary approach: the one asked for, else the first of PRIMARY_ORDER."""
@@ -265,7 +273,9 @@ class Result:
     def budgets(self) -> np.ndarray:
         """Geometric-mean compute budget (FLOPs) of each bucket of usable runs, increasing."""
         c = self.usable_runs["compute_budget"].to_numpy(float)
-        return bucket_budgets(c, rtol=self.budget_rtol)[1]
+        budgets = bucket_budgets(c, rtol=self.budget_rtol)[1]
+        budgets.flags.writeable = False  # cached: a caller must not change it in place
+        return budgets
 
     @property
     def table_budgets(self) -> list[float]:
@@ -588,3 +598,8 @@ class Result:
             backtest_table=saved.backtest,
             trust_plan=trust_plan,
         )
+
+
+def _rebuild(cls: type[Result], values: dict[str, Any]) -> Result:
+    """A Result from its field values (:meth:`Result.__reduce__`)."""
+    return cls(**values)

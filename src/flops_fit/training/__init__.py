@@ -5,6 +5,7 @@ order, checkpoints of the run in flight, divergence detection, progress display 
 training under ``torchrun``/``accelerate launch``. See docs/training.md.
 """
 
+from flops_fit.core.ledger import latest_records, load_results
 from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.training.callbacks import Callback, ProgressCallback
@@ -15,7 +16,7 @@ from flops_fit.training.jobs import FunctionJob, LocalJob, MockJob
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
-from flops_fit.training.runner import TrainingRunner, latest_records, load_results
+from flops_fit.training.runner import TrainingRunner
 from flops_fit.training.schedule import lr_multiplier
 
 __all__ = [

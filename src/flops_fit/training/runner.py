@@ -46,7 +46,7 @@ from flops_fit.core.experiment import SAFE_EXPERIMENT_ID, Experiment
 from flops_fit.core.io import remove_temporaries
 from flops_fit.core.ledger import append_record, exclusive_folder, latest_records, load_results
 from flops_fit.core.runs import list_ids, runs_from_records
-from flops_fit.core.sweepdir import PLAN_FILE, SweepDir
+from flops_fit.core.sweepdir import PLAN_FILE, SweepDir, checkpoint_file
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.core.validate import NON_NEGATIVE_INT, Instance, check, check_flag
 from flops_fit.plan.spec import ModelSpec
@@ -302,7 +302,7 @@ class TrainingRunner:
                 sweep_path = self.sweep.plan
                 if not sweep_path.is_file():
                     raise ValueError(
-                        f"no plan: pass plan=SweepPlanner(...).plan() or sweep_path='plan.json' "
+                        f"no plan: pass plan=SweepPlanner(...).plan() or sweep_path='sweep.json' "
                         f"(or resume from an output_dir holding {PLAN_FILE}; {str(sweep_path)!r} does not exist)"
                     )
             if not isinstance(sweep_path, (str, os.PathLike)):
@@ -353,7 +353,7 @@ class TrainingRunner:
         return self._checkpoint_root
 
     def _checkpoint_path(self, experiment_id: str) -> Path:
-        return self._checkpoint_root / f"{experiment_id}.pt"
+        return checkpoint_file(self._checkpoint_root, experiment_id)
 
     def _finished(self, records: Iterable[Mapping[str, Any]]) -> set[str]:
         """Ids whose last record is finished and was made by this job (others run again, with a warning)."""
