@@ -18,27 +18,36 @@ from typing import Any
 import numpy as np
 
 from flops_fit.core.train_config import RESULT_FIELDS
+from flops_fit.core.validate import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Constraint,
+    Instance,
+    Nullable,
+    Real,
+    check,
+)
 
 #: Bump when the fields entering :func:`experiment_id` change meaning (it changes every id).
 #: 2: numbers hashed by value (``0`` and ``0.0`` alike); only result-changing train_config fields.
 ID_VERSION = 2
 #: Experiment ids name files (checkpoints): no path separators, no leading dot, at most 128 characters.
 SAFE_EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-#: (field, accepted JSON kinds, minimum) of every Experiment field except the id, checked when read from a file.
-_EXPERIMENT_FIELD_TYPES: tuple[tuple[str, tuple[str, ...], float | None], ...] = (
-    ("compute_budget", ("int", "float"), 0),
-    ("size_value", ("int", "float", "none"), 0),
-    ("num_params", ("int",), 1),
-    ("num_tokens", ("int",), 1),
-    ("flops_per_token", ("int", "float"), 0),
-    ("epochs", ("int", "float", "none"), 0),
-    ("learning_rate", ("int", "float", "none"), 0),
-    ("batch_size", ("int",), 1),
-    ("tokens_per_sample", ("int",), 1),
-    ("num_steps", ("int",), 1),
-    ("flops", ("str",), None),
-    ("seed", ("int",), 0),
-)
+#: The rule of every Experiment field except the id, checked when a record is read from a file.
+_EXPERIMENT_FIELD_RULES: dict[str, Constraint] = {
+    "compute_budget": Real(0),
+    "size_value": Nullable(Real(0)),
+    "num_params": POSITIVE_INT,
+    "num_tokens": POSITIVE_INT,
+    "flops_per_token": Real(0),
+    "epochs": Nullable(Real(0)),
+    "learning_rate": Nullable(Real(0)),
+    "batch_size": POSITIVE_INT,
+    "tokens_per_sample": POSITIVE_INT,
+    "num_steps": POSITIVE_INT,
+    "flops": Instance(str),
+    "seed": NON_NEGATIVE_INT,
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,24 +117,6 @@ def experiment_id(fields: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _describe_kinds(kinds: tuple[str, ...], minimum: float | None) -> str:
-    words = {"int": "an integer", "float": "a finite number", "str": "a string", "none": "null"}
-    text = " or ".join(words[k] for k in kinds if not (k == "int" and "float" in kinds))
-    return text if minimum is None else f"{text} >= {minimum:g}"
-
-
-def _field_ok(value: Any, kinds: tuple[str, ...], minimum: float | None) -> bool:
-    """Whether a field read from a file is one of its JSON ``kinds`` and at least ``minimum``."""
-    if value is None and "none" in kinds:
-        return True
-    ok = not isinstance(value, bool) and (
-        ("int" in kinds and isinstance(value, int))
-        or ("float" in kinds and isinstance(value, float) and math.isfinite(value))
-        or ("str" in kinds and isinstance(value, str))
-    )
-    return ok and (minimum is None or value >= minimum)
-
-
 @dataclass(frozen=True)
 class Experiment:
     """One training run of the sweep.
@@ -192,9 +183,9 @@ class Experiment:
                 f"experiment_id {eid!r} is not a safe file name (letters, digits, '.', '_', '-', at most 128, "
                 "not starting with '.'); ids name checkpoint files, so a plan file must not carry path parts"
             )
-        for name, kinds, minimum in _EXPERIMENT_FIELD_TYPES:
-            if not _field_ok(d[name], kinds, minimum):
-                raise ValueError(
-                    f"experiment {eid}: field {name!r} must be {_describe_kinds(kinds, minimum)}, got {d[name]!r}"
-                )
+        for name, rule in _EXPERIMENT_FIELD_RULES.items():
+            try:
+                check(f"experiment {eid}: field {name!r}", d[name], rule)
+            except (TypeError, ValueError, OverflowError) as exc:  # a bad record in a file: a ValueError
+                raise ValueError(str(exc)) from None
         return cls(**{n: d[n] for n in names})

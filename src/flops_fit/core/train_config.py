@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
+
+from flops_fit.core.validate import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Constraint,
+    Flag,
+    Nullable,
+    Options,
+    Real,
+    check,
+)
 
 Schedule = Literal["cosine", "wsd", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -42,12 +52,83 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
 RESULT_FIELDS: tuple[str, ...] = (*TRAJECTORY_FIELDS, "precision")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _number(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Real:
+    """A finite number in ``[lo, hi]`` (``(lo, ...`` with ``lo_open``), worded "a number ..." as TrainConfig
+    has always said it."""
+    if hi is None:
+        where = f"{'>' if lo_open else '>='} {lo:g}"
+    else:
+        where = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}]"
+    return Real(lo, hi, lo_open=lo_open, type_label="a number", range_label=f"a number {where}")
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+_BETA = Real(0, 1, hi_open=True)
+
+
+@dataclass(frozen=True)
+class _Betas(Constraint):
+    """AdamW's two moment coefficients: a tuple or list of two numbers in [0, 1)."""
+
+    kind: str = "a tuple of two numbers"
+
+    def is_kind(self, value: Any) -> bool:
+        return isinstance(value, (tuple, list)) and all(_BETA.is_kind(b) for b in value)
+
+    def accepts(self, value: Any) -> bool:
+        return len(value) == 2 and all(_BETA.accepts(b) for b in value)
+
+    def describe(self) -> str:
+        return "two numbers in [0, 1)"
+
+    def convert(self, value: Any) -> tuple[float, float]:
+        return (float(value[0]), float(value[1]))
+
+
+@dataclass(frozen=True)
+class _CompileMode(Constraint):
+    """``compile``: True, False or the string 'auto'."""
+
+    kind: str = "True, False or 'auto'"
+
+    def is_kind(self, value: Any) -> bool:
+        return Flag().is_kind(value) or isinstance(value, str)
+
+    def accepts(self, value: Any) -> bool:
+        return not isinstance(value, str) or value == "auto"
+
+    def convert(self, value: Any) -> bool | str:
+        return value if isinstance(value, str) else bool(value)
+
+
+#: The rule of each TrainConfig field, checked (and put in canonical form) when a TrainConfig is built.
+#: Wrong kinds of value raise TypeError, values out of range ValueError, each naming ``TrainConfig.<field>``.
+FIELD_RULES: dict[str, Constraint] = {
+    "batch_size": POSITIVE_INT,
+    "micro_batch_size": Nullable(POSITIVE_INT),
+    "lr": _number(0, lo_open=True),
+    "weight_decay": _number(0),
+    "betas": _Betas(),
+    "eps": _number(0, lo_open=True),
+    "warmup_frac": _number(0, 1),
+    "schedule": Options(SCHEDULES),
+    "min_lr_ratio": _number(0, 1),
+    "decay_frac": _number(0, 1),
+    "grad_clip": Nullable(_number(0, lo_open=True)),
+    "precision": Options(PRECISIONS),
+    "compile": _CompileMode(),
+    "eval_every": Nullable(NON_NEGATIVE_INT),
+    "eval_batches": POSITIVE_INT,
+    "seed": NON_NEGATIVE_INT,
+    "num_workers": NON_NEGATIVE_INT,
+    "max_epochs": _number(0, lo_open=True),
+    "log_every": POSITIVE_INT,
+    "checkpoint_every_s": Nullable(_number(0)),
+    "checkpoint_every_steps": Nullable(POSITIVE_INT),
+    "divergence_factor": _number(1, lo_open=True),
+}
+
+#: How to fix a bad value, where the rule alone does not say.
+_HINTS: dict[str, str] = {"betas": "e.g. (0.9, 0.95)"}
 
 
 @dataclass(frozen=True)
@@ -118,73 +199,18 @@ class TrainConfig:
     divergence_factor: float = 3.0
 
     def __post_init__(self) -> None:
-        def positive_int(name: str, *, allow_none: bool = False, allow_zero: bool = False) -> None:
+        for name, rule in FIELD_RULES.items():
             value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            low = 0 if allow_zero else 1
-            if not _is_int(value) or value < low:
-                what = "a non-negative integer" if allow_zero else "a positive integer"
-                raise ValueError(
-                    f"TrainConfig.{name} must be {what}{' or None' if allow_none else ''}, got {value!r}"
-                )
-
-        def real_in(
-            name: str, low: float, high: float, *, low_open: bool = False, allow_none: bool = False
-        ) -> None:
-            value = getattr(self, name)
-            if value is None and allow_none:
-                return
-            ok = _is_real(value) and math.isfinite(value) and value <= high
-            ok = ok and (value > low if low_open else value >= low)
-            if not ok:
-                bracket = "(" if low_open else "["
-                raise ValueError(
-                    f"TrainConfig.{name} must be a number in {bracket}{low}, {high}], got {value!r}"
-                )
-
-        positive_int("batch_size")
-        positive_int("micro_batch_size", allow_none=True)
+            checked = check(f"TrainConfig.{name}", value, rule, _HINTS.get(name, ""))
+            # a plain int or float is kept as given (ids and plan files record it so); NumPy scalars,
+            # lists of betas and numpy bools become their Python form
+            if type(value) not in (int, float):
+                object.__setattr__(self, name, checked)
         if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
             raise ValueError(
                 f"TrainConfig.batch_size ({self.batch_size}) must be a multiple of micro_batch_size "
                 f"({self.micro_batch_size}); the gradient is accumulated over whole micro-batches"
             )
-        real_in("lr", 0.0, math.inf, low_open=True)
-        real_in("weight_decay", 0.0, math.inf)
-        betas = self.betas
-        if (
-            not isinstance(betas, (tuple, list))
-            or len(betas) != 2
-            or not all(_is_real(b) and 0.0 <= b < 1.0 for b in betas)
-        ):
-            raise ValueError(
-                f"TrainConfig.betas must be two numbers in [0, 1), e.g. (0.9, 0.95); got {betas!r}"
-            )
-        object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
-        real_in("eps", 0.0, math.inf, low_open=True)
-        real_in("warmup_frac", 0.0, 1.0)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
-        real_in("min_lr_ratio", 0.0, 1.0)
-        real_in("decay_frac", 0.0, 1.0)
-        real_in("grad_clip", 0.0, math.inf, low_open=True, allow_none=True)
-        if self.precision not in PRECISIONS:
-            raise ValueError(
-                f"TrainConfig.precision must be one of {list(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.compile not in (True, False, "auto"):
-            raise ValueError(f"TrainConfig.compile must be True, False or 'auto', got {self.compile!r}")
-        positive_int("eval_every", allow_none=True, allow_zero=True)
-        positive_int("eval_batches")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise ValueError(f"TrainConfig.seed must be a non-negative integer, got {self.seed!r}")
-        positive_int("num_workers", allow_zero=True)
-        real_in("max_epochs", 0.0, math.inf, low_open=True)
-        positive_int("log_every")
-        real_in("checkpoint_every_s", 0.0, math.inf, allow_none=True)
-        positive_int("checkpoint_every_steps", allow_none=True)
-        real_in("divergence_factor", 1.0, math.inf, low_open=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able values."""

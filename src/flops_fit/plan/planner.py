@@ -33,6 +33,7 @@ from flops_fit.core.validate import (
     Instance,
     Integer,
     Nullable,
+    Real,
     check,
 )
 from flops_fit.plan.cost import seeded
@@ -95,21 +96,19 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
 
 
+#: A compute budget: a positive finite number of FLOPs.
+_FLOPS = Real(
+    0, lo_open=True, type_label="a number of FLOPs", range_label="a positive finite number of FLOPs"
+)
+
+
 def explicit_budgets(budgets: Any, name: str = "budgets") -> list[float]:
     """Sorted, distinct, positive finite budgets (FLOPs), or an error naming ``name`` and the bad value."""
-    if isinstance(budgets, (int, float)) and not isinstance(budgets, bool):
+    if _FLOPS.is_kind(budgets):  # one budget
         budgets = [budgets]
     if isinstance(budgets, (str, bytes)) or not hasattr(budgets, "__iter__"):
         raise TypeError(f"{name} must be a list of FLOP values such as [1e15, 3e15, 1e16], got {budgets!r}")
-    values = []
-    for b in budgets:
-        try:
-            v = float(b)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must hold numbers of FLOPs; {b!r} is not a number") from None
-        if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be positive finite FLOP values, got {b!r}")
-        values.append(v)
+    values = [check(f"{name}[{i}]", b, _FLOPS) for i, b in enumerate(budgets)]
     if not values:
         raise ValueError(f"{name} is empty; give at least one compute budget in FLOPs, e.g. [1e15, 1e16]")
     return sorted(set(values))

@@ -6,12 +6,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -131,12 +129,9 @@ def _size_values(size_values: Any, size_multiple: int | None) -> tuple[int | flo
     if isinstance(size_values, (str, bytes)) or not isinstance(size_values, Sequence):
         raise TypeError("size_values must be a sequence of numbers, e.g. [128, 256, 384]")
     values = []
-    for v in size_values:
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise TypeError(f"size_values must hold numbers, got {v!r}")
-        if not math.isfinite(float(v)) or v <= 0:
-            raise ValueError(f"size_values must be positive and finite, got {v!r}")
-        values.append(int(v) if isinstance(v, (int, np.integer)) else float(v))
+    for i, v in enumerate(size_values):
+        size = check(f"size_values[{i}]", v, POSITIVE)
+        values.append(int(v) if POSITIVE_INT.is_kind(v) else size)  # an int size stays an int
     if len(values) < 3:
         raise ValueError(f"size_values needs at least 3 values (a parabola needs 3 sizes), got {values}")
     if size_multiple is not None:

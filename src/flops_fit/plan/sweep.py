@@ -19,6 +19,7 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.io import atomic_write_json
 from flops_fit.core.runs import load_runs
 from flops_fit.core.sweepdir import PLAN_FILE
+from flops_fit.core.validate import Real
 from flops_fit.plan.cost import CostEstimate, estimate_cost
 from flops_fit.plan.spec import LossFn, ModelSpec, SampleFn
 
@@ -28,13 +29,17 @@ logger = logging.getLogger(__name__)
 PLAN_VERSION = 1
 
 
+#: A number of ``expected_optimum``: any real number, never a bool (only its kind is checked: a plan file
+#: may hold NaN or infinity there).
+_NUMBER = Real()
+#: The plan file version this flops-fit reads (1 or 1.0, never True).
+_VERSION = Real(PLAN_VERSION, PLAN_VERSION)
+
+
 def _check_optimum(optimum: Any) -> None:
     """``expected_optimum`` read from a file: a list of [compute_budget, N] number pairs."""
     if not isinstance(optimum, list) or not all(
-        isinstance(p, list)
-        and len(p) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-        for p in optimum
+        isinstance(p, list) and len(p) == 2 and all(_NUMBER.is_kind(v) for v in p) for p in optimum
     ):
         raise ValueError("plan 'expected_optimum' must be a list of [compute_budget, N] number pairs")
 
@@ -44,7 +49,7 @@ def _check_plan_fields(d: Any) -> None:
     if not isinstance(d, Mapping) or "experiments" not in d:
         raise ValueError("a plan must be a JSON object with 'version' and 'experiments'")
     version = d.get("version")
-    if isinstance(version, bool) or version != PLAN_VERSION:
+    if not (_VERSION.is_kind(version) and _VERSION.accepts(version)):
         raise ValueError(
             f"plan file version {version!r} is not supported (this flops-fit reads version {PLAN_VERSION})"
         )

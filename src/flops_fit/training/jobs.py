@@ -22,7 +22,6 @@ import dataclasses
 import datetime
 import logging
 import math
-import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.ledger import encode_record
 from flops_fit.core.outcome import STATUSES, RunInfo, TrainOutcome
 from flops_fit.core.train_config import FIELD_NAMES, RESULT_FIELDS, TrainConfig, config_from_mapping
-from flops_fit.core.validate import Instance, check, check_seed
+from flops_fit.core.validate import Instance, Real, check, check_seed
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.callbacks import Callback
@@ -242,20 +241,24 @@ class FunctionJob(_JobBase):
         return record, 0.0
 
 
+#: A number a ``train_fn`` returns (NumPy scalars included, bools not); an amount (tokens, FLOPs) is
+#: also finite and non-negative.
+_NUMBER = Real()
+_AMOUNT = Real(0)
+
+
 def _number(value: Any) -> float | None:
-    """``value`` as a float if it is a real number (NumPy scalars included, bools not), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    return float(value)
+    """``value`` as a float if it is a real number (NumPy scalars and NaN included, bools not), else None."""
+    return float(value) if _NUMBER.is_kind(value) else None
 
 
 def _amount(where: str, out: Mapping[str, Any], key: str, default: Any, what: str) -> float:
     """``out[key]`` (or ``default``) as a finite non-negative float, or a ValueError saying ``what`` to give."""
     given = out.get(key, default)
-    value = _number(given)
-    if value is None or not math.isfinite(value) or value < 0:
+    # a value train_fn returned, not an argument: a ValueError whether its kind or its range is wrong
+    if not (_AMOUNT.is_kind(given) and _AMOUNT.accepts(given)):
         raise ValueError(f"{where} returned {key}={given!r}; give {what} (a number)")
-    return value
+    return float(given)
 
 
 def _check_loss(where: str, out: dict[str, Any]) -> None:
