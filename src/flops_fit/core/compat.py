@@ -37,6 +37,9 @@ MOVED: dict[str, tuple[str, ...]] = {
         "flops_fit.core.sweepdir",
     ),
     "flops_fit.analysis.analyzer": ("flops_fit.report.analyzer", "flops_fit.report.laws"),
+    # module paths of the original prototype (its test plan imports from them)
+    "flops_fit.analyzer": ("flops_fit.report.analyzer", "flops_fit.report.laws"),
+    "flops_fit.model": ("flops_fit.examples.gpt",),
     "flops_fit.result": ("flops_fit.report.result",),
     "flops_fit.plotting": ("flops_fit.report.plots",),
     "flops_fit.api": ("flops_fit.app.pipeline",),

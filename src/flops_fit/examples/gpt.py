@@ -57,6 +57,7 @@ __all__ = [
     "GPT",
     "PARAMETRIZATIONS",
     "GPTConfig",
+    "GPTConfigError",
     "apply_rope",
     "config_for_params",
     "create_model_for_scaling",
@@ -73,43 +74,69 @@ ROPE_BASE = 10_000.0
 SP_INIT_STD = 0.02
 
 
+#: Defaults of :class:`GPTConfig`: a small GPT in the spirit of the TinyStories models (Eldan & Li 2023)
+#: that flops-fit's first prototype used (width 256, 6 layers, 4 heads of 64, context 256), with the
+#: vocabulary of the built-in text corpus (``load_text_corpus(vocab_size=4096)``). Set ``vocab_size`` to
+#: your tokenizer's size (e.g. ``corpus.vocab_size``; 50257 for the GPT-2 tokenizer).
+DEFAULT_VOCAB_SIZE = 4096
+DEFAULT_D_MODEL = 256
+DEFAULT_NUM_LAYERS = 6
+DEFAULT_MAX_SEQ_LEN = 256
+
+
+class GPTConfigError(ValueError, AssertionError):
+    """An inconsistent :class:`GPTConfig` shape (heads that do not divide the width, an odd head size).
+
+    A ValueError; also an AssertionError, which is what the prototype's ``GPTConfig`` raised for a head
+    count that does not divide ``d_model``, so code written against it keeps working.
+    """
+
+
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape and parametrization of a :class:`GPT`.
+    """Shape and parametrization of a :class:`GPT`; every field has a default: ``GPTConfig()`` is 256
+    wide, 6 layers deep, with 4 heads, vocabulary 4096 and context 256 (7.3M non-embedding parameters,
+    8.4M in all).
 
     Args:
-        vocab_size: number of token ids.
-        d_model: residual-stream width.
-        num_layers: number of transformer blocks.
+        vocab_size: number of token ids (default 4096, the built-in corpus's vocabulary); must match the
+            tokenizer.
+        d_model: residual-stream width (default 256).
+        num_layers: number of transformer blocks (default 6).
         num_heads: attention heads; must divide ``d_model`` with an even head size (RoPE rotates pairs).
-        max_seq_len: longest sequence the rotary cache covers, in tokens.
+            ``None`` (the default) means :func:`default_num_heads` (heads of 64 where the width allows:
+            4 at width 256).
+        max_seq_len: longest sequence the rotary cache covers, in tokens (default 256).
         d_ff: SwiGLU hidden width; ``None`` means ``4 * d_model``.
         parametrization: ``"u-mup"`` (Blake et al. 2024) or ``"sp"`` (GPT-2 style).
         dropout: probability of dropping elements of each residual branch's output during training.
     """
 
-    vocab_size: int
-    d_model: int
-    num_layers: int
-    num_heads: int
-    max_seq_len: int
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    d_model: int = DEFAULT_D_MODEL
+    num_layers: int = DEFAULT_NUM_LAYERS
+    num_heads: int | None = None
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
     d_ff: int | None = None
     parametrization: str = "u-mup"
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "max_seq_len"):
+        _check_positive_int("d_model", self.d_model)
+        if self.num_heads is None:
+            object.__setattr__(self, "num_heads", default_num_heads(self.d_model))
+        for name in ("vocab_size", "num_layers", "num_heads", "max_seq_len"):
             _check_positive_int(name, getattr(self, name))
         if self.d_ff is None:
             object.__setattr__(self, "d_ff", 4 * self.d_model)
         _check_positive_int("d_ff", self.d_ff)
         if self.d_model % self.num_heads != 0:
-            raise ValueError(
+            raise GPTConfigError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
                 f"choose num_heads among the divisors of d_model (e.g. {_suggest_num_heads(self.d_model)})"
             )
         if self.head_dim % 2 != 0:
-            raise ValueError(
+            raise GPTConfigError(
                 f"head size d_model/num_heads = {self.head_dim} is odd; rotary embeddings need an even head "
                 "size, so change num_heads or d_model"
             )
@@ -122,6 +149,7 @@ class GPTConfig:
     @property
     def head_dim(self) -> int:
         """Size of one attention head, ``d_model // num_heads``."""
+        assert self.num_heads is not None  # resolved in __post_init__
         return self.d_model // self.num_heads
 
     def to_dict(self) -> dict[str, Any]:
@@ -532,10 +560,10 @@ def estimate_params_from_config(
 
 def config_for_params(
     target_params: float,
-    num_layers: int,
+    num_layers: int = DEFAULT_NUM_LAYERS,
     *,
-    vocab_size: int,
-    max_seq_len: int,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     num_heads: int | None = None,
     head_dim: int = 64,
     multiple_of: int = 64,
@@ -548,7 +576,11 @@ def config_for_params(
     ``d_model`` is a multiple of ``multiple_of`` and divisible by the head count: ``num_heads`` when
     given, else ``d_model / head_dim`` heads. ``d_ff = 4 d_model``. The count is non-embedding by
     default (``non_embedding=False`` targets the total). Logs a warning when the nearest shape is more
-    than 25% off the target (e.g. a target below the smallest allowed width).
+    than 25% off the target (e.g. a target below the smallest allowed width). ``num_layers``,
+    ``vocab_size`` and ``max_seq_len`` default as in :class:`GPTConfig` (6, 4096, 256).
+
+    The count is exact (:func:`estimate_params_from_config`: ``16 d^2`` per SwiGLU block plus the
+    ``V d`` readout), not the ``12 L d^2`` rule of thumb, which undercounts a SwiGLU block by a quarter.
     """
     check("target_params", target_params, POSITIVE)
     for name, value in (
@@ -601,10 +633,10 @@ def config_for_params(
 
 def create_model_for_scaling(
     target_params: float,
-    num_layers: int,
+    num_layers: int = DEFAULT_NUM_LAYERS,
     *,
-    vocab_size: int,
-    max_seq_len: int,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
     num_heads: int | None = None,
     head_dim: int = 64,
     multiple_of: int = 64,

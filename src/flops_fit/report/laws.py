@@ -24,6 +24,7 @@ from flops_fit.analysis.bucketing import lowest_loss_per_budget
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.core.io import atomic_write_json
+from flops_fit.core.validate import Instance, check
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +60,28 @@ class ScalingAnalysis:
 
     ``n_opt_fit``, ``d_opt_fit``, ``l_opt_fit``: the primary approach's laws N_opt(C), D_opt(C), L_opt(C)
     (C in FLOPs, N in parameters, D in tokens). ``optimal_points``: the best run of each budget bucket (or the
-    IsoFLOP minima). ``optimal_ratio``: median D/N (tokens per parameter) at those points. ``fits``: every
-    approach that was fitted, by name.
+    IsoFLOP minima), one row each; given as a DataFrame or as a list of records (dicts, as ``to_dict`` writes
+    them and the original flops-fit API took them), it is held as a DataFrame. ``optimal_ratio``: median D/N
+    (tokens per parameter) at those points (NaN when unknown). ``fits``: every approach that was fitted, by
+    name.
     """
 
     n_opt_fit: PowerLawFit
     d_opt_fit: PowerLawFit
     l_opt_fit: PowerLawFit
-    optimal_points: pd.DataFrame
-    optimal_ratio: float
+    optimal_points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    optimal_ratio: float = math.nan
     approach: str = "isoflop"
     fits: dict[str, Fit] = field(default_factory=dict)
     #: The ``experiment_id`` of every run the analysis read (after any plan filter), and the budget
     #: grouping it used: plots and reports of the same folder then show exactly these runs.
     run_ids: tuple[str, ...] | None = None
     budget_rtol: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "optimal_points", _points_frame(self.optimal_points))
+        if self.optimal_ratio is None:  # the original API's "unknown"
+            object.__setattr__(self, "optimal_ratio", math.nan)
 
     @classmethod
     def of(
@@ -168,6 +176,22 @@ class ScalingAnalysis:
         parts += [fit.summary() for fit in self.fits.values()]
         parts.append(f"Median tokens per parameter at the per-budget optima: {self.optimal_ratio:.1f}")
         return "\n\n".join(parts)
+
+
+_POINTS = Instance(pd.DataFrame, list, tuple)
+_RECORD = Instance(Mapping)
+
+
+def _points_frame(points: Any) -> pd.DataFrame:
+    """``optimal_points`` as a DataFrame: a DataFrame as it is, a list (or tuple) of records row by row."""
+    check("optimal_points", points, _POINTS, "a DataFrame or a list of dicts, one per budget")
+    if isinstance(points, pd.DataFrame):
+        return points
+    for i, record in enumerate(points):
+        check(
+            f"optimal_points[{i}]", record, _RECORD, "one dict per budget, e.g. {'compute_budget': 1e18, ...}"
+        )
+    return pd.DataFrame.from_records(list(points))
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
