@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+import flops_fit
 import flops_fit.training.jobs as runner_mod
 from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.ledger import read_records
@@ -642,3 +643,18 @@ def test_runs_trained_with_other_settings_are_not_taken_as_finished(tmp_path, ca
     assert "result-changing train_config" in caplog.text
     runs = other.run_sweep()
     assert list(runs["learning_rate"]) == [1e-3]
+
+
+def test_ray_options_are_the_executor_in_one_object(tmp_path):
+    """executor=RayOptions(...) is executor='ray' with its three keywords; giving one twice is an error."""
+    pytest.importorskip("ray")
+    from flops_fit.training import MockJob, RayOptions
+
+    plan = flops_fit.SweepPlanner.from_budgets([1e17, 1e18], 3).plan()
+    runner = TrainingRunner(plan, job=MockJob(), output_dir=tmp_path,
+                            executor=RayOptions(address="auto", resources={"CPU": 1}, max_retries=1))  # fmt: skip
+    assert (runner.executor, runner.ray_address, runner.resources, runner.max_retries) == (
+        "ray", "auto", {"CPU": 1.0}, 1
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="max_retries given beside executor=RayOptions"):
+        TrainingRunner(plan, job=MockJob(), output_dir=tmp_path, executor=RayOptions(), max_retries=5)

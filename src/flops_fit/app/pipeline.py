@@ -33,7 +33,8 @@ from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
 from flops_fit.training.jobs import MODES, Job, job_for_mode
-from flops_fit.training.runner import EXECUTORS, check_executor
+from flops_fit.training.ray_executor import RayOptions
+from flops_fit.training.runner import EXECUTORS, check_executor, executor_settings
 
 logger = logging.getLogger(__name__)
 #: Keywords of find_optimal that go on to ModelSpec, and (with these) to SweepPlanner.
@@ -97,7 +98,7 @@ def find_optimal(
     flops: str | Callable[..., float] = "6nd",
     train: bool = True,
     mode: str = "local",
-    executor: str = "local",
+    executor: str | RayOptions = "local",
     train_config: TrainConfig | None = None,
     approach: str | Sequence[str] = "all",
     output_dir: str | os.PathLike[str] | None = None,
@@ -128,7 +129,8 @@ def find_optimal(
     ``resources`` what each experiment asks for in Ray resource names (default one GPU where the cluster
     has GPUs, else one CPU) and ``max_retries`` how often an experiment whose worker died is re-run (it
     resumes from its checkpoint in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be
-    storage all nodes share on a multi-node cluster).
+    storage all nodes share on a multi-node cluster); ``executor=RayOptions(address=..., resources=...,
+    max_retries=...)`` says the same in one object.
     Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
     runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (with a
     warning).
@@ -136,9 +138,9 @@ def find_optimal(
     """
 
     request = _checked_request(
-        compute_budgets, mode, executor, seed, train, approach, train_config, output_dir, resume,
+        compute_budgets, mode, seed, train, approach, train_config, output_dir, resume,
         _Training(mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks)),
-        _Execution(executor, ray_address, resources, max_retries, checkpoint_dir),
+        _Execution(*executor_settings(executor, ray_address, resources, max_retries), checkpoint_dir),
         planner_kwargs,
     )  # fmt: skip
     spec = _model_spec(model_cls, model_size_param, model_kwargs, loss_fn, planner_kwargs)
@@ -206,7 +208,6 @@ class _Request:
 def _checked_request(
     compute_budgets: Any,
     mode: Any,
-    executor: Any,
     seed: Any,
     train: bool,
     approach: Any,
@@ -221,10 +222,10 @@ def _checked_request(
     ``options``: find_optimal's extra keywords."""
     budgets = _check_budgets(compute_budgets)
     _check_choice("mode", mode, MODES)
-    _check_choice("executor", executor, EXECUTORS)
     ex = execution
+    _check_choice("executor", ex.executor, EXECUTORS)
     check_executor(ex.executor, ex.ray_address, ex.resources, ex.max_retries, training.device)
-    if executor == "local" and mode == "local" and train:
+    if ex.executor == "local" and mode == "local" and train:
         resolve_device(training.device)  # a Ray sweep resolves it on its workers; planning and mock need none
     check_seed(seed)
     unknown = sorted(set(options) - _PLANNER_KEYWORDS)

@@ -16,6 +16,7 @@ from flops_fit.training.jobs import FunctionJob, LocalJob, MockJob
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
+from flops_fit.training.ray_executor import RayOptions
 from flops_fit.training.runner import TrainingRunner
 from flops_fit.training.schedule import lr_multiplier
 
@@ -28,6 +29,7 @@ __all__ = [
     "MockJob",
     "MockLaw",
     "ProgressCallback",
+    "RayOptions",
     "RunInfo",
     "TrainConfig",
     "TrainOutcome",

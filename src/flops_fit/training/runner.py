@@ -57,6 +57,7 @@ from flops_fit.training.distributed import launched_world_size
 from flops_fit.training.jobs import MODES, RAY_DEVICES, Job, check_mode, check_ray_device, job_for_mode
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.progress import SweepProgress
+from flops_fit.training.ray_executor import RayOptions
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ __all__ = [
     "RAY_DEVICES",
     "TrainingRunner",
     "check_executor",
+    "executor_settings",
     "latest_records",
     "load_results",
 ]
@@ -76,6 +78,26 @@ EXECUTORS: tuple[str, ...] = ("local", "ray")
 
 # --------------------------------------------------------------------------------------------------
 # checks
+
+
+def executor_settings(
+    executor: Any, ray_address: Any = None, resources: Any = None, max_retries: Any = 3
+) -> tuple[Any, Any, Any, Any]:
+    """``(executor, ray_address, resources, max_retries)`` with a :class:`RayOptions` given as ``executor``
+    unpacked: it stands for ``executor="ray"`` with its address, resources and retries, so those keywords
+    must then keep their defaults (a ValueError names any given twice)."""
+    if not isinstance(executor, RayOptions):
+        return executor, ray_address, resources, max_retries
+    twice = [
+        name
+        for name, value, default in (("ray_address", ray_address, None), ("resources", resources, None))
+        if value is not default
+    ] + (["max_retries"] if max_retries != 3 else [])
+    if twice:
+        raise ValueError(
+            f"{' and '.join(twice)} given beside executor=RayOptions(...): set them in RayOptions only"
+        )
+    return "ray", executor.address, executor.resources, executor.max_retries
 
 
 def check_executor(
@@ -195,7 +217,8 @@ class TrainingRunner:
             a Ray task on a cluster, largest first; needs ``pip install "flops-fit[ray]"``). With Ray this
             process (the driver) still writes ``sweep.json`` and the ledger; workers only run the job and
             write checkpoints. The job and ``callbacks`` are sent to the workers (pickled once), so what
-            they hold must be importable there; callbacks run on the workers.
+            they hold must be importable there; callbacks run on the workers. ``executor=RayOptions(address,
+            resources, max_retries)`` is the same as ``"ray"`` with those three keywords, in one object.
         ray_address: executor="ray": the cluster to join (``"auto"``, ``"ray://head:10001"``, ``"host:6379"``).
             Default: the ``RAY_ADDRESS`` environment variable, else the Ray instance this process already
             started with ``ray.init``, else a new local cluster (shut down when the sweep ends).
@@ -235,7 +258,7 @@ class TrainingRunner:
         retry_failed: bool = False,
         mock_law: MockLaw | Mapping[str, Any] | None = None,
         progress: bool = True,
-        executor: str = "local",
+        executor: str | RayOptions = "local",
         ray_address: str | None = None,
         resources: Mapping[str, float] | None = None,
         max_retries: int = 3,
@@ -258,6 +281,9 @@ class TrainingRunner:
             mode = check_mode("local" if mode is None else mode)
         else:
             _check_job_alone(job, mode, seed, device, keywords)
+        executor, ray_address, resources, max_retries = executor_settings(
+            executor, ray_address, resources, max_retries
+        )
         check_executor(executor, ray_address, resources, max_retries, device)
         self._set_executor(executor, ray_address, resources, max_retries)
         self._set_folders(output_dir, checkpoint_dir)
@@ -497,7 +523,7 @@ class TrainingRunner:
         self, todo: list[Experiment], records: list[dict[str, Any]], display: SweepProgress
     ) -> None:
         """The Ray executor: each experiment a task on the cluster; this process records the results."""
-        from flops_fit.training.ray_executor import RayOptions, run_on_ray
+        from flops_fit.training.ray_executor import run_on_ray
 
         options = RayOptions(address=self.ray_address, resources=self.resources, max_retries=self.max_retries)
 
