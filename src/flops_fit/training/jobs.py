@@ -641,27 +641,36 @@ class _ResumeMeter(Callback):
 
 
 #: The job class of each ``mode`` name (``TrainingRunner(mode=...)``, ``find_optimal(mode=...)``).
+#: ``"api"`` (:class:`~flops_fit.training.api_job.ApiJob`) is added when first used: it needs the api extra.
 JOB_KINDS: dict[str, type[Job]] = {"local": LocalJob, "mock": MockJob, "function": FunctionJob}
-MODES: tuple[str, ...] = tuple(JOB_KINDS)
+MODES: tuple[str, ...] = (*JOB_KINDS, "api")
 
 
 def check_mode(mode: Any) -> str:
     """``mode`` if it names a kind of job, else a ValueError listing them."""
-    if not isinstance(mode, str) or mode not in JOB_KINDS:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     return mode
 
 
+def _kind(mode: Any) -> type[Job]:
+    """The job class of a mode name (importing the api job on first use)."""
+    mode = check_mode(mode)
+    if mode not in JOB_KINDS:
+        import flops_fit.training.api_job  # noqa: F401  (registers "api")
+    return JOB_KINDS[mode]
+
+
 def job_kind(job: Job | str) -> type[Job] | Job:
     """The job class of a mode name, or the job itself: what :class:`Job`'s class attributes are read from."""
-    return JOB_KINDS[check_mode(job)] if isinstance(job, str) else job
+    return _kind(job) if isinstance(job, str) else job
 
 
 def job_for_mode(mode: Any, *, seed: Any = 0, device: Any = "auto", **keywords: Any) -> Job:
     """The job of ``TrainingRunner(mode, ...)``'s keywords: the class of ``mode`` given the keywords it
     has. Keywords it has no field for are logged as unused (those left at None are not given); ``seed``
     and ``device`` go to the jobs that use them and are never reported."""
-    kind = JOB_KINDS[check_mode(mode)]
+    kind = _kind(mode)
     check_seed(seed)  # the runner's seed is checked whatever the mode, as it always was
     names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
     unused = [name for name, value in keywords.items() if value is not None and name not in names]
