@@ -263,6 +263,8 @@ class TrainingRunner:
         resources: Mapping[str, float] | None = None,
         max_retries: int = 3,
         checkpoint_dir: str | os.PathLike[str] | None = None,
+        api_url: str | None = None,
+        token_env: str | None = None,
     ) -> None:
         if isinstance(mode, SweepPlan):  # TrainingRunner(plan, job=...)
             if plan is not None:
@@ -276,6 +278,8 @@ class TrainingRunner:
             "train_fn": train_fn,
             "eval_dataset": eval_dataset,
             "mock_law": mock_law,
+            "api_url": api_url,
+            "token_env": token_env,
         }
         if job is None:
             mode = check_mode("local" if mode is None else mode)
