@@ -657,7 +657,9 @@ def _kind(mode: Any) -> type[Job]:
     """The job class of a mode name (importing the api job on first use)."""
     mode = check_mode(mode)
     if mode not in JOB_KINDS:
-        import flops_fit.training.api_job  # noqa: F401  (registers "api")
+        import importlib  # by name: api_job imports this module, which must not import it back
+
+        importlib.import_module("flops_fit.training.api_job")  # registers "api" (needs the api extra)
     return JOB_KINDS[mode]
 
 
