@@ -302,6 +302,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = {"_target_": target, **({"_partial_": True} if key == "loss_fn" else {})}
     if args.train_fn:
         overrides["train_fn"] = args.train_fn
+    if args.api_url:
+        overrides["api_url"] = args.api_url
+    if args.token_env:
+        overrides["token_env"] = args.token_env
     if args.lr is not None:
         overrides["train.lr"] = args.lr
     if args.weight_decay is not None:
@@ -484,7 +488,11 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
         "      --checkpoint-dir /shared/ckpt/a --resources GPU=1,CPU=8",
     )
     train.add_argument("dir", help="the sweep's output directory (holds sweep.json)")
-    train.add_argument("--mode", default="mock", help="local, mock or function")
+    train.add_argument("--mode", default="mock", help="local, mock, function or api")
+    train.add_argument("--api-url", dest="api_url", help="--mode api: the training service (flops-fit serve)")
+    train.add_argument(
+        "--token-env", dest="token_env", help="--mode api: variable holding its token (FLOPS_FIT_API_TOKEN)"
+    )
     train.add_argument("--dataset", help="import path of a function returning the training Dataset")
     train.add_argument(
         "--eval-dataset", dest="eval_dataset", help="import path of a function returning the eval set"

@@ -215,6 +215,8 @@ def run_train(data: Mapping[str, Any]) -> Any:
             "resources",
             "max_retries",
             "checkpoint_dir",
+            "api_url",
+            "token_env",
         )
     }
     objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn")}
