@@ -17,7 +17,8 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.ledger import latest_records, load_results, read_run_list
 from flops_fit.core.runs import load_runs, runs_from_records
 from flops_fit.training import TrainConfig, TrainingRunner
-from flops_fit.training.jobs import FunctionJob, Job, LocalJob, MockJob, job_for_mode
+from flops_fit.training.jobs import FunctionJob, Job, LocalJob, MockJob
+from flops_fit.training.kinds import job_for_mode
 from test_runner import CountingLM, lm_loss, make_plan, one_thread  # noqa: F401 (the autouse fixture)
 
 QUICK = TrainConfig(lr=3e-2, eval_batches=1, log_every=2, checkpoint_every_s=None)

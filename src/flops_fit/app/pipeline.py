@@ -32,7 +32,8 @@ from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training import TrainConfig
 from flops_fit.training.data import holdout_samples
 from flops_fit.training.device import resolve_device
-from flops_fit.training.jobs import MODES, Job, job_for_mode
+from flops_fit.training.jobs import Job
+from flops_fit.training.kinds import MODES, job_for_mode
 from flops_fit.training.ray_executor import RayOptions
 from flops_fit.training.runner import EXECUTORS, check_executor, executor_settings
 

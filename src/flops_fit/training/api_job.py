@@ -13,36 +13,29 @@ Needs the ``api`` extra (``pip install flops-fit[api]``: httpx, tenacity, pydant
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
+import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-try:
-    import httpx
-    import pydantic
-    import tenacity
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(f"mode='api' needs the api extra: pip install 'flops-fit[api]' ({exc})") from exc
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.train_config import TrainConfig, config_from_mapping
 from flops_fit.core.validate import POSITIVE, Instance, Integer, Nullable, check
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.callbacks import Callback
-from flops_fit.training.jobs import (
-    JOB_KINDS,
-    _base_config,
-    _experiment_configs,
-    _JobBase,
-    _result_settings,
-)
+from flops_fit.training.jobs import _base_config, _experiment_configs, _JobBase, _result_settings
+
+if TYPE_CHECKING:
+    import httpx
+    import pydantic
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PROTOCOL", "TERMINAL_STATES", "ApiJob", "Health", "Status"]
+__all__ = ["PROTOCOL", "TERMINAL_STATES", "ApiJob"]
 
 #: The protocol version this client speaks.
 PROTOCOL = 1
@@ -51,52 +44,65 @@ TERMINAL_STATES = ("completed", "failed", "diverged", "cancelled")
 DEFAULT_TOKEN_ENV = "FLOPS_FIT_API_TOKEN"
 
 
-class Health(pydantic.BaseModel):
-    """``GET /v1/health``."""
+@functools.cache
+def _protocol() -> types.SimpleNamespace:
+    """httpx, tenacity and the pydantic models of the protocol's answers, imported on first use (the
+    ``api`` extra), so that ``import flops_fit`` needs none of them."""
+    try:
+        import httpx
+        import pydantic
+        import tenacity
+    except ImportError as exc:
+        raise ImportError(f"mode='api' needs the api extra: pip install 'flops-fit[api]' ({exc})") from exc
 
-    protocol: int
-    service: str
-    version: str
-    busy: int
-    queued: int
+    class Health(pydantic.BaseModel):
+        """``GET /v1/health``."""
+
+        protocol: int
+        service: str
+        version: str
+        busy: int
+        queued: int
+
+    class Record(pydantic.BaseModel):
+        """The required fields of a ledger record the service returns (others are kept as they are)."""
+
+        model_config = pydantic.ConfigDict(extra="allow")
+
+        experiment_id: str
+        final_loss: float | None
+        status: Literal["completed", "failed", "diverged"]
+        num_params: int
+        num_tokens: int | float
+        compute_budget: float
+        error: str | None = None
+
+    class Status(pydantic.BaseModel):
+        """``<Status>`` of the protocol: the state of one submitted experiment."""
+
+        experiment_id: str
+        state: Literal["queued", "running", "completed", "failed", "diverged", "cancelled"]
+        tokens: int = 0
+        record: Record | None = None
+        error: str | None = None
+
+    return types.SimpleNamespace(
+        httpx=httpx,
+        pydantic=pydantic,
+        tenacity=tenacity,
+        Health=Health,
+        Status=Status,
+        retried=(httpx.TimeoutException, httpx.TransportError, _Transient),
+    )
 
 
-class Record(pydantic.BaseModel):
-    """The required fields of a ledger record the service returns (others are kept as they are)."""
-
-    model_config = pydantic.ConfigDict(extra="allow")
-
-    experiment_id: str
-    final_loss: float | None
-    status: Literal["completed", "failed", "diverged"]
-    num_params: int
-    num_tokens: int | float
-    compute_budget: float
-    error: str | None = None
-
-
-class Status(pydantic.BaseModel):
-    """``<Status>`` of the protocol: the state of one submitted experiment."""
-
-    experiment_id: str
-    state: Literal["queued", "running", "completed", "failed", "diverged", "cancelled"]
-    tokens: int = 0
-    record: Record | None = None
-    error: str | None = None
-
-    def raw_record(self) -> dict[str, Any]:
-        """The record as the service sent it (every field, numbers unconverted)."""
-        assert self.record is not None
-        return self.record.model_dump(include=set(self.record.model_fields_set)) | dict(
-            self.record.model_extra or {}
-        )
+def _raw_record(record: pydantic.BaseModel) -> dict[str, Any]:
+    """A record as the service sent it (every field, numbers unconverted)."""
+    return record.model_dump(include=set(record.model_fields_set)) | dict(record.model_extra or {})
 
 
 class _Transient(Exception):
     """A 5xx answer: worth retrying."""
-
-
-_RETRIED = (httpx.TimeoutException, httpx.TransportError, _Transient)
 
 
 def _parse(model: type[pydantic.BaseModel], response: httpx.Response, what: str) -> Any:
@@ -107,7 +113,7 @@ def _parse(model: type[pydantic.BaseModel], response: httpx.Response, what: str)
         raise ValueError(f"{what}: the service answered with something that is not JSON") from None
     try:
         return model.model_validate(data)
-    except pydantic.ValidationError as exc:
+    except _protocol().pydantic.ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(the whole body)"
         raise ValueError(
@@ -141,6 +147,7 @@ class ApiJob(_JobBase):
     configs: Mapping[str, TrainConfig] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        _protocol()  # the api extra is installed
         if self.api_url is None:
             raise ValueError("mode='api' needs api_url= (the training service, e.g. 'http://127.0.0.1:8765')")
         url = check("api_url", self.api_url, Instance(str), "e.g. 'http://127.0.0.1:8765'")
@@ -198,7 +205,7 @@ class ApiJob(_JobBase):
     # -- HTTP ------------------------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(
+        return _protocol().httpx.Client(
             base_url=str(self.api_url),
             headers={"Authorization": f"Bearer {self.token()}"},
             timeout=self.timeout_s,
@@ -206,6 +213,8 @@ class ApiJob(_JobBase):
 
     def _request(self, client: httpx.Client, method: str, path: str, json: Any = None) -> httpx.Response:
         """One request, retried with exponential backoff on timeouts, 5xx and connection errors."""
+        deps = _protocol()
+        httpx, tenacity = deps.httpx, deps.tenacity
 
         def attempt() -> httpx.Response:
             response = client.request(method, path, json=json)
@@ -214,7 +223,7 @@ class ApiJob(_JobBase):
             return response
 
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_RETRIED),
+            retry=tenacity.retry_if_exception_type(deps.retried),
             stop=tenacity.stop_after_attempt(self.retries),
             wait=tenacity.wait_exponential(multiplier=0.2, max=10),
             before_sleep=lambda state: logger.warning(
@@ -246,10 +255,10 @@ class ApiJob(_JobBase):
             )
         return response
 
-    def health(self) -> Health:
+    def health(self) -> Any:
         """``GET /v1/health`` with the token (checks reachability and auth)."""
         with self._client() as client:
-            return _parse(Health, self._request(client, "GET", "/v1/health"), "GET /v1/health")  # type: ignore[no-any-return]
+            return _parse(_protocol().Health, self._request(client, "GET", "/v1/health"), "GET /v1/health")  # type: ignore[no-any-return]
 
     # -- one experiment --------------------------------------------------------------------------------
 
@@ -276,13 +285,13 @@ class ApiJob(_JobBase):
                 raise
         return self._record(e, status), 0.0
 
-    def _status(self, client: httpx.Client, method: str, path: str, body: Any = None) -> Status:
-        status: Status = _parse(Status, self._request(client, method, path, body), f"{method} {path}")
+    def _status(self, client: httpx.Client, method: str, path: str, body: Any = None) -> Any:
+        status = _parse(_protocol().Status, self._request(client, method, path, body), f"{method} {path}")
         if status.record is not None and status.record.experiment_id != status.experiment_id:
             raise ValueError(f"{method} {path}: field 'record.experiment_id' does not match 'experiment_id'")
         return status
 
-    def _record(self, e: Experiment, status: Status) -> dict[str, Any]:
+    def _record(self, e: Experiment, status: Any) -> dict[str, Any]:
         if status.experiment_id != e.experiment_id:
             raise ValueError(
                 f"the service answered for experiment {status.experiment_id!r} (field 'experiment_id'), "
@@ -299,7 +308,7 @@ class ApiJob(_JobBase):
                 "error": status.error or f"the service reports state {status.state!r} without a record",
             }
         else:
-            record = status.raw_record()
+            record = _raw_record(status.record)
             for key, value in self.base_record(e).items():
                 if key != "mode" and key in record and record[key] != value:
                     raise ValueError(
@@ -307,6 +316,3 @@ class ApiJob(_JobBase):
                     )
         record["mode"] = self.mode
         return record
-
-
-JOB_KINDS.setdefault("api", ApiJob)

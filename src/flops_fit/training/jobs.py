@@ -12,8 +12,9 @@ treat every job the same way:
 :class:`FunctionJob`
     calls your ``train_fn(experiment) -> {"final_loss": ...}`` (your loop, a cluster job, an API).
 
-A new kind of job (say one that sends each experiment to an HTTP training service) is one more class that
-follows the :class:`Job` protocol; the runner needs no change.
+A new kind of job (like :class:`~flops_fit.training.api_job.ApiJob`, which sends each experiment to an HTTP
+training service) is one more class that follows the :class:`Job` protocol, registered by its mode name in
+:mod:`flops_fit.training.kinds`; the runner needs no change.
 """
 
 from __future__ import annotations
@@ -47,17 +48,12 @@ from flops_fit.training.mock import MockLaw, mock_generator
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "JOB_KINDS",
-    "MODES",
     "RAY_DEVICES",
     "FunctionJob",
     "Job",
     "LocalJob",
     "MockJob",
-    "check_mode",
     "check_ray_device",
-    "job_for_mode",
-    "job_kind",
 ]
 
 #: Devices an experiment on a Ray worker can ask for (the worker's GPU is the one Ray assigned to it).
@@ -634,49 +630,3 @@ class _ResumeMeter(Callback):
 
     def on_train_start(self, info: RunInfo) -> None:
         self.tokens0 = info.start_step * info.tokens_per_step
-
-
-# --------------------------------------------------------------------------------------------------
-# the jobs by mode name
-
-
-#: The job class of each ``mode`` name (``TrainingRunner(mode=...)``, ``find_optimal(mode=...)``).
-#: ``"api"`` (:class:`~flops_fit.training.api_job.ApiJob`) is added when first used: it needs the api extra.
-JOB_KINDS: dict[str, type[Job]] = {"local": LocalJob, "mock": MockJob, "function": FunctionJob}
-MODES: tuple[str, ...] = (*JOB_KINDS, "api")
-
-
-def check_mode(mode: Any) -> str:
-    """``mode`` if it names a kind of job, else a ValueError listing them."""
-    if not isinstance(mode, str) or mode not in MODES:
-        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    return mode
-
-
-def _kind(mode: Any) -> type[Job]:
-    """The job class of a mode name (importing the api job on first use)."""
-    mode = check_mode(mode)
-    if mode not in JOB_KINDS:
-        import importlib  # by name: api_job imports this module, which must not import it back
-
-        importlib.import_module("flops_fit.training.api_job")  # registers "api" (needs the api extra)
-    return JOB_KINDS[mode]
-
-
-def job_kind(job: Job | str) -> type[Job] | Job:
-    """The job class of a mode name, or the job itself: what :class:`Job`'s class attributes are read from."""
-    return _kind(job) if isinstance(job, str) else job
-
-
-def job_for_mode(mode: Any, *, seed: Any = 0, device: Any = "auto", **keywords: Any) -> Job:
-    """The job of ``TrainingRunner(mode, ...)``'s keywords: the class of ``mode`` given the keywords it
-    has. Keywords it has no field for are logged as unused (those left at None are not given); ``seed``
-    and ``device`` go to the jobs that use them and are never reported."""
-    kind = _kind(mode)
-    check_seed(seed)  # the runner's seed is checked whatever the mode, as it always was
-    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
-    unused = [name for name, value in keywords.items() if value is not None and name not in names]
-    if unused:
-        logger.info("mode=%r does not use %s; ignoring them", mode, ", ".join(unused))
-    given = {**keywords, "seed": seed, "device": device}
-    return kind(**{k: v for k, v in given.items() if k in names and v is not None})

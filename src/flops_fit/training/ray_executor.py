@@ -36,7 +36,8 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.outcome import RunInfo
 from flops_fit.core.validate import Real, check
 from flops_fit.training.callbacks import Callback, format_count
-from flops_fit.training.jobs import Job, job_kind
+from flops_fit.training.jobs import Job
+from flops_fit.training.kinds import job_kind
 
 logger = logging.getLogger(__name__)
 

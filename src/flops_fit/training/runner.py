@@ -54,7 +54,8 @@ from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.checkpoint import discard_checkpoint
 from flops_fit.training.distributed import launched_world_size
-from flops_fit.training.jobs import MODES, RAY_DEVICES, Job, check_mode, check_ray_device, job_for_mode
+from flops_fit.training.jobs import RAY_DEVICES, Job, check_ray_device
+from flops_fit.training.kinds import MODES, check_mode, job_for_mode
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.progress import SweepProgress
 from flops_fit.training.ray_executor import RayOptions
