@@ -279,3 +279,45 @@ def test_sigkill_mid_sweep_and_restart_loses_nothing_and_trains_nothing_twice(tm
     assert sorted(ids) == sorted(e.experiment_id for e in plan) and len(set(ids)) == len(ids)
     assert (runs["status"] == "completed").all()
     assert list((tmp_path / "service" / "checkpoints").glob("*.pt")) == []
+
+
+def test_serve_help_and_a_missing_token_variable_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    from flops_fit.app.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--help"])
+    assert info.value.code == 0 and "--token-env" in capsys.readouterr().out
+    monkeypatch.delenv("MY_SERVICE_TOKEN", raising=False)
+    state = tmp_path / "state"
+    assert (
+        main(
+            [
+                "serve",
+                "--port",
+                "8765",
+                "--demo",
+                "--token-env",
+                "MY_SERVICE_TOKEN",
+                "--state-dir",
+                str(state),
+            ]
+        )
+        == 2
+    )
+    assert "MY_SERVICE_TOKEN" in capsys.readouterr().err and not state.exists()
+    monkeypatch.setenv("MY_SERVICE_TOKEN", TOKEN)
+    assert (
+        main(
+            [
+                "serve",
+                "--port",
+                "8765",
+                "--token-env",
+                "MY_SERVICE_TOKEN",
+                "--model",
+                "api_service_helpers.wide",
+            ]
+        )
+        == 2
+    )
+    assert "--size-param" in capsys.readouterr().err

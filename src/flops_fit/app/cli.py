@@ -348,6 +348,107 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``flops-fit serve --demo``: the demo's service job, by import path (this module imports no example).
+DEMO_SERVICE_JOB = "flops_fit.examples.gpt_text.service_job"
+
+
+def _service_job(args: argparse.Namespace) -> Any:
+    """The LocalJob that ``flops-fit serve`` trains each submitted experiment with."""
+    from flops_fit.app.stages import build_object, import_object
+    from flops_fit.plan.spec import ModelSpec
+    from flops_fit.training.jobs import LocalJob
+
+    paths = {"--model": args.model, "--size-param": args.size_param, "--dataset": args.dataset,
+             "--loss-fn": args.loss_fn}  # fmt: skip
+    if args.demo:
+        given = [flag for flag, value in {**paths, "--eval-dataset": args.eval_dataset}.items() if value]
+        if given or args.model_kwargs:
+            raise UsageError(
+                f"--demo serves the demo's model and data; drop {', '.join(given) or '--model-kwargs'}"
+            )
+        return import_object(DEMO_SERVICE_JOB, "--demo")(device=args.device)
+    missing = [flag for flag, value in paths.items() if not value]
+    if missing:
+        raise UsageError(
+            f"flops-fit serve needs {', '.join(missing)} (import paths, as flops-fit train takes them), or --demo"
+        )
+    kwargs = _json_object(args.model_kwargs, "--model-kwargs")
+    model = import_object(args.model, "--model")
+    try:
+        spec = ModelSpec(model, args.size_param, kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--model/--size-param/--model-kwargs: {exc}") from None
+    return LocalJob(
+        model=spec,
+        dataset=build_object(args.dataset, "--dataset"),
+        eval_dataset=build_object(args.eval_dataset, "--eval-dataset") if args.eval_dataset else None,
+        loss_fn=import_object(args.loss_fn, "--loss-fn"),
+        device=args.device,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the training service of ``--mode api`` until interrupted."""
+    import os
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be a TCP port (1-65535), got {args.port}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if not args.token_env or not os.environ.get(args.token_env):
+        raise UsageError(
+            f"--token-env: the environment variable {args.token_env or '(empty)'} holding the bearer token is "
+            f"not set; export {args.token_env or 'FLOPS_FIT_API_TOKEN'}=<a long random string>"
+        )
+    state_dir = _dir_arg(args.state_dir, "--state-dir", must_exist=False)
+    try:
+        from flops_fit.app.serve import serve
+    except ImportError as exc:
+        raise UsageError(
+            f"flops-fit serve needs the serve extra: pip install 'flops-fit[serve]' ({exc})"
+        ) from None
+    job = _service_job(args)
+    serve(lambda: job, host=args.host, port=args.port, state_dir=state_dir, token_env=args.token_env,
+          workers=args.workers)  # fmt: skip
+    return 0
+
+
+def _add_serve_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    """``flops-fit serve``."""
+    serve = sub_parser(
+        "serve",
+        "serve the training service of --mode api (protocol 1, docs/api.md) until interrupted",
+        "  export FLOPS_FIT_API_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(16))')\n"
+        "  flops-fit serve --port 8765 --demo\n"
+        "  flops-fit serve --port 8765 --model my_pkg.GPT --size-param d_model --dataset my_pkg.data.train_set \\\n"
+        "      --loss-fn my_pkg.losses.lm_loss --workers 2",
+    )
+    serve.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+    )
+    serve.add_argument(
+        "--token-env", dest="token_env", default="FLOPS_FIT_API_TOKEN",
+        help="environment variable holding the bearer token clients must send (default FLOPS_FIT_API_TOKEN)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--state-dir", dest="state_dir", default="flops_fit_service",
+        help="job table (jobs.sqlite) and checkpoints; a restart resumes from it (default flops_fit_service)",
+    )  # fmt: skip
+    serve.add_argument("--workers", type=int, default=1, help="experiments trained at a time (default 1)")
+    serve.add_argument("--demo", action="store_true", help="serve the demo's GPT, corpus and loss")
+    serve.add_argument("--model", help="import path of the model class or factory")
+    serve.add_argument("--size-param", dest="size_param", help="the model keyword that sets its size")
+    serve.add_argument("--model-kwargs", dest="model_kwargs", help="other model keywords as a JSON object")
+    serve.add_argument("--dataset", help="import path of a function returning the training Dataset")
+    serve.add_argument(
+        "--eval-dataset", dest="eval_dataset", help="import path of a function returning the eval set"
+    )
+    serve.add_argument("--loss-fn", dest="loss_fn", help="import path of loss_fn(model(inputs), targets)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    serve.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flops-fit",
@@ -371,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_plan_parser(sub_parser)
     _add_train_parser(sub_parser)
+    _add_serve_parser(sub_parser)
     _add_analyze_and_plot_parsers(sub_parser)
     from flops_fit.report.html import add_report_parser
 

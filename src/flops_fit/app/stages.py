@@ -86,6 +86,16 @@ def _callable(spec: Any, what: str) -> Any:
     return fn
 
 
+def import_object(path: str, what: str) -> Any:
+    """The object at import path ``path`` (``pkg.module.name``), or a ConfigError naming ``what``."""
+    return _import(path, what)
+
+
+def build_object(path: str, what: str) -> Any:
+    """``path``'s callable called with no arguments (as ``_target_: path``), or a ConfigError naming ``what``."""
+    return _instantiate({"_target_": path}, what)
+
+
 def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
     """Build the plan that ``ff-plan`` writes (pure: no files written). Returns (plan, plan path)."""
     from flops_fit.plan.planner import SweepPlanner

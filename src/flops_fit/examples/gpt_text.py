@@ -55,6 +55,16 @@ def text_datasets(
     return train, val
 
 
+def service_job(device: str = "auto") -> Any:
+    """What ``flops-fit serve --demo`` trains with: the demo's GPT, corpus and loss as a LocalJob."""
+    from flops_fit.plan.spec import ModelSpec
+    from flops_fit.training.jobs import LocalJob
+
+    train, val = text_datasets()
+    spec = ModelSpec(GPT.from_config, "d_model", {"vocab_size": VOCAB_SIZE, **MODEL_KWARGS}, size_multiple=8)
+    return LocalJob(model=spec, dataset=train, eval_dataset=val, loss_fn=lm_loss, device=device)
+
+
 def run_demo(
     out: str | os.PathLike[str] = "flops_fit_demo",
     budgets: Sequence[float] | None = None,
