@@ -321,3 +321,25 @@ def test_serve_help_and_a_missing_token_variable_exits_2_naming_it(tmp_path, mon
         == 2
     )
     assert "--size-param" in capsys.readouterr().err
+
+
+def test_find_optimal_mode_api_trains_the_sweep_on_the_service(tmp_path, server):
+    from flops_fit.report.result import Result
+
+    result = find_optimal(
+        h.Wide, "width", h.data(), nn.functional.mse_loss, [2e6, 6e6], num_model_sizes=3,
+        output_dir=tmp_path / "out", train_config=CFG, mode="api", api_url=server.url,
+    )  # fmt: skip
+    assert isinstance(result, Result)
+    lines = _ledger(tmp_path / "out")
+    assert len(lines) == 6 and all(r["mode"] == "api" and r["status"] == "completed" for r in lines)
+    with pytest.raises(ValueError, match="api_url"):
+        find_optimal(
+            h.Wide,
+            "width",
+            h.data(),
+            nn.functional.mse_loss,
+            [2e6, 6e6],
+            mode="api",
+            output_dir=tmp_path / "x",
+        )

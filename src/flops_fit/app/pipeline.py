@@ -25,7 +25,7 @@ from torch import nn
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.app.probe import Sample, check_six_nd, data_id, probe_loss
 from flops_fit.core.sweepdir import SweepDir
-from flops_fit.core.validate import check_seed
+from flops_fit.core.validate import Instance, Nullable, check, check_seed
 from flops_fit.plan.planner import SweepPlanner, explicit_budgets
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.plan.sweep import SweepPlan
@@ -113,6 +113,8 @@ def find_optimal(
     resources: Mapping[str, float] | None = None,
     max_retries: int = 3,
     checkpoint_dir: str | os.PathLike[str] | None = None,
+    api_url: str | None = None,
+    token_env: str | None = None,
     **planner_kwargs: Any,
 ) -> Any:
     """Find the compute-optimal model size, data and loss for your model and data.
@@ -140,7 +142,9 @@ def find_optimal(
 
     request = _checked_request(
         compute_budgets, mode, seed, train, approach, train_config, output_dir, resume,
-        _Training(mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks)),
+        _Training(
+            mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks), api_url, token_env
+        ),
         _Execution(*executor_settings(executor, ray_address, resources, max_retries), checkpoint_dir),
         planner_kwargs,
     )  # fmt: skip
@@ -174,6 +178,8 @@ class _Training:
     seed: int
     device: str
     callbacks: tuple[Any, ...]
+    api_url: str | None = None
+    token_env: str | None = None
 
     def needs_data(self) -> bool:
         return self.mode == "local"
@@ -257,6 +263,15 @@ def _check_training(training: _Training, train_config: Any) -> TrainConfig:
         raise TypeError(f"train_config must be a flops_fit.TrainConfig, got {type(train_config).__name__}")
     if training.mode == "function" and not callable(training.train_fn):
         raise TypeError("mode='function' needs train_fn: a callable experiment -> dict(final_loss=...)")
+    check(
+        "api_url",
+        training.api_url,
+        Nullable(Instance(str)),
+        "the training service, e.g. 'http://127.0.0.1:8765'",
+    )
+    check("token_env", training.token_env, Nullable(Instance(str)), "the name of an environment variable")
+    if training.mode == "api" and training.api_url is None:
+        raise ValueError("mode='api' needs api_url= (the training service, e.g. 'http://127.0.0.1:8765')")
     for cb in training.callbacks:
         if not hasattr(cb, "on_train_start"):
             raise TypeError(f"callbacks must be flops_fit.Callback instances, got {type(cb).__name__}")
@@ -343,11 +358,14 @@ def _plan(request: _Request, planner: SweepPlanner, spec: ModelSpec, sample: Sam
     plan = planner.plan()
     loss_fn = request.training.loss_fn
     smallest = min(plan.experiments, key=lambda e: e.num_params)
-    if sample is not None and loss_fn is not None:
+    local_checks = request.training.mode != "api"  # the service checks its own data
+    if local_checks and sample is not None and loss_fn is not None:
         probe_loss(spec.build(smallest.size_value, "cpu"), sample.item, sample.batched, loss_fn)
     if request.training.mode == "local" and request.train:
         _check_epochs(plan, request.train_config.max_epochs)
-    if sample is not None and loss_fn is not None and plan.flops == "6nd":  # advice, after every check
+    if (
+        local_checks and sample is not None and loss_fn is not None and plan.flops == "6nd"
+    ):  # advice, after every check
         check_six_nd(spec, smallest, sample.item, sample.batched, loss_fn)
     if planner.data_id is None and request.training.dataset is not None:
         training = request.training
@@ -388,6 +406,8 @@ def _job(t: _Training, train_config: TrainConfig) -> Job:
         loss_fn=t.loss_fn,
         train_config=train_config,
         train_fn=t.train_fn,
+        api_url=t.api_url,
+        token_env=t.token_env,
     )
 
 

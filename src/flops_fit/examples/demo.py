@@ -14,7 +14,8 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     demo = sub_parser(
         "demo",
         "run the main job: a real GPT sweep on the bundled text, fitted and reported",
-        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock",
+        "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock\n"
+        "  flops-fit demo --api-url http://127.0.0.1:8765   # through `flops-fit serve --port 8765 --demo`",
     )
     demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
     demo.add_argument("--budgets", help="FLOP budgets, comma separated (default: sized for a 2-core CPU)")
@@ -24,6 +25,12 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
+    demo.add_argument(
+        "--api-url", dest="api_url", help="train through a service (flops-fit serve --demo) at this URL"
+    )
+    demo.add_argument(
+        "--token-env", dest="token_env", help="--api-url: variable holding its token (FLOPS_FIT_API_TOKEN)"
+    )
     demo.set_defaults(func=cmd_demo)
 
 
@@ -34,6 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     budgets = floats(args.budgets, "--budgets") if args.budgets else None
     if args.executor == "local" and args.ray_address:
         raise UsageError("--ray-address needs --executor ray")
+    if args.api_url and (args.mock or args.executor != "local"):
+        raise UsageError("--api-url trains on the service: drop --mock and --executor")
+    if args.token_env and not args.api_url:
+        raise UsageError("--token-env needs --api-url")
     run_demo(
         out=args.out,
         budgets=budgets,
@@ -41,5 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         executor=args.executor,
         ray_address=args.ray_address,
+        api_url=args.api_url,
+        token_env=args.token_env,
     )
     return 0

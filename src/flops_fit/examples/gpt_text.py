@@ -74,8 +74,13 @@ def run_demo(
     executor: str = "local",
     ray_address: str | None = None,
     num_model_sizes: int = NUM_MODEL_SIZES,
+    api_url: str | None = None,
+    token_env: str | None = None,
 ) -> Any:
     """Run (or resume) the sweep, fit the laws, write the plots and report into ``out``; return the Result.
+
+    ``api_url`` sends every experiment to a training service (``flops-fit serve --demo``, docs/api.md) with
+    the token from the environment variable ``token_env`` (default ``FLOPS_FIT_API_TOKEN``).
 
     ``executor="ray"`` runs each experiment as a Ray task (on the cluster at ``ray_address``, default
     ``RAY_ADDRESS``, else a local one); see docs/cluster.md.
@@ -95,7 +100,9 @@ def run_demo(
         model_kwargs={"vocab_size": VOCAB_SIZE, **MODEL_KWARGS},
         eval_dataset=val,
         num_model_sizes=num_model_sizes,
-        mode="mock" if mock else "local",
+        mode="api" if api_url else "mock" if mock else "local",
+        api_url=api_url,
+        token_env=token_env,
         executor=executor,
         ray_address=ray_address,
         train_config=TRAIN_CONFIG,
