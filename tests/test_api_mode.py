@@ -343,3 +343,10 @@ def test_find_optimal_mode_api_trains_the_sweep_on_the_service(tmp_path, server)
             mode="api",
             output_dir=tmp_path / "x",
         )
+
+
+def test_the_committed_openapi_document_is_the_services():
+    from flops_fit.app.serve import openapi_schema
+
+    committed = (HERE.parent / "docs" / "openapi.json").read_text()
+    assert json.loads(committed) == openapi_schema(), "regenerate: python -m flops_fit.app.serve --openapi"

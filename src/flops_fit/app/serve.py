@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ from flops_fit.training.jobs import LocalJob
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobTable", "create_app", "serve"]
+__all__ = ["JobTable", "create_app", "openapi_schema", "serve"]
 
 PROTOCOL = 1
 DEFAULT_TOKEN_ENV = "FLOPS_FIT_API_TOKEN"
@@ -255,10 +256,35 @@ def create_app(
         yield
         service.stop()
 
-    app = FastAPI(title="flops-fit training service", version=str(PROTOCOL), lifespan=lifespan)
+    app = _app(service, Depends(authorised), lifespan)
     app.state.service = service
-    _routes(app, service, Depends(authorised))
     return app
+
+
+def _app(service: Service | None, auth: Any, lifespan: Any = None) -> Any:
+    app = FastAPI(title="flops-fit training service", version=str(PROTOCOL), lifespan=lifespan)
+    _routes(app, service, auth)  # type: ignore[arg-type]
+    return app
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The service's OpenAPI document (docs/openapi.json), made without starting or opening anything."""
+
+    def no_auth() -> None:
+        return None
+
+    return dict(_app(None, Depends(no_auth)).openapi())
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m flops_fit.app.serve --openapi``: write the OpenAPI document to stdout."""
+    if argv != ["--openapi"]:
+        sys.stderr.write(
+            "usage: python -m flops_fit.app.serve --openapi  (run the service: flops-fit serve)\n"
+        )
+        return 2
+    sys.stdout.write(json.dumps(openapi_schema(), indent=2, sort_keys=True) + "\n")
+    return 0
 
 
 def _routes(app: Any, service: Service, auth: Any) -> None:
@@ -323,3 +349,7 @@ def serve(
         )
     app = create_app(job_factory, state_dir, token_env, workers)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
