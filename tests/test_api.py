@@ -9,21 +9,8 @@ import torch
 from torch import nn
 
 import flops_fit
+from api_service_helpers import Wide  # the tiny regression MLP, shared with the api-mode service
 from flops_fit import Result, SweepPlan, TrainConfig, find_optimal
-
-
-class Wide(nn.Module):
-    """A small regression MLP whose size grows with ``width``."""
-
-    def __init__(self, width: int, depth: int = 2):
-        super().__init__()
-        layers = [nn.Linear(8, width), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Linear(width, width), nn.ReLU()]
-        self.net = nn.Sequential(*layers, nn.Linear(width, 1))
-
-    def forward(self, x):
-        return self.net(x).squeeze(-1)
 
 
 def _data(n=20_000, seed=0):

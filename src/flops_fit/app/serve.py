@@ -24,22 +24,23 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 
-from flops_fit.app.serve_schema import Health, Status, Submission
 from flops_fit.core.experiment import Experiment
 from flops_fit.core.ledger import encode_record
 from flops_fit.core.train_config import config_from_mapping
 from flops_fit.core.validate import Instance, Integer, check
 from flops_fit.core.version import __version__
 from flops_fit.plan.sweep import SweepPlan
+from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, models
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.jobs import LocalJob
+
+#: The bodies of protocol 1 (module names, so that FastAPI resolves the route annotations).
+Health, Submission, Status = models().Health, models().Submission, models().Status
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["JobTable", "create_app", "openapi_schema", "serve"]
 
-PROTOCOL = 1
-DEFAULT_TOKEN_ENV = "FLOPS_FIT_API_TOKEN"
 _SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
     experiment_id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL, tokens INTEGER NOT NULL DEFAULT 0,
     record TEXT, error TEXT, seq INTEGER NOT NULL)"""

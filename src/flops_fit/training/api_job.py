@@ -20,12 +20,13 @@ import time
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.train_config import TrainConfig, config_from_mapping
 from flops_fit.core.validate import POSITIVE, Instance, Integer, Nullable, check
 from flops_fit.plan.sweep import SweepPlan
+from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, TERMINAL_STATES, models
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.jobs import _base_config, _experiment_configs, _JobBase, _result_settings
 
@@ -37,61 +38,24 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PROTOCOL", "TERMINAL_STATES", "ApiJob"]
 
-#: The protocol version this client speaks.
-PROTOCOL = 1
-#: States after which a job changes no more.
-TERMINAL_STATES = ("completed", "failed", "diverged", "cancelled")
-DEFAULT_TOKEN_ENV = "FLOPS_FIT_API_TOKEN"
-
 
 @functools.cache
 def _protocol() -> types.SimpleNamespace:
-    """httpx, tenacity and the pydantic models of the protocol's answers, imported on first use (the
-    ``api`` extra), so that ``import flops_fit`` needs none of them."""
+    """httpx, tenacity, pydantic and the protocol's models, imported on first use (the ``api`` extra), so
+    that ``import flops_fit`` needs none of them."""
     try:
         import httpx
         import pydantic
         import tenacity
     except ImportError as exc:
         raise ImportError(f"mode='api' needs the api extra: pip install 'flops-fit[api]' ({exc})") from exc
-
-    class Health(pydantic.BaseModel):
-        """``GET /v1/health``."""
-
-        protocol: int
-        service: str
-        version: str
-        busy: int
-        queued: int
-
-    class Record(pydantic.BaseModel):
-        """The required fields of a ledger record the service returns (others are kept as they are)."""
-
-        model_config = pydantic.ConfigDict(extra="allow")
-
-        experiment_id: str
-        final_loss: float | None
-        status: Literal["completed", "failed", "diverged"]
-        num_params: int
-        num_tokens: int | float
-        compute_budget: float
-        error: str | None = None
-
-    class Status(pydantic.BaseModel):
-        """``<Status>`` of the protocol: the state of one submitted experiment."""
-
-        experiment_id: str
-        state: Literal["queued", "running", "completed", "failed", "diverged", "cancelled"]
-        tokens: int = 0
-        record: Record | None = None
-        error: str | None = None
-
+    bodies = models()
     return types.SimpleNamespace(
         httpx=httpx,
         pydantic=pydantic,
         tenacity=tenacity,
-        Health=Health,
-        Status=Status,
+        Health=bodies.Health,
+        Status=bodies.CheckedStatus,
         retried=(httpx.TimeoutException, httpx.TransportError, _Transient),
     )
 
