@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 
 import torch
 from torch import nn
@@ -42,6 +43,18 @@ def job() -> LocalJob:
     return LocalJob(model=wide, dataset=data(), loss_fn=nn.functional.mse_loss, device="cpu")
 
 
+def slow_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """MSE that takes 4 ms more a step, so that a test sees experiments while they run."""
+    time.sleep(0.004)
+    return nn.functional.mse_loss(outputs, targets)
+
+
+def slow_job() -> LocalJob:
+    """The Wide model trained slowly (``slow_loss``)."""
+    torch.set_num_threads(1)
+    return LocalJob(model=wide, dataset=data(), loss_fn=slow_loss, device="cpu")
+
+
 def failing_model(width: int) -> nn.Module:
     raise RuntimeError(f"no model of width {width} here")
 
@@ -52,12 +65,15 @@ def failing_job() -> LocalJob:
 
 
 def main() -> None:
-    """``python -m tests.api_service_helpers PORT STATE_DIR [job|failing_job]``: serve until killed."""
+    """``python tests/api_service_helpers.py PORT STATE_DIR [job|slow_job|failing_job] [WORKERS]``: serve
+    until killed."""
     from flops_fit.app.serve import serve
 
     port, state_dir = int(sys.argv[1]), sys.argv[2]
-    factory = {"job": job, "failing_job": failing_job}[sys.argv[3] if len(sys.argv) > 3 else "job"]
-    serve(functools.partial(factory), port=port, state_dir=state_dir)
+    factories = {"job": job, "slow_job": slow_job, "failing_job": failing_job}
+    factory = factories[sys.argv[3] if len(sys.argv) > 3 else "job"]
+    workers = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    serve(functools.partial(factory), port=port, state_dir=state_dir, workers=workers)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ def _port() -> int:
 class Server:
     """`python tests/api_service_helpers.py PORT STATE_DIR FACTORY` in a subprocess."""
 
-    def __init__(self, state: Path, factory: str = "job", port: int | None = None) -> None:
-        self.state, self.factory, self.port = state, factory, port or _port()
+    def __init__(self, state: Path, factory: str = "job", port: int | None = None, workers: int = 1) -> None:
+        self.state, self.factory, self.port, self.workers = state, factory, port or _port(), workers
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -55,6 +55,7 @@ class Server:
                 str(self.port),
                 str(self.state),
                 self.factory,
+                str(self.workers),
             ],
             env=env,
         )
@@ -350,3 +351,138 @@ def test_the_committed_openapi_document_is_the_services():
 
     committed = (HERE.parent / "docs" / "openapi.json").read_text()
     assert json.loads(committed) == openapi_schema(), "regenerate: python -m flops_fit.app.serve --openapi"
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_max_in_flight_keeps_the_services_workers_busy_with_live_progress(tmp_path, token, monkeypatch):
+    from flops_fit.training.progress import SweepProgress
+
+    s = Server(tmp_path / "service", "slow_job", workers=2).start()
+    seen: list[tuple[str, int]] = []
+    shown = SweepProgress.remote_progress
+    monkeypatch.setattr(
+        SweepProgress, "remote_progress",
+        lambda self, e, tokens, tokens0, where: (seen.append((e.experiment_id, tokens)),
+                                                  shown(self, e, tokens, tokens0, where)),
+    )  # fmt: skip
+    busy, stop = [], threading.Event()
+
+    def watch():  # the service's own count of experiments training at once
+        with httpx.Client(base_url=s.url, headers=_auth()) as client:
+            while not stop.is_set():
+                busy.append(client.get("/v1/health").json()["busy"])
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    try:
+        plan = _plan(tmp_path)
+        runner = _api_runner(plan, tmp_path / "api", s.url)  # max_in_flight from the service's 2 workers
+        assert runner.job.max_in_flight == 2
+        watcher.start()
+        runs = runner.run_sweep()
+    finally:
+        stop.set()
+        if watcher.is_alive():
+            watcher.join(10)
+        s.stop()
+    assert (runs["status"] == "completed").all() and len(_ledger(tmp_path / "api")) == len(plan)
+    assert max(busy) == 2  # two experiments trained at once
+    assert any(tokens > 0 for _, tokens in seen)  # the display got the tokens of runs in flight
+    with pytest.raises(ValueError, match="max_in_flight"):
+        _api_runner(plan, tmp_path / "b", "http://127.0.0.1:1", max_in_flight=0)
+
+
+def test_ctrl_c_cancels_what_is_in_flight_and_a_rerun_resumes_it(tmp_path, token, monkeypatch):
+    from flops_fit.training.progress import SweepProgress
+
+    s = Server(tmp_path / "service", "slow_job").start()
+    plan = _plan(tmp_path, budgets=(1e6, 2e6))
+    out = tmp_path / "api"
+    interrupted: list[str] = []
+
+    def ctrl_c(self, e, tokens, tokens0, where):
+        if tokens >= 64 and not interrupted:  # the first experiment is a few steps in
+            interrupted.append(e.experiment_id)
+            raise KeyboardInterrupt
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(SweepProgress, "remote_progress", ctrl_c)
+            with pytest.raises(KeyboardInterrupt, match="run the same command again"):
+                _api_runner(plan, out, s.url).run_sweep()
+        (eid,) = interrupted
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{s.url}/v1/experiments/{eid}", headers=_auth()).json()["state"] != "cancelled":
+            assert time.monotonic() < deadline, "the service did not cancel the experiment"
+            time.sleep(0.05)
+        assert (tmp_path / "service" / "checkpoints" / f"{eid}.pt").exists()
+        runs = _api_runner(plan, out, s.url).run_sweep()  # re-queued on the service, resumed
+    finally:
+        s.stop()
+    assert (runs["status"] == "completed").all()
+    lines = {r["experiment_id"]: r for r in _ledger(out)}
+    assert len(lines) == len(_ledger(out)) == len(plan)
+    assert lines[eid]["resumed_from_step"] > 0
+
+
+def test_an_id_submitted_with_other_settings_is_a_409_naming_the_fields(tmp_path, server):
+    plan = _plan(tmp_path)
+    _api_runner(plan, tmp_path / "api", server.url).run_sweep()
+    e = plan.experiments[0]
+    body = {"experiment": e.to_dict(), "train_config": CFG.to_dict()}
+    with httpx.Client(base_url=server.url, headers=_auth()) as client:
+        same = client.post(
+            "/v1/experiments", json={**body, "train_config": {**CFG.to_dict(), "log_every": 3}}
+        )
+        assert same.status_code == 200 and same.json()["state"] == "completed"  # logging is not a result
+        other = client.post("/v1/experiments", json={**body, "train_config": {**CFG.to_dict(), "lr": 0.1}})
+        assert other.status_code == 409 and "train_config.lr" in other.json()["detail"]
+    other_lr = TrainConfig(**{**CFG.to_dict(), "lr": 0.1})
+    runner = TrainingRunner(
+        "api", plan=plan, output_dir=tmp_path / "b", api_url=server.url, train_config=other_lr, progress=False
+    )
+    with pytest.raises(ValueError, match=r"HTTP 409.*train_config.lr.*--state-dir"):
+        runner.run_sweep()
+    assert not list((tmp_path / "b").glob("*.jsonl"))
+
+
+def test_the_command_line_and_ff_train_take_max_in_flight(tmp_path, server, capsys):
+    from flops_fit.app.cli import main
+    from flops_fit.app.stages import default_config, run_train
+
+    folder = str(tmp_path / "sweep")
+    _plan(tmp_path).save(tmp_path / "sweep" / "sweep.json")  # for the service's Wide model
+    assert main(["train", folder, "--mode", "api", "--api-url", server.url, "--max-in-flight", "0"]) == 2
+    assert "max_in_flight" in capsys.readouterr().err
+    assert not list((tmp_path / "sweep").glob("*.jsonl"))
+    keys = {
+        "mode": "api",
+        "api_url": server.url,
+        "max_in_flight": 2,
+        "output.dir": folder,
+        "train.lr": CFG.lr,
+    }
+    runs = run_train(default_config("trainer", keys))
+    assert len(runs) == 6 and (runs["status"] == "completed").all()
+    assert main(["train", folder, "--mode", "api", "--api-url", server.url, "--max-in-flight", "3"]) == 0
+
+
+def test_retry_failed_reruns_on_the_service_what_it_had_failed(tmp_path, token):
+    plan, state = _plan(tmp_path), tmp_path / "service"
+    s = Server(state, "failing_job").start()
+    try:
+        failed = _api_runner(plan, tmp_path / "api", s.url).run_sweep()
+    finally:
+        s.stop()
+    assert (failed["status"] == "failed").all()
+    s = Server(state, "job").start()  # the service fixed, its job table kept
+    try:
+        again = _api_runner(plan, tmp_path / "fresh", s.url).run_sweep()  # re-attaches: still failed
+        assert (again["status"] == "failed").all()
+        fixed = _api_runner(plan, tmp_path / "api", s.url, retry_failed=True).run_sweep()
+    finally:
+        s.stop()
+    assert (fixed["status"] == "completed").all() and len(fixed) == len(plan)

@@ -306,6 +306,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["api_url"] = args.api_url
     if args.token_env:
         overrides["token_env"] = args.token_env
+    if args.max_in_flight is not None:
+        overrides["max_in_flight"] = args.max_in_flight
     if args.lr is not None:
         overrides["train.lr"] = args.lr
     if args.weight_decay is not None:
@@ -595,6 +597,10 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
     train.add_argument(
         "--token-env", dest="token_env", help="--mode api: variable holding its token (FLOPS_FIT_API_TOKEN)"
     )
+    train.add_argument(
+        "--max-in-flight", dest="max_in_flight", type=int,
+        help="--mode api: experiments on the service at once (default: the service's workers)",
+    )  # fmt: skip
     train.add_argument("--dataset", help="import path of a function returning the training Dataset")
     train.add_argument(
         "--eval-dataset", dest="eval_dataset", help="import path of a function returning the eval set"

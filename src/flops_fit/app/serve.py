@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 
-from flops_fit.core.experiment import Experiment
+from flops_fit.core.experiment import Experiment, canonical, result_config
 from flops_fit.core.ledger import encode_record
 from flops_fit.core.train_config import config_from_mapping
 from flops_fit.core.validate import Instance, Integer, check
@@ -44,6 +44,19 @@ __all__ = ["JobTable", "create_app", "openapi_schema", "serve"]
 _SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
     experiment_id TEXT PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL, tokens INTEGER NOT NULL DEFAULT 0,
     record TEXT, error TEXT, seq INTEGER NOT NULL)"""
+
+
+def _differences(held: dict[str, Any], given: dict[str, Any]) -> list[str]:
+    """The fields that make two submissions of one id different runs: the experiment's fields and the
+    result-changing fields of the train config (others, such as how often to log, may differ)."""
+
+    def fields(body: dict[str, Any]) -> dict[str, Any]:
+        experiment = {f"experiment.{k}": v for k, v in body["experiment"].items()}
+        config = result_config(body["train_config"]) or {}
+        return canonical({**experiment, **{f"train_config.{k}": v for k, v in config.items()}})
+
+    a, b = fields(held), fields(given)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 class JobTable:
@@ -68,14 +81,27 @@ class JobTable:
             finally:
                 db.close()
 
-    def submit(self, eid: str, body: dict[str, Any]) -> None:
-        """Queue ``eid`` unless the table has it already (idempotent)."""
+    def submit(self, eid: str, body: dict[str, Any], retry: bool = False) -> list[str]:
+        """Queue ``eid``. An id the table has already is left as it is (idempotent), except that a cancelled
+        run, or a failed one with ``retry``, is queued again (it resumes from its checkpoint). Returns the
+        fields in which ``body`` differs from the one the table holds for ``eid`` (then nothing changes)."""
         with self._db() as db:
+            row = db.execute("SELECT state, body FROM jobs WHERE experiment_id=?", (eid,)).fetchone()
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
-            db.execute(
-                "INSERT OR IGNORE INTO jobs (experiment_id, state, body, seq) VALUES (?, 'queued', ?, ?)",
-                (eid, json.dumps(body), seq),
-            )
+            if row is None:
+                db.execute(
+                    "INSERT INTO jobs (experiment_id, state, body, seq) VALUES (?, 'queued', ?, ?)",
+                    (eid, json.dumps(body), seq),
+                )
+                return []
+            differs = _differences(json.loads(row[1]), body)
+            if not differs and (row[0] == "cancelled" or (retry and row[0] == "failed")):
+                db.execute(
+                    "UPDATE jobs SET state='queued', body=?, record=NULL, error=NULL, seq=? WHERE experiment_id=?",
+                    (json.dumps(body), seq, eid),
+                )
+                logger.info("experiment %s queued again (it was %s)", eid, row[0])
+        return differs
 
     def get(self, eid: str) -> dict[str, Any] | None:
         with self._db() as db:
@@ -300,6 +326,7 @@ def _routes(app: Any, service: Service, auth: Any) -> None:
             "version": __version__,
             "busy": counts.get("running", 0),
             "queued": counts.get("queued", 0),
+            "workers": service.workers,
         }
 
     @app.post("/v1/experiments", response_model=Status, dependencies=[auth])
@@ -309,7 +336,13 @@ def _routes(app: Any, service: Service, auth: Any) -> None:
             config_from_mapping(body.train_config, "train_config")
         except (TypeError, ValueError) as exc:
             raise http_error(status_code=422, detail=str(exc)) from None
-        service.table.submit(e.experiment_id, {"experiment": e.to_dict(), "train_config": body.train_config})
+        submitted = {"experiment": e.to_dict(), "train_config": body.train_config}
+        differs = service.table.submit(e.experiment_id, submitted, retry=body.retry)
+        if differs:
+            raise http_error(
+                status_code=409,
+                detail=f"experiment {e.experiment_id} is on this service with other {', '.join(differs)}",
+            )
         service.notify()
         return service.status(e.experiment_id)
 

@@ -227,6 +227,7 @@ def run_train(data: Mapping[str, Any]) -> Any:
             "checkpoint_dir",
             "api_url",
             "token_env",
+            "max_in_flight",
         )
     }
     objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn")}

@@ -1,88 +1,55 @@
 """``mode="api"``: each experiment sent to an HTTP training service (protocol 1, see docs/api.md).
 
-:class:`ApiJob` checks the service's health with the bearer token before anything is submitted, submits
-each experiment (idempotent by its id: a resumed sweep re-attaches to runs the service already has), polls
-it to a terminal state and returns the ledger record the service sends back. Timeouts, 5xx answers and
-connection errors are retried with exponential backoff (tenacity), then raise a clear error. Ctrl-C asks the
-service to cancel the run. The token is read from the environment variable named by ``token_env`` and is
-never written into plans, ledgers, logs or error messages.
+:class:`ApiJob` checks the service's health with the bearer token before anything is submitted, then keeps
+up to ``max_in_flight`` experiments on the service at once: it submits them (idempotent by id: a resumed
+sweep re-attaches to runs the service already has), polls them, feeds the tokens each has trained into the
+sweep's progress display and hands each terminal one to the runner as the ledger record the service sent.
+Ctrl-C asks the service to cancel what is in flight (the service keeps their checkpoints; the next run
+resumes them). The HTTP side (retries, schema checks, the token) is :mod:`flops_fit.training.api_client`.
 
 Needs the ``api`` extra (``pip install flops-fit[api]``: httpx, tenacity, pydantic).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import logging
-import os
 import time
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.train_config import TrainConfig, config_from_mapping
 from flops_fit.core.validate import POSITIVE, Instance, Integer, Nullable, check
 from flops_fit.plan.sweep import SweepPlan
-from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, TERMINAL_STATES, models
+from flops_fit.training.api_client import ServiceClient, read_token, require_api_extra
+from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, TERMINAL_STATES
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.jobs import _base_config, _experiment_configs, _JobBase, _result_settings
-
-if TYPE_CHECKING:
-    import httpx
-    import pydantic
+from flops_fit.training.progress import SweepProgress
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PROTOCOL", "TERMINAL_STATES", "ApiJob"]
 
-
-@functools.cache
-def _protocol() -> types.SimpleNamespace:
-    """httpx, tenacity, pydantic and the protocol's models, imported on first use (the ``api`` extra), so
-    that ``import flops_fit`` needs none of them."""
-    try:
-        import httpx
-        import pydantic
-        import tenacity
-    except ImportError as exc:
-        raise ImportError(f"mode='api' needs the api extra: pip install 'flops-fit[api]' ({exc})") from exc
-    bodies = models()
-    return types.SimpleNamespace(
-        httpx=httpx,
-        pydantic=pydantic,
-        tenacity=tenacity,
-        Health=bodies.Health,
-        Status=bodies.CheckedStatus,
-        retried=(httpx.TimeoutException, httpx.TransportError, _Transient),
-    )
+#: ``record(experiment, ledger record, FLOPs trained in this session)``: how finished runs reach the runner.
+RecordFn = Callable[[Experiment, dict[str, Any], float], None]
 
 
-def _raw_record(record: pydantic.BaseModel) -> dict[str, Any]:
+def _raw_record(record: Any) -> dict[str, Any]:
     """A record as the service sent it (every field, numbers unconverted)."""
     return record.model_dump(include=set(record.model_fields_set)) | dict(record.model_extra or {})
 
 
-class _Transient(Exception):
-    """A 5xx answer: worth retrying."""
+@dataclasses.dataclass
+class _InFlight:
+    """An experiment on the service: the tokens it had when this session first saw it."""
 
-
-def _parse(model: type[pydantic.BaseModel], response: httpx.Response, what: str) -> Any:
-    """``response``'s JSON as ``model``, or a ValueError naming the field that violates the protocol."""
-    try:
-        data = response.json()
-    except ValueError:
-        raise ValueError(f"{what}: the service answered with something that is not JSON") from None
-    try:
-        return model.model_validate(data)
-    except _protocol().pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(the whole body)"
-        raise ValueError(
-            f"{what}: the service's response violates protocol {PROTOCOL} at field {field!r}: {err['msg']}"
-        ) from None
+    experiment: Experiment
+    tokens0: int
 
 
 @dataclasses.dataclass(frozen=True, eq=False, kw_only=True)
@@ -94,6 +61,8 @@ class ApiJob(_JobBase):
         api_url: the service, e.g. ``"http://127.0.0.1:8765"``.
         token_env: the environment variable that holds the bearer token (default ``FLOPS_FIT_API_TOKEN``).
         train_config: a :class:`TrainConfig` (or mapping); default the plan's recorded one, else the default.
+        max_in_flight: experiments kept on the service at once (submitted and not finished). Default: as
+            many as the service trains at once (its ``workers``, from ``GET /v1/health``), else 1.
         poll_s: seconds between status polls.
         timeout_s: seconds one HTTP request may take before it is retried.
         retries: attempts per request (timeouts, 5xx, connection errors) before giving up.
@@ -105,13 +74,14 @@ class ApiJob(_JobBase):
     api_url: str | None = None
     token_env: str = DEFAULT_TOKEN_ENV
     train_config: TrainConfig | Mapping[str, Any] | None = None
+    max_in_flight: int | None = None
     poll_s: float = 2.0
     timeout_s: float = 30.0
     retries: int = 5
     configs: Mapping[str, TrainConfig] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        _protocol()  # the api extra is installed
+        require_api_extra()
         if self.api_url is None:
             raise ValueError("mode='api' needs api_url= (the training service, e.g. 'http://127.0.0.1:8765')")
         url = check("api_url", self.api_url, Instance(str), "e.g. 'http://127.0.0.1:8765'")
@@ -126,6 +96,7 @@ class ApiJob(_JobBase):
             config = config_from_mapping(config, "train_config")
         check("train_config", config, Nullable(Instance(TrainConfig)), "or a mapping of its fields")
         object.__setattr__(self, "train_config", config)
+        check("max_in_flight", self.max_in_flight, Nullable(Integer(1)), "experiments on the service at once")
         object.__setattr__(self, "poll_s", float(check("poll_s", self.poll_s, POSITIVE, "seconds")))
         object.__setattr__(self, "timeout_s", float(check("timeout_s", self.timeout_s, POSITIVE, "seconds")))
         check("retries", self.retries, Integer(1), "attempts per request")
@@ -134,28 +105,30 @@ class ApiJob(_JobBase):
 
     def token(self) -> str:
         """The bearer token, or a ValueError naming the variable (never its value)."""
-        value = os.environ.get(self.token_env)
-        if not value:
-            raise ValueError(
-                f"mode='api' reads the service's bearer token from the environment variable "
-                f"{self.token_env}, which is not set (export {self.token_env}=... or pass token_env=)"
-            )
-        return value
+        return read_token(self.token_env)
+
+    def service(self) -> ServiceClient:
+        """A connection to the service (use it in a ``with`` block)."""
+        return ServiceClient(str(self.api_url), self.token_env, self.timeout_s, self.retries)
 
     def prepare(self, plan: SweepPlan, executor: str) -> ApiJob:
-        """The TrainConfig of each experiment resolved; the token read and the service's health checked."""
+        """The TrainConfig of each experiment resolved; the token read and the service's health checked;
+        ``max_in_flight`` defaulted to the service's workers."""
         if executor != "local":
             raise ValueError(f"mode='api' runs with executor='local' (the service trains), got {executor!r}")
         base = _base_config(self.train_config, plan)  # type: ignore[arg-type]
-        job = dataclasses.replace(self, train_config=base, configs=_experiment_configs(base, plan))
-        health = job.health()
+        health = self.health()
         if health.protocol != PROTOCOL:
             raise ValueError(
                 f"{self.api_url} speaks protocol {health.protocol}; this client speaks {PROTOCOL}"
             )
-        logger.info("training service %s: %s %s, %d busy, %d queued", self.api_url, health.service,
-                    health.version, health.busy, health.queued)  # fmt: skip
-        return job
+        in_flight = self.max_in_flight or health.workers or 1
+        logger.info("training service %s: %s %s, %s worker(s), %d busy, %d queued; keeping %d experiment(s) "
+                    "in flight", self.api_url, health.service, health.version, health.workers or "?",
+                    health.busy, health.queued, in_flight)  # fmt: skip
+        return dataclasses.replace(
+            self, train_config=base, configs=_experiment_configs(base, plan), max_in_flight=in_flight
+        )
 
     def produced(self, record: Mapping[str, Any]) -> bool:
         """Records of the service (mode api, or local ones it trained) with the same TrainConfig."""
@@ -166,94 +139,89 @@ class ApiJob(_JobBase):
             return True
         return experiment_id(dict(record["train_config"])) == experiment_id(_result_settings(config))
 
-    # -- HTTP ------------------------------------------------------------------------------------------
-
-    def _client(self) -> httpx.Client:
-        return _protocol().httpx.Client(
-            base_url=str(self.api_url),
-            headers={"Authorization": f"Bearer {self.token()}"},
-            timeout=self.timeout_s,
-        )
-
-    def _request(self, client: httpx.Client, method: str, path: str, json: Any = None) -> httpx.Response:
-        """One request, retried with exponential backoff on timeouts, 5xx and connection errors."""
-        deps = _protocol()
-        httpx, tenacity = deps.httpx, deps.tenacity
-
-        def attempt() -> httpx.Response:
-            response = client.request(method, path, json=json)
-            if response.status_code >= 500:
-                raise _Transient(f"HTTP {response.status_code}")
-            return response
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(deps.retried),
-            stop=tenacity.stop_after_attempt(self.retries),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=10),
-            before_sleep=lambda state: logger.warning(
-                "%s %s%s failed (%s); retrying", method, self.api_url, path, state.outcome.exception()
-            ),
-            reraise=True,
-        )
-        try:
-            response = retrying(attempt)
-        except httpx.TimeoutException:
-            raise ValueError(
-                f"{method} {self.api_url}{path} timed out {self.retries} times (timeout_s={self.timeout_s})"
-            ) from None
-        except httpx.TransportError as exc:
-            raise ValueError(
-                f"cannot reach the training service at {self.api_url} ({type(exc).__name__}: {exc}); "
-                "is `flops-fit serve` running there?"
-            ) from None
-        except _Transient as exc:
-            raise ValueError(f"{method} {self.api_url}{path} failed {self.retries} times: {exc}") from None
-        if response.status_code == 401:
-            raise ValueError(
-                f"the service at {self.api_url} rejected the token in {self.token_env} (HTTP 401); set "
-                f"{self.token_env} to the token the service was started with"
-            )
-        if response.status_code >= 400:
-            raise ValueError(
-                f"{method} {self.api_url}{path}: HTTP {response.status_code} {response.text[:300]}"
-            )
-        return response
-
     def health(self) -> Any:
         """``GET /v1/health`` with the token (checks reachability and auth)."""
-        with self._client() as client:
-            return _parse(_protocol().Health, self._request(client, "GET", "/v1/health"), "GET /v1/health")  # type: ignore[no-any-return]
+        with self.service() as service:
+            return service.health()
 
-    # -- one experiment --------------------------------------------------------------------------------
+    # -- running ---------------------------------------------------------------------------------------
 
     def run(
         self, e: Experiment, checkpoint_path: Path | None, callbacks: Sequence[Callback], procs: Any
     ) -> tuple[dict[str, Any], float]:
-        assert self.configs, "call prepare(plan, executor) first"
-        body = {"experiment": e.to_dict(), "train_config": self.configs[e.experiment_id].to_dict()}
-        path = f"/v1/experiments/{e.experiment_id}"
-        with self._client() as client:
-            status = self._status(client, "POST", "/v1/experiments", body)
-            try:
-                while status.state not in TERMINAL_STATES:
-                    time.sleep(self.poll_s)
-                    status = self._status(client, "GET", path)
-            except KeyboardInterrupt:
-                logger.warning(
-                    "interrupted: asking %s to cancel experiment %s", self.api_url, e.experiment_id
-                )
-                try:
-                    self._request(client, "POST", f"{path}/cancel")
-                except ValueError as exc:
-                    logger.error("cancelling experiment %s failed: %s", e.experiment_id, exc)
-                raise
-        return self._record(e, status), 0.0
+        """One experiment, submitted and polled to its end (:meth:`run_many` is what a sweep uses)."""
+        out: list[tuple[dict[str, Any], float]] = []
+        display = SweepProgress(SweepPlan(experiments=(e,), flops=e.flops), set(), bars=False, verbose=False)
+        self.run_many([e], display, lambda _, record, flops: out.append((record, flops)), callbacks, ())
+        return out[0]
 
-    def _status(self, client: httpx.Client, method: str, path: str, body: Any = None) -> Any:
-        status = _parse(_protocol().Status, self._request(client, method, path, body), f"{method} {path}")
-        if status.record is not None and status.record.experiment_id != status.experiment_id:
-            raise ValueError(f"{method} {path}: field 'record.experiment_id' does not match 'experiment_id'")
-        return status
+    def run_many(
+        self,
+        todo: Sequence[Experiment],
+        display: SweepProgress,
+        record: RecordFn,
+        callbacks: Sequence[Callback] = (),
+        retry: Collection[str] = (),
+    ) -> None:
+        """Run ``todo`` on the service, up to ``max_in_flight`` at once, in order of submission; each
+        terminal one goes to ``record``. ``retry``: ids the service should run again if it has them failed.
+
+        Raises:
+            KeyboardInterrupt: on Ctrl-C, after asking the service to cancel every experiment in flight.
+        """
+        assert self.configs, "call prepare(plan, executor) first"
+        queue, flight = collections.deque(todo), dict[str, _InFlight]()
+        where = urlsplit(str(self.api_url)).netloc
+        with self.service() as service:
+            try:
+                while queue or flight:
+                    while queue and len(flight) < (self.max_in_flight or 1):
+                        e = queue.popleft()
+                        for cb in callbacks:
+                            cb.on_experiment_start(e)
+                        config = self.configs[e.experiment_id].to_dict()
+                        status = service.submit(e, config, retry=e.experiment_id in retry)
+                        flight[e.experiment_id] = _InFlight(e, int(status.tokens))
+                        display.started_remote(e, where, restarted=False)
+                        self._observe(flight, e, status, display, record, where)
+                    if flight:
+                        time.sleep(self.poll_s)
+                        for eid, run in list(flight.items()):
+                            status = service.status(eid)
+                            self._observe(flight, run.experiment, status, display, record, where)
+                    display.heartbeat()
+            except KeyboardInterrupt:
+                self._cancel(service, flight, display)
+                raise
+
+    def _observe(
+        self,
+        flight: dict[str, _InFlight],
+        e: Experiment,
+        status: Any,
+        display: SweepProgress,
+        record: RecordFn,
+        where: str,
+    ) -> None:
+        """Show ``e``'s progress, or hand it to ``record`` and free its slot when it has ended."""
+        run = flight[e.experiment_id]
+        if status.state not in TERMINAL_STATES:
+            display.remote_progress(e, int(status.tokens), run.tokens0, where)
+            return
+        rec = self._record(e, status)
+        del flight[e.experiment_id]
+        trained = max(float(rec.get("num_tokens") or 0) - run.tokens0, 0.0) * e.flops_per_token
+        record(e, rec, trained)
+
+    def _cancel(self, service: ServiceClient, flight: dict[str, _InFlight], display: SweepProgress) -> None:
+        """Ctrl-C: ask the service to cancel what is in flight (it checkpoints them for the next run)."""
+        logger.warning(
+            "interrupted: asking %s to cancel %d experiment(s) in flight: %s",
+            self.api_url, len(flight), ", ".join(flight),
+        )  # fmt: skip
+        for eid, run in flight.items():
+            service.cancel(eid)
+            display.forget(run.experiment)
 
     def _record(self, e: Experiment, status: Any) -> dict[str, Any]:
         if status.experiment_id != e.experiment_id:

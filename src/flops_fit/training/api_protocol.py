@@ -38,10 +38,12 @@ def models() -> types.SimpleNamespace:
         version: str
         busy: int
         queued: int
+        workers: int | None = None
 
     class Submission(pydantic.BaseModel):
         experiment: dict[str, Any]
         train_config: dict[str, Any]
+        retry: bool = False
 
     class Status(pydantic.BaseModel):
         experiment_id: str

@@ -14,7 +14,9 @@ treat every job the same way:
 
 A new kind of job (like :class:`~flops_fit.training.api_job.ApiJob`, which sends each experiment to an HTTP
 training service) is one more class that follows the :class:`Job` protocol, registered by its mode name in
-:mod:`flops_fit.training.kinds`; the runner needs no change.
+:mod:`flops_fit.training.kinds`; the runner needs no change. A job that keeps several experiments in flight
+itself (ApiJob, on its service) also follows :class:`ConcurrentJob`: the local executor then hands it the
+whole to-do list instead of one experiment at a time.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ import datetime
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -45,10 +47,14 @@ from flops_fit.training.distributed import SingleProcess, launched_world_size, m
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw, mock_generator
 
+if TYPE_CHECKING:
+    from flops_fit.training.progress import SweepProgress
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "RAY_DEVICES",
+    "ConcurrentJob",
     "FunctionJob",
     "Job",
     "LocalJob",
@@ -101,6 +107,24 @@ class Job(Protocol):
         procs: SingleProcess | None,
     ) -> tuple[dict[str, Any], float]:
         """Run ``e``; return its ledger record and the FLOPs trained in this call (never touches the ledger)."""
+        ...
+
+
+@runtime_checkable
+class ConcurrentJob(Protocol):
+    """A job that runs several experiments at once itself (e.g. on a training service): the runner's
+    local executor gives it the whole to-do list."""
+
+    def run_many(
+        self,
+        todo: Sequence[Experiment],
+        display: SweepProgress,
+        record: Callable[[Experiment, dict[str, Any], float], None],
+        callbacks: Sequence[Callback],
+        retry: Collection[str],
+    ) -> None:
+        """Run ``todo``, calling ``record(experiment, ledger record, FLOPs trained in this call)`` as each
+        ends and telling ``display`` of each in flight; ``retry`` are ids whose last record failed."""
         ...
 
 

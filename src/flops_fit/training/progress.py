@@ -22,7 +22,10 @@ from flops_fit.training.callbacks import Callback, ProgressCallback, format_coun
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExperimentFlops", "SweepProgress", "format_duration"]
+__all__ = ["HEARTBEAT_S", "ExperimentFlops", "SweepProgress", "format_duration"]
+
+#: Seconds between the summary lines logged while experiments run elsewhere and no live display shows them.
+HEARTBEAT_S = 60.0
 
 
 def format_duration(seconds: float) -> str:
@@ -80,6 +83,7 @@ class SweepProgress:
         # experiment id -> (planned FLOPs of it done so far, FLOPs of it trained in this session)
         self._flight: dict[str, tuple[float, float]] = {}
         self._remote_bars: dict[str, Any] = {}  # experiment id -> rich task of an experiment on a worker
+        self._beat = time.monotonic()
 
     # -- display ---------------------------------------------------------------------------------------
 
@@ -179,6 +183,12 @@ class SweepProgress:
             f"{self.total_flops:.3g} FLOPs ({100.0 * done / self.total_flops if self.total_flops > 0 else 100.0:.1f}%), "
             f"{f'{rate:.3g}' if math.isfinite(rate) else '-'} FLOP/s, ETA {format_duration(self.eta())}"
         )
+
+    def heartbeat(self) -> None:
+        """Log :meth:`summary` every :data:`HEARTBEAT_S` seconds, unless a live display shows it."""
+        if self.live is None and self.verbose and time.monotonic() - self._beat >= HEARTBEAT_S:
+            self._beat = time.monotonic()
+            logger.info("%s", self.summary())
 
     # -- events ----------------------------------------------------------------------------------------
 

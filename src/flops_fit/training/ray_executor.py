@@ -57,8 +57,6 @@ __all__ = [
 INSTALL_HINT = 'pip install "flops-fit[ray]"'
 #: The driver wakes at least this often (seconds) to refresh the progress of experiments in flight.
 POLL_S = 1.0
-#: Without progress bars, a status line this often (seconds) while experiments run.
-HEARTBEAT_S = 60.0
 #: After Ctrl-C, how long (seconds) cancelled experiments get to checkpoint and stop.
 CANCEL_GRACE_S = 30.0
 #: A worker reports its progress to the driver at most this often (seconds).
@@ -441,7 +439,6 @@ class _Driver:
         self.pending: dict[Any, Experiment] = {}
         self.attempts: dict[str, str] = {}
         self.lost: list[tuple[Experiment, str]] = []
-        self._beat = time.monotonic()
 
     def loop(self) -> None:
         ray = self.ray
@@ -454,10 +451,7 @@ class _Driver:
             done = set(ready)
             for ref in [r for r in refs if r in done]:  # a batch is recorded in submission order
                 self.collect(ref)
-            if self.display.live is None and time.monotonic() - self._beat >= HEARTBEAT_S:
-                self._beat = time.monotonic()
-                if self.display.verbose:
-                    logger.info("%s", self.display.summary())
+            self.display.heartbeat()
 
     def collect(self, ref: Any) -> None:
         """Take one finished task: record its result, or note its lost worker, or raise its error."""

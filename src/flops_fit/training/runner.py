@@ -54,7 +54,7 @@ from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.checkpoint import discard_checkpoint
 from flops_fit.training.distributed import launched_world_size
-from flops_fit.training.jobs import RAY_DEVICES, Job, check_ray_device
+from flops_fit.training.jobs import RAY_DEVICES, ConcurrentJob, Job, check_ray_device
 from flops_fit.training.kinds import MODES, check_mode, job_for_mode
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.progress import SweepProgress
@@ -200,8 +200,10 @@ class TrainingRunner:
     Args:
         mode: keyword form: ``"local"`` (the default; :class:`~flops_fit.training.jobs.LocalJob` from
             ``model``, ``dataset``, ``loss_fn``, ``train_config``, ``eval_dataset``, ``device``), ``"mock"``
-            (:class:`~flops_fit.training.jobs.MockJob` from ``seed`` and ``mock_law``) or ``"function"``
-            (:class:`~flops_fit.training.jobs.FunctionJob` from ``train_fn``). The jobs document those.
+            (:class:`~flops_fit.training.jobs.MockJob` from ``seed`` and ``mock_law``), ``"function"``
+            (:class:`~flops_fit.training.jobs.FunctionJob` from ``train_fn``) or ``"api"``
+            (:class:`~flops_fit.training.api_job.ApiJob` from ``api_url``, ``token_env``, ``train_config``
+            and ``max_in_flight``: a training service, docs/api.md). The jobs document those.
             Leave it out with ``job=``; a :class:`SweepPlan` here is taken as ``plan``.
         sweep_path: a plan saved with :meth:`SweepPlan.save`. Give this or ``plan``; with neither,
             ``output_dir/sweep.json`` is used (so a sweep can be resumed from its folder alone).
@@ -266,6 +268,7 @@ class TrainingRunner:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         api_url: str | None = None,
         token_env: str | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         if isinstance(mode, SweepPlan):  # TrainingRunner(plan, job=...)
             if plan is not None:
@@ -281,6 +284,7 @@ class TrainingRunner:
             "mock_law": mock_law,
             "api_url": api_url,
             "token_env": token_env,
+            "max_in_flight": max_in_flight,
         }
         if job is None:
             mode = check_mode("local" if mode is None else mode)
@@ -365,7 +369,7 @@ class TrainingRunner:
 
     @property
     def mode(self) -> str:
-        """The job's mode (``"local"``, ``"mock"``, ``"function"``), written into every record."""
+        """The job's mode (``"local"``, ``"mock"``, ``"function"``, ``"api"``), written into every record."""
         return self.job.mode
 
     @property
@@ -497,6 +501,8 @@ class TrainingRunner:
         if self.executor == "ray":
             if todo:
                 self._run_on_ray(todo, records, display)
+        elif isinstance(self.job, ConcurrentJob):
+            self._run_many(self.job, todo, records, display)
         else:
             self._run_here(todo, records, display, procs, is_main)
         return runs_from_records(records)
@@ -523,6 +529,31 @@ class TrainingRunner:
                     logger.warning("%s", message)
                     raise KeyboardInterrupt(message) from None
                 self._record(e, record, trained_flops, records, display, is_main)
+
+    def _run_many(
+        self,
+        job: ConcurrentJob,
+        todo: list[Experiment],
+        records: list[dict[str, Any]],
+        display: SweepProgress,
+    ) -> None:
+        """A job that keeps several experiments in flight itself (on a service): it gets the whole list."""
+
+        def record(e: Experiment, rec: dict[str, Any], trained_flops: float) -> None:
+            self._record(e, rec, trained_flops, records, display, is_main=True)
+
+        failed = {str(r["experiment_id"]) for r in latest_records(records) if r.get("status") == "failed"}
+        with display:
+            try:
+                job.run_many(todo, display, record, self.callbacks, failed if self.retry_failed else set())
+            except KeyboardInterrupt:
+                message = (
+                    f"interrupted with {display.done} of {display.total} experiments done; the ones in flight "
+                    "were cancelled on the service, which keeps their checkpoints: run the same command "
+                    "again to resume them"
+                )
+                logger.warning("%s", message)
+                raise KeyboardInterrupt(message) from None
 
     def _run_on_ray(
         self, todo: list[Experiment], records: list[dict[str, Any]], display: SweepProgress
