@@ -118,7 +118,7 @@ def test_round_trip_of_analysis(results_jsonl, tmp_path):
     p1, p2 = analysis.predict_optimal_size(3e20), again.predict_optimal_size(3e20)
     assert p1["optimal_params"] == pytest.approx(p2["optimal_params"])
     assert p1["optimal_params_ci"] == pytest.approx(p2["optimal_params_ci"])
-    assert isinstance(again.optimal_points, pd.DataFrame) and len(again.optimal_points) == 6
+    assert isinstance(again.optimal_points, list) and len(again.optimal_points) == 6
 
 
 def _sweep_into(out, budgets):
@@ -150,7 +150,9 @@ def test_a_plan_keeps_the_analysis_to_its_own_runs(tmp_path, caplog):
     every = ScalingLawAnalyzer(tmp_path / "results.jsonl", tmp_path).load_results()
     assert len(every) == 30
     analysis = run_analyze(default_config("analyzer", {"output.dir": str(tmp_path), "approach": "isoflop"}))
-    assert sorted(analysis.optimal_points["compute_budget"]) == pytest.approx([3e17, 3e18, 3e19], rel=0.05)
+    assert sorted(analysis.optimal_points_frame["compute_budget"]) == pytest.approx(
+        [3e17, 3e18, 3e19], rel=0.05
+    )
     assert analysis.fits["isoflop"].minima["n_points"].tolist() == [5, 5, 5]
     from flops_fit.report.plots import ScalingVisualizer
 

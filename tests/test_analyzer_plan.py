@@ -54,11 +54,8 @@ class TestScalingLawAnalyzer:
         assert analysis.n_opt_fit.r_squared > 0
         assert analysis.d_opt_fit.r_squared > 0
         assert analysis.l_opt_fit.r_squared > 0
-        # The plan: "optimal_points is a non-empty list". ScalingAnalysis holds the points as a DataFrame
-        # (one row per budget; the existing suite indexes it by column), and writes them as a list of records.
-        assert len(analysis.optimal_points) > 0
-        records = analysis.to_dict()["optimal_points"]
-        assert isinstance(records, list) and len(records) == len(analysis.optimal_points) > 0
+        assert isinstance(analysis.optimal_points, list) and len(analysis.optimal_points) > 0
+        assert analysis.to_dict()["optimal_points"] == analysis.optimal_points
         assert analysis.optimal_ratio is not None and analysis.optimal_ratio > 0
         assert (tmp_path / "scaling_laws.json").is_file()
 
@@ -131,7 +128,8 @@ class TestScalingAnalysis:
         from_records = self._analysis(optimal_points=records, optimal_ratio=20.0)
         from_frame = self._analysis(optimal_points=pd.DataFrame(records), optimal_ratio=20.0)
         assert from_records.to_dict()["optimal_points"] == from_frame.to_dict()["optimal_points"] == records
-        assert isinstance(from_records.optimal_points, pd.DataFrame)
+        assert from_records.optimal_points == from_frame.optimal_points == records
+        assert from_frame.optimal_points_frame.equals(pd.DataFrame(records))
         again = ScalingAnalysis.from_dict(json.loads(json.dumps(from_records.to_dict())))
         assert again.to_dict()["optimal_points"] == records
         with pytest.raises(TypeError, match=r"optimal_points\[0\]"):

@@ -60,8 +60,9 @@ class ScalingAnalysis:
 
     ``n_opt_fit``, ``d_opt_fit``, ``l_opt_fit``: the primary approach's laws N_opt(C), D_opt(C), L_opt(C)
     (C in FLOPs, N in parameters, D in tokens). ``optimal_points``: the best run of each budget bucket (or the
-    IsoFLOP minima), one row each; given as a DataFrame or as a list of records (dicts, as ``to_dict`` writes
-    them and the original flops-fit API took them), it is held as a DataFrame. ``optimal_ratio``: median D/N
+    IsoFLOP minima), a list of records (dicts, one per budget, as the original flops-fit API had them and
+    ``to_dict`` writes them); a DataFrame is accepted too, and :attr:`optimal_points_frame` gives the
+    points as a DataFrame. ``optimal_ratio``: median D/N
     (tokens per parameter) at those points (NaN when unknown). ``fits``: every approach that was fitted, by
     name.
     """
@@ -69,7 +70,7 @@ class ScalingAnalysis:
     n_opt_fit: PowerLawFit
     d_opt_fit: PowerLawFit
     l_opt_fit: PowerLawFit
-    optimal_points: pd.DataFrame = field(default_factory=pd.DataFrame)
+    optimal_points: list[dict[str, Any]] = field(default_factory=list)
     optimal_ratio: float = math.nan
     approach: str = "isoflop"
     fits: dict[str, Fit] = field(default_factory=dict)
@@ -79,7 +80,7 @@ class ScalingAnalysis:
     budget_rtol: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "optimal_points", _points_frame(self.optimal_points))
+        object.__setattr__(self, "optimal_points", _points_records(self.optimal_points))
         if self.optimal_ratio is None:  # the original API's "unknown"
             object.__setattr__(self, "optimal_ratio", math.nan)
 
@@ -115,6 +116,11 @@ class ScalingAnalysis:
             budget_rtol=budget_rtol,
         )
 
+    @property
+    def optimal_points_frame(self) -> pd.DataFrame:
+        """:attr:`optimal_points` as a DataFrame, one row per budget."""
+        return pd.DataFrame.from_records(self.optimal_points)
+
     def predict_optimal_size(self, target_compute: float) -> dict[str, Any]:
         """N_opt, D_opt, expected loss and tokens per parameter at ``target_compute`` FLOPs (with 95% CIs)."""
         try:
@@ -137,7 +143,7 @@ class ScalingAnalysis:
             "n_opt_fit": self.n_opt_fit.to_dict(),
             "d_opt_fit": self.d_opt_fit.to_dict(),
             "l_opt_fit": self.l_opt_fit.to_dict(),
-            "optimal_points": _records(self.optimal_points),
+            "optimal_points": [dict(r) for r in self.optimal_points],
             "optimal_ratio": self.optimal_ratio,
             "fits": {name: fit.to_dict() for name, fit in self.fits.items()},
             "run_ids": None if self.run_ids is None else list(self.run_ids),
@@ -153,7 +159,7 @@ class ScalingAnalysis:
             n_opt_fit=PowerLawFit.from_dict(d["n_opt_fit"]),
             d_opt_fit=PowerLawFit.from_dict(d["d_opt_fit"]),
             l_opt_fit=PowerLawFit.from_dict(d["l_opt_fit"]),
-            optimal_points=pd.DataFrame.from_records(d.get("optimal_points", [])),
+            optimal_points=list(d.get("optimal_points") or []),
             optimal_ratio=float(d.get("optimal_ratio", math.nan)),
             approach=str(d.get("approach", "isoflop")),
             fits={name: fit_from_dict(fd) for name, fd in (d.get("fits") or {}).items()},
@@ -182,16 +188,19 @@ _POINTS = Instance(pd.DataFrame, list, tuple)
 _RECORD = Instance(Mapping)
 
 
-def _points_frame(points: Any) -> pd.DataFrame:
-    """``optimal_points`` as a DataFrame: a DataFrame as it is, a list (or tuple) of records row by row."""
-    check("optimal_points", points, _POINTS, "a DataFrame or a list of dicts, one per budget")
-    if isinstance(points, pd.DataFrame):
-        return points
-    for i, record in enumerate(points):
-        check(
-            f"optimal_points[{i}]", record, _RECORD, "one dict per budget, e.g. {'compute_budget': 1e18, ...}"
-        )
-    return pd.DataFrame.from_records(list(points))
+def _points_records(points: Any) -> list[dict[str, Any]]:
+    """``optimal_points`` as a list of JSON-ready records: a DataFrame row by row, a list of dicts as it is."""
+    check("optimal_points", points, _POINTS, "a list of dicts, one per budget, or a DataFrame")
+    if not isinstance(points, pd.DataFrame):
+        for i, record in enumerate(points):
+            check(
+                f"optimal_points[{i}]",
+                record,
+                _RECORD,
+                "one dict per budget, e.g. {'compute_budget': 1e18, ...}",
+            )
+        points = pd.DataFrame.from_records([dict(r) for r in points])
+    return _records(points)
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
