@@ -361,12 +361,12 @@ def test_max_in_flight_keeps_the_services_workers_busy_with_live_progress(tmp_pa
     from flops_fit.training.progress import SweepProgress
 
     s = Server(tmp_path / "service", "slow_job", workers=2).start()
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, float | None]] = []
     shown = SweepProgress.remote_progress
     monkeypatch.setattr(
         SweepProgress, "remote_progress",
-        lambda self, e, tokens, tokens0, where: (seen.append((e.experiment_id, tokens)),
-                                                  shown(self, e, tokens, tokens0, where)),
+        lambda self, e, tokens, tokens0, where, loss=None: (seen.append((e.experiment_id, tokens, loss)),
+                                                             shown(self, e, tokens, tokens0, where, loss)),
     )  # fmt: skip
     busy, stop = [], threading.Event()
 
@@ -390,7 +390,8 @@ def test_max_in_flight_keeps_the_services_workers_busy_with_live_progress(tmp_pa
         s.stop()
     assert (runs["status"] == "completed").all() and len(_ledger(tmp_path / "api")) == len(plan)
     assert max(busy) == 2  # two experiments trained at once
-    assert any(tokens > 0 for _, tokens in seen)  # the display got the tokens of runs in flight
+    # the display got the tokens and training loss of runs in flight
+    assert any(tokens > 0 and loss is not None and loss > 0 for _, tokens, loss in seen)
     with pytest.raises(ValueError, match="max_in_flight"):
         _api_runner(plan, tmp_path / "b", "http://127.0.0.1:1", max_in_flight=0)
 
@@ -403,7 +404,7 @@ def test_ctrl_c_cancels_what_is_in_flight_and_a_rerun_resumes_it(tmp_path, token
     out = tmp_path / "api"
     interrupted: list[str] = []
 
-    def ctrl_c(self, e, tokens, tokens0, where):
+    def ctrl_c(self, e, tokens, tokens0, where, loss=None):
         if tokens >= 64 and not interrupted:  # the first experiment is a few steps in
             interrupted.append(e.experiment_id)
             raise KeyboardInterrupt

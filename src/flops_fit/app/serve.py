@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -154,9 +155,11 @@ class _Watch(Callback):
     def __init__(self, cancelled: threading.Event) -> None:
         self.cancelled = cancelled
         self.tokens = 0
+        self.train_loss: float | None = None
 
     def on_log(self, step: int, tokens: int, train_loss: float, lr: float) -> None:
         self.tokens = int(tokens)
+        self.train_loss = float(train_loss) if math.isfinite(train_loss) else None
         if self.cancelled.is_set():
             raise KeyboardInterrupt
 
@@ -208,7 +211,7 @@ class Service:
         status = self.table.get(eid)
         watch = self._watches.get(eid)
         if status is not None and watch is not None and status["state"] == "running":
-            status["tokens"] = watch.tokens
+            status["tokens"], status["train_loss"] = watch.tokens, watch.train_loss
         return status
 
     def cancel(self, eid: str) -> None:

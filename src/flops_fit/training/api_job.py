@@ -206,7 +206,7 @@ class ApiJob(_JobBase):
         """Show ``e``'s progress, or hand it to ``record`` and free its slot when it has ended."""
         run = flight[e.experiment_id]
         if status.state not in TERMINAL_STATES:
-            display.remote_progress(e, int(status.tokens), run.tokens0, where)
+            display.remote_progress(e, int(status.tokens), run.tokens0, where, status.train_loss)
             return
         rec = self._record(e, status)
         del flight[e.experiment_id]

@@ -49,6 +49,7 @@ def models() -> types.SimpleNamespace:
         experiment_id: str
         state: State
         tokens: int = 0
+        train_loss: float | None = None
         record: dict[str, Any] | None = None
         error: str | None = None
 

@@ -83,6 +83,7 @@ class SweepProgress:
         # experiment id -> (planned FLOPs of it done so far, FLOPs of it trained in this session)
         self._flight: dict[str, tuple[float, float]] = {}
         self._remote_bars: dict[str, Any] = {}  # experiment id -> rich task of an experiment on a worker
+        self._remote_t0: dict[str, tuple[float, int]] = {}  # experiment id -> (time, tokens) first reported
         self._beat = time.monotonic()
 
     # -- display ---------------------------------------------------------------------------------------
@@ -234,8 +235,11 @@ class SweepProgress:
         self._flight[e.experiment_id] = (min(e.flops_per_token * tokens, e.planned_flops), new)
         self._refresh()
 
-    def remote_progress(self, e: Experiment, tokens: int, tokens0: int, where: str) -> None:
-        """Progress reported by a worker: ``tokens`` seen, ``tokens0`` of them before this attempt."""
+    def remote_progress(
+        self, e: Experiment, tokens: int, tokens0: int, where: str, loss: float | None = None
+    ) -> None:
+        """Progress reported from elsewhere (a Ray worker, a training service): ``tokens`` seen, ``tokens0``
+        of them before this attempt, and the last training ``loss`` when known."""
         self.in_flight(e, tokens, tokens - tokens0)
         if self.exp_bar is None:
             return
@@ -245,7 +249,17 @@ class SweepProgress:
                 f"{e.experiment_id} @ {where}", total=max(e.num_tokens, 1), tokens="0", loss="-", rate="-"
             )
             self._remote_bars[e.experiment_id] = task
-        self.exp_bar.update(task, completed=min(tokens, e.num_tokens), tokens=format_count(tokens))
+            self._remote_t0[e.experiment_id] = (time.perf_counter(), tokens)
+        t0, first = self._remote_t0[e.experiment_id]
+        elapsed = time.perf_counter() - t0
+        rate = (tokens - first) / elapsed if elapsed > 0 and tokens > first else math.nan
+        self.exp_bar.update(
+            task,
+            completed=min(tokens, e.num_tokens),
+            tokens=format_count(tokens),
+            loss="-" if loss is None or not math.isfinite(loss) else f"{loss:.4g}",
+            rate="-" if not math.isfinite(rate) else format_count(int(rate)),
+        )
 
     def finish(self, e: Experiment, record: Mapping[str, Any], trained_flops: float) -> None:
         """Experiment ``e`` ended with ``record``, ``trained_flops`` FLOPs of it trained in this session."""
@@ -253,6 +267,7 @@ class SweepProgress:
         self.done_flops += e.planned_flops
         flight = self._flight.pop(e.experiment_id, (0.0, 0.0))[1]
         self._session_flops += max(trained_flops, flight)
+        self._remote_t0.pop(e.experiment_id, None)
         task = self._remote_bars.pop(e.experiment_id, None)
         if task is not None:
             self.exp_bar.remove_task(task)
@@ -282,6 +297,7 @@ class SweepProgress:
     def forget(self, e: Experiment) -> None:
         """Drop an experiment that left the flight without a result (cancelled, or its worker lost)."""
         self._flight.pop(e.experiment_id, None)
+        self._remote_t0.pop(e.experiment_id, None)
         task = self._remote_bars.pop(e.experiment_id, None)
         if task is not None:
             self.exp_bar.remove_task(task)
