@@ -279,3 +279,31 @@ def test_a_saved_result_refitted_on_more_runs_reports_the_runs_of_the_new_fit(tm
     with caplog.at_level("WARNING", logger="flops_fit"):
         loaded = Result.load(out)
     assert set(loaded.runs["experiment_id"]) == set(analysis.run_ids) and len(loaded.budgets) == 4
+
+
+def test_with_several_approaches_the_back_test_names_the_primary_one(tmp_path):
+    n, d, l, c = isoflop_sweep(budgets=tuple(np.geomspace(1e17, 1e20, 5)), sizes=7)
+    path = tmp_path / "runs.csv"
+    pd.DataFrame({"num_params": n, "num_tokens": d, "final_loss": l, "compute_budget": c}).to_csv(
+        path, index=False
+    )
+    analyzer = ScalingLawAnalyzer(path, tmp_path / "out", approach="all")
+    analysis = analyzer.analyze()
+    result = analyzer.result_
+    assert result.selection.rule == "backtest" and analyzer.approach == result.primary == analysis.approach
+    laws = json.loads((tmp_path / "out" / "scaling_laws.json").read_text())
+    assert laws["approach"] == result.primary and result.primary in laws["fits"]
+    pred = analyzer.predict(1e21)
+    assert pred["approach"] == result.primary
+    assert pred["optimal_params"] == pytest.approx(result.predict(1e21)["optimal_params"])
+
+
+def test_approach_2_alone_on_a_checkpoint_grid_is_an_error_naming_the_design(tmp_path):
+    from test_layout import checkpoint_grid
+
+    path = tmp_path / "grid.csv"
+    checkpoint_grid().to_csv(path, index=False)
+    with pytest.raises(ValueError, match="checkpoint / over-training grid"):
+        ScalingLawAnalyzer(path, tmp_path / "out", approach="isoflop").analyze()
+    analysis = ScalingLawAnalyzer(path, tmp_path / "out2", approach="all").analyze()
+    assert analysis.approach.startswith("parametric") and "isoflop" not in analysis.fits

@@ -36,3 +36,14 @@ def test_chinchilla_points_have_no_profile_outliers():
     )
     flagged = detect_outliers(runs)
     assert set(flagged["outlier_reason"]) <= {"", "duplicate"}
+
+
+def test_no_profile_outliers_outside_designed_profiles():
+    """A checkpoint grid (each model at several token counts) has budget buckets that hold several sizes by
+    coincidence; they are not IsoFLOP profiles, so the profile rule never flags their runs."""
+    rng = np.random.default_rng(0)
+    n = np.repeat(np.geomspace(2e7, 2e9, 20), 10)
+    d = np.tile(np.linspace(0.1, 1.0, 10), 20) * 40 * n
+    l = (1.69 + 406.4 / n**0.34 + 410.7 / d**0.28) * np.exp(rng.normal(0, 0.02, n.size))
+    flagged = detect_outliers(runs_from_arrays(n, d, l))
+    assert not flagged["outlier"].any()

@@ -16,6 +16,7 @@ import matplotlib.image as mpimg
 import pandas as pd
 import pytest
 
+from flops_fit.analysis.approaches import label
 from flops_fit.report.html import add_report_parser, main, render_report, write_report
 from flops_fit.report.result import Result
 from test_result import make_runs
@@ -75,7 +76,7 @@ def test_report_is_one_self_contained_file(report):
     assert not re.search(r"(https?:|ftp:)?//[a-z0-9]", without_images, re.I)
     assert "url(" not in html and "@import" not in html
     imgs = [a for t, a in doc.tags if t == "img"]
-    assert len(imgs) == 5  # isoflop, optimal, parametric, residuals, envelope
+    assert len(imgs) == 6  # isoflop, optimal, parametric, residuals, envelope, backtest
     for attrs in imgs:
         src = attrs["src"]
         assert src.startswith("data:image/png;base64,")
@@ -101,13 +102,16 @@ def test_report_holds_laws_table_backtest_warnings_and_runs(report, result):
         assert f'id="{section}"' in html, section
     for needle in (
         "Approach 1 (envelope)",
-        "Approach 2 (IsoFLOP) (primary)",
+        f"{label(result.primary)} (primary)",
+        f"Primary: {label(result.primary)}",
+        "chosen by back-test",
+        "Design: an IsoFLOP sweep",
         "Approach 3 (parametric)",
         "N_opt = ",
         "a = 0.45",
         "1.00e21",
         "Tokens/param",
-        "largest budget with a bracketed IsoFLOP profile",
+        "Rolling origin",
         "1 run(s) did not complete (1 failed)",
         "CUDA out of memory",
         "10 bootstrap resamples",
@@ -149,13 +153,13 @@ def test_the_report_command_registers_on_a_cli(tmp_path):
 def test_backtest_section_explains_why_it_did_not_run():
     two = Result.from_runs(make_runs(budgets=(1e18, 1e19), curves=False), approach="isoflop")
     html = render_report(two)
-    assert "Not run: backtest needs usable runs at 3 or more compute budgets" in html
+    assert "Not run: backtest needs usable runs at 4 or more compute budgets" in html
 
 
 def test_the_report_runs_a_backtest_without_changing_the_result():
     res = Result.from_runs(make_runs(curves=False), approach="isoflop")
     html = render_report(res, figures={})
-    assert "largest budget with a bracketed IsoFLOP profile" in html and res.last_backtest is None
+    assert "Rolling origin" in html and res.last_backtest is None
 
 
 def test_write_report_errors(result):
@@ -203,4 +207,4 @@ def test_figures_render_in_headless_chromium(tmp_path, report):
     assert proc.returncode == 0, err[-2000:]
     found = re.search(r'data-images="(\d+):(\d+)"', out)
     assert found, "the page did not finish loading"
-    assert found.group(1) == found.group(2) == "5"
+    assert found.group(1) == found.group(2) == "6"

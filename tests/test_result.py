@@ -62,7 +62,14 @@ class Wide(nn.Module):
 
 def test_from_runs_fits_every_approach_and_recovers_the_exponent(result):
     assert list(result.fits) == ["envelope", "isoflop", "parametric"]
-    assert result.primary == "isoflop"
+    # several candidates: the rolling back-test chose the primary one, the smallest score (ties: the order)
+    sel = result.selection
+    assert sel.rule == "backtest" and result.primary == sel.primary and result.last_backtest is not None
+    assert (
+        set(sel.scores) == set(result.candidates)
+        and sel.scores[result.primary] <= min(sel.scores.values()) + 0.01
+    )
+    assert "back-test error at" in sel.reason
     assert result.fit_options == {"bootstrap": 20, "seed": 0, "exclude_outliers": True}
     for name in ("isoflop", "parametric"):
         lo, hi = (
@@ -95,7 +102,7 @@ def test_an_approach_that_cannot_fit_is_skipped_with_its_reason():
     assert "2 or more compute budgets" in res.skipped["isoflop"]
     assert "one IsoFLOP line" in res.skipped["parametric"]  # N and D move together on it
     assert any("Approach 2 (IsoFLOP) not fitted" in w for w in res.warnings)
-    with pytest.raises(ValueError, match="3 or more compute budgets"):
+    with pytest.raises(ValueError, match="4 or more compute budgets"):
         res.backtest()
 
 
@@ -130,7 +137,9 @@ def test_from_runs_checks_its_options_before_fitting(runs):
 # Predictions and tables
 
 
-def test_predict_matches_the_primary_fit(result):
+def test_predict_matches_the_primary_fit(runs, result):
+    result = Result.from_runs(runs, bootstrap=20, seed=0, primary="isoflop", variants=False)
+    assert result.selection.rule == "asked" and result.last_backtest is None  # forced: no back-test
     pred = result.predict(1e21)
     opt = result.fits["isoflop"].optimal(1e21)
     assert pred["approach"] == "isoflop" and pred["target_compute"] == 1e21
@@ -276,25 +285,30 @@ def test_flagged_budgets_are_warned_about():
 # Back-test
 
 
-def test_backtest_refits_without_the_largest_budget(result, runs):
-    table = result.backtest(bootstrap=0)
-    assert table["approach"].tolist() == ["envelope", "isoflop", "parametric"]
-    assert np.allclose(table["held_out_budget"], 1e20)
-    assert (table["fit_budgets"] == 3).all() and table["error"].isna().all()
-    assert (table["measured_from"] == "IsoFLOP minimum").all()
-    rel = table["predicted_params"] / table["measured_params"] - 1
-    assert np.allclose(rel, table["params_rel_error"])
+def test_backtest_rolls_the_origin_over_the_budgets(result, runs):
+    table = result.backtest()
+    assert set(table["approach"]) == set(result.candidates)
+    assert table["error"].isna().all()
+    opt = table[table["kind"] == "optimum"]
+    # 4 budgets: one origin (the third budget) predicting the fourth, a decade out
+    assert np.allclose(opt["origin_budget"], 1e19) and np.allclose(opt["held_out_budget"], 1e20)
+    assert np.allclose(opt["distance"], 10.0) and (opt["fit_budgets"] == 3).all()
+    assert (opt["measured_from"] == "IsoFLOP minimum").all()
+    assert np.allclose(opt["predicted_params"] / opt["measured_params"] - 1, opt["params_rel_error"])
+    assert np.allclose(np.log(opt["predicted_params"] / opt["measured_params"]), opt["params_log_error"])
     # The synthetic law is exact, so every approach extrapolates one decade to within 15% in N_opt.
-    assert (table["params_rel_error"].abs() < 0.15).all()
-    par = table.set_index("approach").loc["parametric"]
-    assert abs(par["loss_rel_error"]) < 0.01
-    result = result.with_backtest(table)  # a Result carries a back-test only when built with it
-    assert result.last_backtest is not None and "Backtest" in result.summary()
+    base = opt.set_index("approach").loc[list(result.fits)]
+    assert (base["params_rel_error"].abs() < 0.15).all()
+    assert abs(base.loc["parametric", "loss_rel_error"]) < 0.01
+    runs_rows = table[table["kind"] == "runs"]  # Approach 3 also predicts each later run's loss
+    assert set(runs_rows["approach"]) <= {"parametric", "parametric:alpha=beta"} and len(runs_rows)
+    assert (runs_rows["n_runs"] == 7).all() and (runs_rows["loss_log_error"] < 0.01).all()
     # The measured optimum is the parabola vertex of the held-out budget's runs.
     top = runs[runs["compute_budget"] == 1e20]
     best = top.loc[top["final_loss"].idxmin()]
-    assert par["measured_loss"] <= best["final_loss"]
-    assert par["measured_params"] == pytest.approx(best["num_params"], rel=0.5)
+    assert (opt["measured_loss"] <= best["final_loss"]).all()
+    assert opt["measured_params"].iloc[0] == pytest.approx(best["num_params"], rel=0.5)
+    assert "Backtest (rolling origin" in result.summary()  # from_runs carries the back-test it chose by
 
 
 def test_backtest_returns_its_table_and_leaves_the_result_as_it_is(tmp_path, runs):
@@ -337,7 +351,7 @@ def test_summary_and_repr(result):
 
 def test_plot_returns_and_saves_every_supported_figure(tmp_path, result):
     figures = result.plot(save_dir=tmp_path, formats="png")
-    assert set(figures) == {"isoflop", "optimal", "parametric", "residuals", "envelope"}
+    assert set(figures) == {"isoflop", "optimal", "parametric", "residuals", "envelope", "backtest"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}.png" for n in figures)
 
 
@@ -353,10 +367,12 @@ def test_save_and_load_round_trip(tmp_path, runs, result):
     assert "## Approach 3 (parametric)" in (out / "chinchilla_table.md").read_text()
     assert "curve" not in pd.read_csv(out / "runs.csv").columns
     meta = json.loads((out / "result.json").read_text())
-    assert meta["primary"] == "isoflop" and meta["fit_options"]["bootstrap"] == 20
+    assert meta["primary"] == result.primary and meta["fit_options"]["bootstrap"] == 20
+    assert meta["design"]["design"] == "isoflop" and meta["selection"]["rule"] == "backtest"
     back = Result.load(out)
     assert back.output_dir == out and back.primary == result.primary
-    assert list(back.fits) == list(result.fits)
+    assert list(back.fits) == list(result.fits) and list(back.variants) == list(result.variants)
+    assert back.selection == result.selection
     for c in (1e18, 1e21):
         for name in result.fits:
             a, b = result.predict(c, approach=name), back.predict(c, approach=name)
@@ -369,7 +385,7 @@ def test_save_and_load_round_trip(tmp_path, runs, result):
     assert back.warnings == result.warnings
     # The laws file is the analyzer's format.
     analysis = ScalingLawAnalyzer(out / "runs.json", out).load_analysis()
-    assert analysis.approach == "isoflop" and set(analysis.fits) == set(result.fits)
+    assert analysis.approach == result.primary and set(analysis.fits) == set(result.fits) | {result.primary}
     assert analysis.predict_optimal_size(1e21)["optimal_params"] == pytest.approx(
         result.predict(1e21)["optimal_params"]
     )
@@ -426,23 +442,22 @@ def test_plot_show_hands_the_figures_to_pyplot(monkeypatch, runs, result):
             plt.close(fig)
 
 
-def test_backtest_holds_out_the_largest_bracketed_budget():
-    runs = make_runs(curves=False)
-    top = runs.index[runs["compute_budget"] == 1e20]
-    thin = runs.drop(index=top[[0, 1, 2, 5, 6]])  # two runs left at 1e20: no profile there
-    table = Result.from_runs(thin, approach="parametric").backtest()
-    row = table.iloc[0]
-    assert row["held_out_budget"] == pytest.approx(1e19) and row["fit_budgets"] == 2
-    assert (
-        row["measured_from"]
-        == "IsoFLOP minimum (1 larger budget(s) without a bracketed profile left out too)"
-    )
-    three = thin[thin["compute_budget"] != 1e17]  # 1e18, 1e19 and the thin 1e20: nothing to fall back on
-    row = Result.from_runs(three, approach="parametric").backtest().iloc[0]
-    assert row["held_out_budget"] == pytest.approx(1e20) and row["fit_budgets"] == 2
-    assert row["measured_from"] == "lowest-loss run (profile: too_few_points)"
-    kept = three[three["compute_budget"] == 1e20]
-    assert row["measured_loss"] == kept["final_loss"].min()
+def test_backtest_measures_an_unbracketed_budget_by_its_lowest_loss_run_and_does_not_judge_by_it():
+    runs = make_runs(budgets=(1e17, 1e18, 1e19, 1e20, 1e21), curves=False)
+    top = runs.index[runs["compute_budget"] == 1e21]
+    edge = runs.drop(index=top[4:])  # the four smallest sizes at 1e21: the minimum sits at the edge
+    res = Result.from_runs(edge, approach=["isoflop", "parametric"], variants=False)
+    table = res.last_backtest
+    at_top = table[(table["kind"] == "optimum") & np.isclose(table["held_out_budget"], 1e21)]
+    assert (at_top["measured_from"] == "lowest-loss run (profile: edge_large)").all()
+    kept = edge[edge["compute_budget"] == 1e21]
+    assert (at_top["measured_loss"] == kept["final_loss"].min()).all()
+    assert sorted(table["origin_budget"].unique()) == pytest.approx([1e19, 1e20])
+    # the choice reads bracketed optima only: the one at 1e20, 10x from the origin 1e19
+    assert res.selection.rule == "backtest" and "10x extrapolation" in res.selection.reason
+    thin = runs.drop(index=top[[0, 1, 2, 5, 6]])  # two runs left at 1e21: not a profile, not a budget
+    with pytest.raises(ValueError, match="4 or more compute budgets"):
+        Result.from_runs(thin[thin["compute_budget"] != 1e17], approach="parametric").backtest()
 
 
 def test_a_result_cannot_be_changed_in_place_and_still_copies_and_pickles(runs):

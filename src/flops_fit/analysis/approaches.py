@@ -1,10 +1,14 @@
 """The three approaches by name, with the one registry of fit types: run one on a runs table, rebuild one
-from its dict."""
+from its dict. Also the registry of candidate *variants* (an approach with keyword options, e.g.
+``"parametric:alpha=beta"``) that the back-test chooses the primary answer from, and the order used when
+there is no back-test evidence."""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -15,6 +19,7 @@ from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
 from flops_fit.analysis.fit import Fit
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
+from flops_fit.analysis.layout import Layout, classify_runs
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
 from flops_fit.core.runs import list_ids, usable_mask, validate_runs
 
@@ -41,8 +46,99 @@ APPROACH_LABELS: dict[str, str] = {
     "isoflop": "Approach 2 (IsoFLOP)",
     "parametric": "Approach 3 (parametric)",
 }
-#: The primary approach (the one whose laws a result reports first) is the first of these that was fitted.
+#: Without back-test evidence, the primary approach of an IsoFLOP sweep is the first of these that was fitted
+#: (:func:`fallback_order` gives the order for every design).
 PRIMARY_ORDER: tuple[str, ...] = ("isoflop", "parametric", "envelope")
+#: ... and of every other design (Approach 2 last: it reads budget buckets as profiles).
+OTHER_ORDER: tuple[str, ...] = ("parametric", "envelope", "isoflop")
+#: The fitting function of each approach (its keyword options decide which variants are available).
+FIT_FUNCTIONS: Mapping[str, Callable[..., Fit]] = MappingProxyType(
+    {"envelope": fit_envelope, "isoflop": fit_isoflop, "parametric": fit_parametric}
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A candidate answer: ``approach`` fitted with keyword ``options``. ``spellings``: alternative option
+    sets, the first whose keys the installed fit function accepts is used (options under review may still
+    change name); ``label`` says it in reports."""
+
+    name: str
+    approach: str
+    spellings: tuple[Mapping[str, Any], ...]
+    label: str
+
+    def options(self) -> dict[str, Any] | None:
+        """The options the installed fit function accepts for this variant, or None when it has none of
+        the spellings (this flops-fit cannot fit the variant)."""
+        accepted = inspect.signature(FIT_FUNCTIONS[self.approach]).parameters
+        for spelling in self.spellings:
+            if set(spelling) <= set(accepted):
+                return dict(spelling)
+        return None
+
+
+def _variant(name: str, approach: str, label: str, *spellings: Mapping[str, Any]) -> Variant:
+    return Variant(name, approach, tuple(MappingProxyType(dict(s)) for s in spellings or ({},)), label)
+
+
+#: Every candidate the back-test can choose from, by name: the approaches themselves and their variants.
+VARIANTS: Mapping[str, Variant] = MappingProxyType(
+    {
+        v.name: v
+        for v in (
+            _variant("isoflop", "isoflop", APPROACH_LABELS["isoflop"]),
+            _variant("isoflop:shared", "isoflop", "Approach 2, shared profile", {"profile": "shared"}),
+            _variant("parametric", "parametric", APPROACH_LABELS["parametric"]),
+            _variant(
+                "parametric:alpha=beta",
+                "parametric",
+                "Approach 3, alpha = beta",
+                {"equal_exponents": True},
+                {"alpha_equals_beta": True},
+            ),
+            _variant("envelope", "envelope", APPROACH_LABELS["envelope"]),
+        )
+    }
+)
+
+
+def label(name: str) -> str:
+    """How reports name an approach or variant (the name itself when unknown)."""
+    return VARIANTS[name].label if name in VARIANTS else APPROACH_LABELS.get(name, name)
+
+
+def base_approach(name: str) -> str:
+    """The approach of a variant name (``"parametric:alpha=beta"`` -> ``"parametric"``)."""
+    if name in VARIANTS:
+        return VARIANTS[name].approach
+    (base,) = resolve_approaches(name)
+    return base
+
+
+def available_variants(approaches: Iterable[str]) -> list[str]:
+    """The variants (not the approaches themselves) of ``approaches`` that the installed fit functions can
+    fit, in registry order."""
+    wanted = set(approaches)
+    return [
+        v.name
+        for v in VARIANTS.values()
+        if v.approach in wanted and v.name != v.approach and v.options() is not None
+    ]
+
+
+def fallback_order(design: str) -> tuple[str, ...]:
+    """Approaches in the order the primary one is taken from without back-test evidence: Approach 2 first on
+    an IsoFLOP sweep (Hoffmann et al.'s main estimate), last elsewhere."""
+    return PRIMARY_ORDER if design == "isoflop" else OTHER_ORDER
+
+
+def candidate_order(names: Iterable[str], design: str) -> list[str]:
+    """``names`` (approaches and variants) in the fallback order of ``design``; a variant follows its
+    approach."""
+    order = fallback_order(design)
+    names = list(names)
+    return sorted(names, key=lambda n: (order.index(base_approach(n)), n != base_approach(n), n))
 
 
 def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
@@ -82,24 +178,67 @@ def run_approach(
     seed: int = 0,
     exclude: bool = True,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
+    options: Mapping[str, Any] | None = None,
 ) -> Fit:
-    """Fit approach ``name`` to the completed runs of ``runs`` (outliers handled by the fit itself)."""
-    (name,) = resolve_approaches(name)
+    """Fit approach or variant ``name`` to the completed runs of ``runs`` (outliers handled by the fit).
+
+    ``options``: further keyword options of the fit function (e.g. ``init_grid`` of Approach 3), on top of
+    a variant's own. Approach 2 reads budget buckets as IsoFLOP profiles, so it is fitted only to designed
+    profiles (:mod:`flops_fit.analysis.layout`; see :func:`profile_runs`), and runs of a grid or scattered
+    runs are a ValueError naming the design (call :func:`fit_isoflop` directly to fit their buckets anyway).
+    """
+    base = base_approach(name)
+    extra = dict(options or {})
+    if name in VARIANTS:
+        spelled = VARIANTS[name].options()
+        if spelled is None:
+            raise ValueError(f"{name}: this flops-fit's {FIT_FUNCTIONS[base].__name__} has no option for it")
+        extra = {**spelled, **extra}
     runs = validate_runs(runs)
-    runs = runs[usable_rows(runs, name)].reset_index(drop=True)
-    if name == "envelope":
-        return fit_envelope(runs, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol)
+    runs = runs[usable_rows(runs, base)].reset_index(drop=True)
+    if base == "envelope":
+        return fit_envelope(
+            runs, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol, **extra
+        )
+    if base == "isoflop":
+        runs = profile_runs(runs, classify_runs(runs, budget_rtol))
     n, d, l, c = (
         runs[k].to_numpy(float) for k in ("num_params", "num_tokens", "final_loss", "compute_budget")
     )
     ids = runs["experiment_id"].astype(str).tolist()
-    if name == "isoflop":
-        return fit_isoflop(
-            n, d, l, c, bootstrap=bootstrap, seed=seed, exclude=exclude, budget_rtol=budget_rtol, ids=ids
+    common = {
+        "bootstrap": bootstrap,
+        "seed": seed,
+        "exclude": exclude,
+        "budget_rtol": budget_rtol,
+        "ids": ids,
+    }
+    if base == "isoflop":
+        return fit_isoflop(n, d, l, c, **common, **extra)
+    return fit_parametric(n, d, l, C=c, **common, **extra)
+
+
+def profile_runs(runs: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """The runs Approach 2 may read as IsoFLOP profiles (``runs``: the usable runs ``layout`` classified):
+    in an IsoFLOP sweep all but those of buckets that hold several sizes by coincidence (a planned budget
+    that lost runs stays, to be flagged), beside other runs ("mixed") the designed profiles only; a
+    ValueError naming the design when the runs have no designed profile at all."""
+    if not layout.supports_profiles:
+        raise ValueError(
+            f"Approach 2 needs IsoFLOP profiles (several sizes trained at one planned budget), but these runs "
+            f"are {layout.describe()}: their budget buckets hold several sizes only by coincidence. Use "
+            "approach='parametric' (Approach 3 fits any (N, D) runs), or call fit_isoflop directly to fit "
+            "the buckets anyway"
         )
-    return fit_parametric(
-        n, d, l, bootstrap=bootstrap, seed=seed, exclude=exclude, C=c, budget_rtol=budget_rtol, ids=ids
-    )
+    left_out = ~layout.designed_runs if layout.design == "mixed" else layout.coincidental_runs
+    if left_out.any():
+        logger.info(
+            "Approach 2: left out %d run(s) in %d budget bucket(s) that are not designed IsoFLOP profiles "
+            "(see flops_fit.analysis.layout)",
+            int(left_out.sum()),
+            np.unique(layout.labels[left_out]).size,
+        )
+    return runs[~left_out].reset_index(drop=True)
 
 
 def run_approaches(

@@ -7,7 +7,8 @@ import logging
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
+from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
+from flops_fit.analysis.layout import classify
 from flops_fit.core.runs import list_ids, validate_runs
 from flops_fit.core.validate import check_budget_rtol, check_positive
 
@@ -94,9 +95,11 @@ def detect_outliers(
 
     Reasons, checked in this order: ``failed`` / ``diverged`` (status), ``non_finite`` (loss, N, D or C not
     positive and finite), ``duplicate`` (a later exact copy of an earlier row's C, N, D and loss), and
-    ``profile_residual``: within a budget bucket of at least ``MIN_PROFILE_POINTS`` runs, the loss is further than
-    ``residual_z`` robust standard deviations, more than ``min_relative_residual`` and more than half the step to
-    its neighbouring sizes from a robust cubic of log-loss in ln N; flagged one at a time, worst first.
+    ``profile_residual``: within a designed IsoFLOP profile (:mod:`flops_fit.analysis.layout`: a bucket of a
+    grid or of scattered runs holds several sizes only by coincidence and is never read as a profile) of at
+    least ``MIN_PROFILE_POINTS`` runs, the loss is further than ``residual_z`` robust standard deviations, more
+    than ``min_relative_residual`` and more than half the step to its neighbouring sizes from a robust cubic of
+    log-loss in ln N; flagged one at a time, worst first.
     """
     residual_z = check_positive("residual_z", residual_z, f"default {RESIDUAL_Z}")
     min_relative_residual = check_positive(
@@ -118,9 +121,10 @@ def detect_outliers(
     ok = reason == ""
     if ok.sum() >= MIN_PROFILE_POINTS:
         idx = np.flatnonzero(ok)
-        labels, _ = bucket_budgets(vals[idx, 0], rtol=budget_rtol)
-        for bucket in np.unique(labels):
-            members = idx[labels == bucket]
+        n, d, l, c = (vals[idx, k] for k in (1, 2, 3, 0))
+        layout = classify(n, d, l, c, budget_rtol=budget_rtol)
+        for bucket in np.flatnonzero(layout.buckets["designed"].to_numpy(bool)):
+            members = idx[layout.labels == bucket]
             if members.size < MIN_PROFILE_POINTS or np.unique(vals[members, 1]).size < 4:
                 continue
             reason[

@@ -51,8 +51,11 @@ class ScalingLawAnalyzer:
     """Fit scaling laws to a results file and write ``output_dir/scaling_laws.json``.
 
     ``approach``: ``"isoflop"`` (Approach 2, the default), ``"parametric"`` (3), ``"envelope"`` (1) or
-    ``"all"``; the primary approach, whose laws the analysis reports, is Approach 2, else 3, else 1
-    (``PRIMARY_ORDER``). ``plan`` (a ``sweep.json`` path or a :class:`~flops_fit.plan.sweep.SweepPlan`) keeps
+    ``"all"``. One approach is the primary one, whose laws the analysis reports (Approach 2 on runs without
+    designed IsoFLOP profiles, a checkpoint grid say, is a ValueError naming the design); with several,
+    :meth:`analyze` fits their variants too and lets the rolling back-test choose the primary answer
+    (:meth:`Result.from_runs`), and ``approach`` then names it. Until then it is the first requested in
+    ``PRIMARY_ORDER``. ``plan`` (a ``sweep.json`` path or a :class:`~flops_fit.plan.sweep.SweepPlan`) keeps
     only that plan's runs: a ledger can also hold runs of an earlier plan written to the same folder.
     After :meth:`analyze`, ``runs_`` is the runs table it read and ``result_`` the :class:`Result` it fitted.
     """
@@ -128,6 +131,7 @@ class ScalingLawAnalyzer:
             exclude_outliers=self.exclude_outliers,
             budget_rtol=self.budget_rtol,
         )
+        self.approach = result.primary  # chosen by back-test when several were fitted
         analysis = result.to_analysis()
         write_laws(self.scaling_laws_path, analysis)
         logger.info("wrote %s", self.scaling_laws_path)

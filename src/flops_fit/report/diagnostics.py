@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flops_fit.analysis.approaches import APPROACH_LABELS, Fit
+from flops_fit.analysis.approaches import APPROACH_LABELS, Fit, label
 from flops_fit.analysis.isoflop import MIN_POINTS_PER_BUDGET, IsoFLOPFit, describe_flagged
+from flops_fit.analysis.layout import DESIGN_LABELS
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.report.view import ResultView
@@ -112,23 +113,23 @@ def agreement_notes(table: pd.DataFrame, names: list[str]) -> list[str]:
 
 def _fit_notes(name: str, fit: Fit) -> list[str]:
     """Flagged IsoFLOP budgets, a degenerate or unconverged parametric fit, and excluded outliers of one fit."""
-    label = APPROACH_LABELS[name]
+    name_ = label(name)
     notes = []
     if isinstance(fit, IsoFLOPFit):
         flagged = describe_flagged(fit.minima)
         if flagged:
             notes.append(
-                f"{label}: budget(s) left out of the laws, {'; '.join(flagged)} (edge_small/edge_large: "
+                f"{name_}: budget(s) left out of the laws, {'; '.join(flagged)} (edge_small/edge_large: "
                 "extend the sweep to smaller/larger models; too_few_points: train at least "
                 f"{MIN_POINTS_PER_BUDGET} sizes; flat/no_curvature: widen the size span)"
             )
     if isinstance(fit, ParametricFit):
         if fit.degeneracy is not None:
-            notes.append(f"{label} is degenerate: {fit.degeneracy}")
+            notes.append(f"{name_} is degenerate: {fit.degeneracy}")
         elif fit.floor_collapsed is not None:
-            notes.append(f"{label}: {fit.floor_collapsed}")
+            notes.append(f"{name_}: {fit.floor_collapsed}")
         if not fit.converged:
-            notes.append(f"{label}: the optimiser did not converge; treat its estimates with care")
+            notes.append(f"{name_}: the optimiser did not converge; treat its estimates with care")
     excluded = getattr(fit, "excluded", None)
     if isinstance(excluded, pd.DataFrame) and len(excluded) and "outlier_reason" in excluded:
         reasons = excluded["outlier_reason"]
@@ -136,7 +137,7 @@ def _fit_notes(name: str, fit: Fit) -> list[str]:
         if len(reasons):
             counts = ", ".join(f"{n} {r}" for r, n in reasons.value_counts().items())
             notes.append(
-                f"{label} excluded {len(reasons)} run(s) as outliers ({counts}); see excluded_runs()"
+                f"{name_} excluded {len(reasons)} run(s) as outliers ({counts}); see excluded_runs()"
             )
     return notes
 
@@ -159,14 +160,21 @@ def _six_nd_note(usable: pd.DataFrame) -> list[str]:
 
 def warning_notes(result: ResultView) -> list[str]:
     """What to check before trusting ``result``'s numbers (see :attr:`Result.warnings`)."""
-    notes = [f"{APPROACH_LABELS[k]} not fitted: {v}" for k, v in result.skipped.items()]
+    notes = [f"{label(k)} not fitted: {v}" for k, v in result.skipped.items()]
+    design = result.layout.design
+    if "isoflop" in result.fits and design not in ("isoflop", "mixed"):
+        notes.append(
+            f"Approach 2 was fitted to {DESIGN_LABELS[design]}: its budget buckets hold several sizes only by "
+            "coincidence, so its minima are not IsoFLOP optima; prefer Approach 3"
+        )
     status = result.runs["status"].value_counts()
     bad = {s: int(status.get(s, 0)) for s in ("failed", "diverged") if status.get(s, 0)}
     if bad:
         parts = ", ".join(f"{n} {s}" for s, n in bad.items())
         notes.append(f"{sum(bad.values())} run(s) did not complete ({parts}); no fit uses them")
-    for name, fit in result.fits.items():
-        notes += _fit_notes(name, fit)
+    for name, fit in result.candidates.items():
+        if name in result.fits or name == result.primary:  # a variant's notes matter when it is the answer
+            notes += _fit_notes(name, fit)
     if "parametric" in result.fits:
         notes += _six_nd_note(result.usable_runs)
     if len(result.fits) > 1:

@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis.approaches import Fit, fit_from_dict
 from flops_fit.core import sweepdir
 from flops_fit.core.io import atomic_write_json, atomic_write_text
 from flops_fit.core.ledger import load_results
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.plan.sweep import SweepPlan, load_plan_runs
+from flops_fit.report.backtest import Selection
 from flops_fit.report.laws import ScalingAnalysis, read_laws, write_laws
 from flops_fit.report.view import ResultView
 
@@ -89,6 +91,9 @@ def write_result(
         "fit_options": dict(result.fit_options),
         "backtest": None if backtest is None else runs_to_records(backtest),
         "warnings": result.warnings,
+        "design": result.layout.to_dict(),
+        "selection": None if result.selection is None else result.selection.to_dict(),
+        "variants": {name: fit.to_dict() for name, fit in result.variants.items()},
     }
     atomic_write_json(folder.result, meta, allow_nan=False)
     atomic_write_text(folder.table, result.tables_markdown())
@@ -133,13 +138,16 @@ def _ledger_holds(folder: SweepDir, runs: pd.DataFrame) -> bool:
 @dataclass(frozen=True, eq=False)
 class SavedResult:
     """What a result folder holds: the runs the laws were fitted to, the laws, the plan (None without one),
-    the notes of ``result.json`` (empty when absent or written for earlier laws) and their back-test."""
+    the notes of ``result.json`` (empty when absent or written for earlier laws), their back-test, the
+    variants fitted beside the approaches and why the primary answer is primary (None when not recorded)."""
 
     runs: pd.DataFrame
     analysis: ScalingAnalysis
     plan: SweepPlan | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
     backtest: pd.DataFrame | None = None
+    variants: Mapping[str, Fit] = field(default_factory=dict)
+    selection: Selection | None = None
 
 
 def read_result(
@@ -156,7 +164,9 @@ def read_result(
     meta = _read_meta(folder, analysis)
     table = runs if isinstance(runs, pd.DataFrame) else _read_runs(folder, analysis, runs)
     backtest = pd.DataFrame.from_records(meta["backtest"]) if meta.get("backtest") else None
-    return SavedResult(table, analysis, _read_plan(folder), meta, backtest)
+    variants = {name: fit_from_dict(d) for name, d in (meta.get("variants") or {}).items()}
+    selection = Selection.from_dict(meta["selection"]) if meta.get("selection") else None
+    return SavedResult(table, analysis, _read_plan(folder), meta, backtest, variants, selection)
 
 
 def _read_meta(folder: SweepDir, analysis: ScalingAnalysis) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The file carries everything inline: the figures as base64 PNG, the CSS in a ``<style>`` element, no
 scripts and no external URL, so it opens offline, attaches to an e-mail and survives being moved. Sections:
 warnings and flags, the fitted laws with 95% intervals, the approaches side by side, the Chinchilla table,
-the back-test of the largest budget, the figures, the IsoFLOP minima, the excluded runs and the run list.
+the rolling back-test and why the primary answer is primary, the figures, the IsoFLOP minima, the excluded runs and the run list.
 
 From the command line: ``flops-fit report DIR`` (``DIR`` written by ``Result.save``) writes
 ``DIR/report.html``.
@@ -26,7 +26,7 @@ from typing import Any
 
 import pandas as pd
 
-from flops_fit.analysis.approaches import APPROACH_LABELS
+from flops_fit.analysis.approaches import label
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.table import human, sci
 from flops_fit.core import sweepdir
@@ -34,6 +34,7 @@ from flops_fit.core.io import atomic_write_text
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.core.validate import Instance, check
 from flops_fit.core.version import __version__
+from flops_fit.report.backtest import RULE_WORDS, band_summary
 from flops_fit.report.html_parts import (
     _e,
     _num,
@@ -57,6 +58,9 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "parametric": "Approach 3: contours of the fitted loss L(N, D), the runs, and the efficient frontier.",
     "residuals": "Residuals of each approach; a trend in them means the functional form misfits the data.",
     "envelope": "Approach 1: every run's loss curve against FLOPs and the lowest-loss envelope.",
+    "backtest": "Rolling back-test: each candidate's error (predicted / measured - 1 at measured optima; "
+    "hollow: the budget's lowest-loss run, not a bracketed minimum) against the extrapolation distance "
+    "C_target / C_k. The primary answer is judged right of the dotted line.",
 }
 
 _CSS = """
@@ -99,21 +103,19 @@ def _warnings_html(result: Result) -> str:
 
 def _laws_html(result: Result) -> str:
     cards = []
-    for name in result.fits:
+    for name in result.candidates:
         lines = "\n".join(result.law_lines(name))
         star = " (primary)" if name == result.primary else ""
-        cards.append(
-            f'<div class="card"><h3>{_e(APPROACH_LABELS[name] + star)}</h3><code>{_e(lines)}</code></div>'
-        )
+        cards.append(f'<div class="card"><h3>{_e(label(name) + star)}</h3><code>{_e(lines)}</code></div>')
     return '<div class="laws">' + "".join(cards) + "</div>"
 
 
 def _tables_html(result: Result) -> str:
     parts = [chinchilla_table_html(result.chinchilla_table())]
-    for name in result.fits:
+    for name in result.candidates:
         if name != result.primary:
             parts.append(
-                f"<details><summary>{_e(APPROACH_LABELS[name])}</summary>"
+                f"<details><summary>{_e(label(name))}</summary>"
                 f"{chinchilla_table_html(result.chinchilla_table(approach=name))}</details>"
             )
     return "".join(parts)
@@ -130,7 +132,7 @@ def _comparison_html(result: Result) -> str:
     }
     names = list(result.fits)
     rows = []
-    for q, label in (
+    for q, quantity in (
         ("a", "a (N_opt ∝ C^a)"),
         ("b", "b (D_opt ∝ C^b)"),
         ("N_opt", "N_opt"),
@@ -140,7 +142,7 @@ def _comparison_html(result: Result) -> str:
         part = cmp[cmp["quantity"] == q].set_index("approach")
         rows.append(
             [
-                label,
+                quantity,
                 *(
                     _with_ci(part.loc[n, "value"], part.loc[n, "lo"], part.loc[n, "hi"], fmts[q])
                     for n in names
@@ -151,27 +153,74 @@ def _comparison_html(result: Result) -> str:
         f'<p class="note">N_opt, D_opt and L_opt at the largest observed budget, C = {_e(sci(cmp.attrs["compute_budget"]))} '
         "FLOPs; 95% intervals in brackets. Approaches whose intervals do not overlap are listed under Warnings.</p>"
     )
-    return _table(["", *(APPROACH_LABELS[n] for n in names)], rows, left=(0,)) + note
+    return _table(["", *(label(n) for n in names)], rows, left=(0,)) + note
 
 
-def _backtest_html(result: Result, run: bool) -> str:
+def _backtest_table(result: Result, run: bool) -> tuple[pd.DataFrame | None, str]:
+    """The back-test the report shows: the Result's own, else one run here when asked (the Result is left
+    as it is); with a note when there is none."""
     table = result.last_backtest
     if table is None and run:
         try:
             table = result.backtest()
         except ValueError as exc:
-            return f'<p class="note">Not run: {_e(exc)}</p>'
+            return None, f'<p class="note">Not run: {_e(exc)}</p>'
     if table is None:
-        return '<p class="note">Not run (call result.backtest() or write the report with backtest=True).</p>'
+        return (
+            None,
+            '<p class="note">Not run (call result.backtest() or write the report with backtest=True).</p>',
+        )
+    return table, ""
+
+
+def _backtest_html(result: Result, table: pd.DataFrame | None, note: str) -> str:
+    """The back-test section: how the primary answer was chosen, and each candidate's error by distance."""
+    chosen = f"<p><b>Primary: {_e(label(result.primary))}</b>, chosen {_e(RULE_WORDS.get(result.selection.rule, ''))}: {_e(result.selection.reason)}.</p>"
+    if table is None:
+        return chosen + note
     if table.empty:
-        return '<p class="note">No approach to back-test.</p>'
+        return chosen + '<p class="note">No candidate to back-test.</p>'
+    if "distance" not in table.columns:
+        return chosen + _single_holdout_html(table)
+    rows, classes = [], []
+    for r in band_summary(table).itertuples(index=False):
+        rows.append(
+            [label(r.approach), r.band, r.n_optimum, r.n_bracketed, _pct(r.params_error, 1),
+             _pct(r.loss_error, 2), _pct(r.runs_loss_error, 2), r.failed or ""]
+        )  # fmt: skip
+        classes.append("notdone" if r.failed and not r.n_optimum else "")
+    head = (
+        f'<p class="note">Rolling origin: each candidate refitted on the budgets up to each of '
+        f"{table['origin_budget'].nunique()} origin(s) C_k (the third budget on) and asked for every later "
+        "budget C_target; errors are mean |ln(predicted / measured)| by distance C_target / C_k. The measured "
+        "optimum is the budget's IsoFLOP minimum where its profile brackets one (else its lowest-loss run); "
+        "Approach 3 is also checked on the loss of every later run. This is the honest test of extrapolation: "
+        "the intervals of the full fit are only as good as this check.</p>"
+    )
+    headers = [
+        "",
+        "Distance",
+        "Optima",
+        "at IsoFLOP minima",
+        "N_opt error",
+        "L_opt error",
+        "Run-loss error",
+        "Failed",
+    ]
+    return chosen + head + _table(headers, rows, left=(0, 1), cls=classes)
+
+
+def _pct(x: float, digits: int) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.{digits}%}"
+
+
+def _single_holdout_html(table: pd.DataFrame) -> str:
+    """A back-test table saved before the rolling back-test: one held-out budget per approach."""
     first = table.iloc[0]
     rows, classes = [], []
     for r in table.itertuples(index=False):
         if isinstance(r.error, str) and r.error:
-            rows.append(
-                [APPROACH_LABELS[r.approach], "could not be refitted: " + r.error, "", "", "", "", ""]
-            )
+            rows.append([label(r.approach), "could not be refitted: " + r.error, "", "", "", "", ""])
             classes.append("notdone")
             continue
 
@@ -180,7 +229,7 @@ def _backtest_html(result: Result, run: bool) -> str:
 
         rows.append(
             [
-                APPROACH_LABELS[r.approach],
+                label(r.approach),
                 _with_ci(r.predicted_params, r.predicted_params_lo, r.predicted_params_hi, human),
                 human(r.measured_params),
                 f"{r.params_rel_error:+.1%} (in CI: {inside(r.params_within_ci)})",
@@ -193,8 +242,7 @@ def _backtest_html(result: Result, run: bool) -> str:
     head = (
         f'<p class="note">Each approach refitted on the {int(first.fit_budgets)} budgets below '
         f"C = {_e(sci(first.held_out_budget))} FLOPs (the largest budget with a bracketed IsoFLOP profile) and "
-        f"asked for the optimum there. Measured: {_e(first.measured_from)}. This is the honest test of "
-        "extrapolation: the intervals of the full fit are only as good as this check.</p>"
+        f"asked for the optimum there. Measured: {_e(first.measured_from)}.</p>"
     )
     headers = [
         "",
@@ -316,7 +364,7 @@ def render_report(
     """The report of ``result`` as one HTML document (a string); :func:`write_report` saves it.
 
     ``backtest=True`` runs :meth:`Result.backtest` when the Result carries no back-test (a refit of every
-    approach without the largest budget; skipped with a note below 3 budgets); the Result is not changed.
+    candidate at every origin; skipped with a note below 4 budgets); the Result is not changed.
     ``figures`` maps figure names to PNG bytes already drawn (e.g. the files of :meth:`Result.save`);
     default: drawn here.
     """
@@ -327,8 +375,10 @@ def render_report(
     done = ", ".join(f"{int(status[s])} {s}" for s in ("completed", "failed", "diverged") if s in status)
     boot = int(result.fit_options.get("bootstrap", 0))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    figures_html = _figures_html(result, figures)
-    backtest_html = _backtest_html(result, backtest)  # run here when asked; the Result is left as it is
+    table, note = _backtest_table(result, backtest)  # run here when asked; the Result is left as it is
+    shown = result.with_backtest(table) if table is not None and result.backtest_table is None else result
+    figures_html = _figures_html(shown, figures)
+    backtest_html = _backtest_html(result, table, note)
     sections = [
         ("warnings", "Warnings and flags", _warnings_html(result)),
         ("laws", "Fitted laws (95% intervals)", _laws_html(result)),
@@ -336,16 +386,17 @@ def render_report(
     if len(result.fits) > 1:
         sections.append(("comparison", "Approaches side by side", _comparison_html(result)))
     sections += [
-        ("table", f"Chinchilla table ({APPROACH_LABELS[result.primary]})", _tables_html(result)),
-        ("backtest", "Back-test: predict a held-out budget from the smaller ones", backtest_html),
+        ("table", f"Chinchilla table ({label(result.primary)})", _tables_html(result)),
+        ("backtest", "Back-test: predict later budgets from the smaller ones", backtest_html),
         ("figures", "Figures", figures_html),
     ]
     body = [
         f"<header><h1>{_e(title)}</h1>",
         f'<p class="meta">{_e(len(result.runs))} runs ({_e(done)}) at {_e(len(b))} compute budgets from '
-        f"{_e(sci(b[0]))} to {_e(sci(b[-1]))} FLOPs · primary: {_e(APPROACH_LABELS[result.primary])} · intervals: "
+        f"{_e(sci(b[0]))} to {_e(sci(b[-1]))} FLOPs · primary: {_e(label(result.primary))} · intervals: "
         + _e(f"{boot} bootstrap resamples" if boot else "regression-based (no bootstrap)")
         + f" · flops-fit {_e(_version())} · {_e(stamp)}</p>",
+        f'<p class="meta">Design: {_e(result.layout.describe())}</p>',
         "<nav>"
         + "".join(f'<a href="#{k}">{_e(t.split(" (")[0])}</a>' for k, t, _ in sections)
         + '<a href="#excluded">Excluded runs</a><a href="#runs">Runs</a></nav></header>',
@@ -435,7 +486,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"directory holding {sweepdir.SCALING_LAWS_FILE} (from Result.save, find_optimal, flops-fit analyze)",
     )
     parser.add_argument("-o", "--output", help=f"HTML file to write (default: DIR/{REPORT_FILE})")
-    parser.add_argument("--no-backtest", action="store_true", help="do not refit without the largest budget")
+    parser.add_argument("--no-backtest", action="store_true", help="do not run the rolling back-test")
     parser.add_argument("--title", help="title of the report")
     parser.set_defaults(func=cmd_report)
     return parser

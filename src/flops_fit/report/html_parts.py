@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from flops_fit.analysis.approaches import APPROACH_LABELS
+from flops_fit.analysis.approaches import label
 from flops_fit.analysis.table import human, sci
 from flops_fit.report.view import ResultView
 
@@ -72,10 +72,10 @@ def chinchilla_table_html(table: pd.DataFrame) -> str:
 def result_html_fragment(result: ResultView) -> str:
     """A compact HTML view of ``result`` for notebooks (``Result._repr_html_``): laws, table, warnings."""
     laws = "".join(
-        f"<li><b>{_e(APPROACH_LABELS[n])}</b>{' (primary)' if n == result.primary else ''}: "
+        f"<li><b>{_e(label(n))}</b>{' (primary)' if n == result.primary else ''}: "
         + "; ".join(_e(line) for line in result.law_lines(n))
         + "</li>"
-        for n in result.fits
+        for n in result.candidates
     )
     notes = result.warnings
     warn = (

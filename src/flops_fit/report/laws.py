@@ -64,7 +64,8 @@ class ScalingAnalysis:
     ``to_dict`` writes them); a DataFrame is accepted too, and :attr:`optimal_points_frame` gives the
     points as a DataFrame. ``optimal_ratio``: median D/N
     (tokens per parameter) at those points (NaN when unknown). ``fits``: every approach that was fitted, by
-    name.
+    name. ``approach``: the primary approach, or a variant (e.g. ``"parametric:alpha=beta"``) whose fit is
+    then in ``fits`` under that name too.
     """
 
     n_opt_fit: PowerLawFit

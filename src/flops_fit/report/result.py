@@ -3,8 +3,10 @@
 A :class:`Result` holds the runs table (:mod:`flops_fit.core.runs`) and the fitted approaches (Hoffmann et al.
 2022: Approach 1 ``envelope``, 2 ``isoflop``, 3 ``parametric``). It predicts the compute-optimal model size
 N (parameters), data D (tokens) and loss at any budget C (FLOPs) with 95% intervals, tabulates them, draws
-the figures, back-tests the extrapolation on the largest budget, calls out approaches that disagree beyond
-their intervals, and saves to / loads from a folder of JSON, CSV, Markdown and image files (no pickle).
+the figures, says what design the runs come from (:attr:`Result.layout`), back-tests the extrapolation of
+every candidate with a rolling origin and lets that choose the primary answer (:attr:`Result.selection`),
+calls out approaches that disagree beyond their intervals, and saves to / loads from a folder of JSON, CSV,
+Markdown and image files (no pickle).
 
 A Result never changes: :meth:`backtest` returns its table, and :meth:`with_backtest` a new Result that
 carries one into :meth:`summary`, :meth:`save` and the report. The diagnostics live in
@@ -30,16 +32,20 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis.approaches import (
-    APPROACH_LABELS,
     APPROACHES,
     FIT_TYPES,
-    PRIMARY_ORDER,
+    VARIANTS,
     Fit,
+    available_variants,
+    base_approach,
+    label,
     resolve_approaches,
+    run_approach,
     run_approaches,
 )
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.isoflop import IsoFLOPFit
+from flops_fit.analysis.layout import Layout, classify_runs
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.analysis.table import chinchilla_table as _chinchilla_table
 from flops_fit.analysis.table import to_latex, to_markdown
@@ -59,6 +65,7 @@ from flops_fit.core.validate import (
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report import backtest as _backtest
 from flops_fit.report import diagnostics
+from flops_fit.report.backtest import Selection, choose_primary
 from flops_fit.report.diagnostics import SIX_ND_RTOL, ci_pair, exponent_ci, fmt, fmt_ci
 from flops_fit.report.folder import RESULT_VERSION, read_result, runs_to_records, write_result
 from flops_fit.report.html_parts import result_html_fragment
@@ -119,6 +126,60 @@ def _canonical_fits(fits: Any) -> dict[str, Fit]:
     return {name: out[name] for name in APPROACHES if name in out}
 
 
+def _variant_fits(variants: Any) -> dict[str, Fit]:
+    """``variants`` checked: variant names of :data:`VARIANTS` (not the approaches themselves) to fits of
+    their approach's type."""
+    if not isinstance(variants, Mapping):
+        raise TypeError(f"variants must be a mapping of variant name to fit, got {type(variants).__name__}")
+    for key, fit in variants.items():
+        if key not in VARIANTS or VARIANTS[key].approach == key:
+            known = [v for v in VARIANTS if VARIANTS[v].approach != v]
+            raise ValueError(
+                f"variants has unknown variant {key!r}; use one of {known} (approaches go in fits)"
+            )
+        kind = FIT_TYPES[VARIANTS[key].approach]
+        if not isinstance(fit, kind):
+            raise TypeError(f"variants[{key!r}] must be a {kind.__name__}, got {type(fit).__name__}")
+    return dict(variants)
+
+
+def _fit_variants(fits: Mapping[str, Fit], runs: pd.DataFrame, options: dict[str, Any]) -> dict[str, Fit]:
+    """The variants of the fitted approaches that the installed fit functions accept, each fitted the way
+    the approaches were; one that cannot be fitted is left out (logged). An Approach 3 variant starts from
+    its approach's optimum, and from the whole start grid when that fit is not sound (unconverged,
+    degenerate or E collapsed): on Porian et al.'s 15 configurations, Chinchilla, Marin, the (Mis)Fitting
+    grid and the OLMo ladder this finds the whole grid's alpha = beta optimum every time, 3x faster."""
+    out: dict[str, Fit] = {}
+    for name in available_variants(fits):
+        warm = _backtest.warm_grid(fits[base_approach(name)], spread=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the approach's own fit has warned about the data already
+                fit = run_approach(
+                    name, runs, **options, options=None if warm is None else {"init_grid": warm}
+                )
+                if warm is not None and not _backtest.sound(fit):
+                    fit = run_approach(name, runs, **options)
+            out[name] = fit
+        except ValueError as exc:
+            logger.info("variant %s not fitted: %s", name, exc)
+    return out
+
+
+def _choose(
+    runs: pd.DataFrame, candidates: Mapping[str, Fit], rtol: float, exclude: bool, seed: int
+) -> tuple[pd.DataFrame | None, Selection]:
+    """The rolling back-test of ``candidates`` on ``runs`` (None when there are too few budgets) and the
+    primary answer it chooses."""
+    usable = runs[usable_mask(runs)].reset_index(drop=True)
+    design = classify_runs(usable, rtol).design
+    try:
+        table = _backtest.rolling_backtest(usable, candidates, budget_rtol=rtol, exclude=exclude, seed=seed)
+    except ValueError as exc:
+        return None, choose_primary(None, list(candidates), design, no_table=str(exc))
+    return table, choose_primary(table, list(candidates), design)
+
+
 @dataclass(frozen=True, eq=False)
 class Result:
     """Runs, fits and everything derived from them.
@@ -128,8 +189,9 @@ class Result:
         fits: fitted approaches by name (``"envelope"``, ``"isoflop"``, ``"parametric"``), any subset.
         plan: the :class:`~flops_fit.plan.sweep.SweepPlan` the runs came from; with a model spec,
             :meth:`predict` also names the size value of your model closest to N_opt.
-        primary: the approach :meth:`predict` and the table use by default (default: isoflop if fitted,
-            else parametric, else envelope).
+        primary: the approach or variant :meth:`predict` and the table use by default (default: the one
+            ``selection`` names, else the first fitted in the order of the runs' design: Approach 2, 3, 1
+            for an IsoFLOP sweep, 3, 1, 2 otherwise; :meth:`from_runs` chooses by back-test).
         output_dir: where :meth:`save` and the report write when given no directory.
         budget_rtol: budgets within this relative distance are one budget (default: the IsoFLOP fit's).
         skipped: approaches that were asked for but could not be fitted, with the reason.
@@ -139,6 +201,9 @@ class Result:
             the report (see :meth:`with_backtest`; :meth:`load` restores a saved one).
         trust_plan: whether :meth:`predict` may import the plan's model class to name the closest size
             (:meth:`load` sets False unless asked, so loading a result someone sent you runs no code).
+        variants: further candidates by variant name (``"isoflop:shared"``, ``"parametric:alpha=beta"``,
+            see :data:`flops_fit.analysis.approaches.VARIANTS`); any may be primary.
+        selection: why the primary answer is primary (:class:`~flops_fit.report.backtest.Selection`).
 
     ``warnings`` lists what a careful reader should check: approaches that disagree beyond their 95%
     intervals, flagged IsoFLOP budgets, excluded outliers, runs that did not complete, degenerate fits.
@@ -156,6 +221,8 @@ class Result:
     fit_options: Mapping[str, Any] = field(default_factory=dict)
     backtest_table: pd.DataFrame | None = field(default=None, repr=False)
     trust_plan: bool = True
+    variants: Mapping[str, Fit] = field(default_factory=dict)
+    selection: Selection | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -165,7 +232,7 @@ class Result:
             why = "; ".join(f"{k}: {v}" for k, v in self.skipped.items()) or "none given"
             raise ValueError(f"a Result needs at least one fitted approach ({why})")
         set_(self, "fits", MappingProxyType(dict(fits)))  # read-only: a Result never changes
-        set_(self, "primary", self._primary_of(fits))
+        set_(self, "variants", MappingProxyType(_variant_fits(self.variants)))
         check("plan", self.plan, Nullable(Instance(SweepPlan)))
         if self.output_dir is not None:
             set_(self, "output_dir", Path(self.output_dir))
@@ -181,22 +248,52 @@ class Result:
         set_(self, "trust_plan", check("trust_plan", self.trust_plan, Flag()))
         if not usable_mask(self.runs).any():
             raise ValueError("runs holds no completed run with positive finite C, N, D and loss")
+        set_(self, "selection", self._selection_of())
+        set_(self, "primary", self.selection.primary)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle and deep-copy through the constructor (the read-only mappings are given as plain dicts)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("fits", "skipped", "fit_options"):
+        for name in ("fits", "skipped", "fit_options", "variants"):
             values[name] = dict(values[name])
         return (_rebuild, (type(self), values))
 
-    def _primary_of(self, fits: Mapping[str, Fit]) -> str:
-        """The canonical name of the primary approach: the one asked for, else the first of PRIMARY_ORDER."""
-        if self.primary is None:
-            return next(n for n in PRIMARY_ORDER if n in fits)
-        (primary,) = resolve_approaches(self.primary)
-        if primary not in fits:
-            raise ValueError(f"primary={self.primary!r} was not fitted; choose one of {list(fits)}")
-        return primary
+    def _candidate_name(self, name: str, what: str) -> str:
+        """The canonical name of a fitted approach or variant, or a ValueError naming ``what``."""
+        if name in self.variants:
+            return name
+        (canonical,) = resolve_approaches(name)
+        if canonical not in self.fits:
+            why = f" ({self.skipped[canonical]})" if canonical in self.skipped else ""
+            raise ValueError(f"{what}={name!r} was not fitted{why}; choose one of {list(self.candidates)}")
+        return canonical
+
+    def _selection_of(self) -> Selection:
+        """The primary answer and why: the one asked for, else the given selection's, else the first fitted
+        in the order of the runs' design (no back-test is run here)."""
+        sel = check("selection", self.selection, Nullable(Instance(Selection)))
+        if self.primary is not None:
+            primary = self._candidate_name(str(self.primary), "primary")
+            if sel is not None and sel.primary == primary:
+                return sel
+            return Selection(primary, "asked", f"{label(primary)}, as given (primary={self.primary!r})")
+        if sel is not None:
+            self._candidate_name(sel.primary, "selection.primary")
+            return sel
+        return choose_primary(
+            None, list(self.candidates), self.layout.design, no_table="no back-test was run"
+        )
+
+    @property
+    def candidates(self) -> dict[str, Fit]:
+        """Every fitted answer by name: the approaches (:attr:`fits`) and their :attr:`variants`."""
+        return {**self.fits, **self.variants}
+
+    @cached_property
+    def layout(self) -> Layout:
+        """The design of the usable runs (IsoFLOP sweep, grid, ...; :mod:`flops_fit.analysis.layout`)."""
+        assert self.budget_rtol is not None
+        return classify_runs(self.usable_runs, self.budget_rtol)
 
     # ------------------------------------------------------------------------------------------------
     # Construction
@@ -214,26 +311,40 @@ class Result:
         primary: str | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         budget_rtol: float | None = None,
+        variants: bool | None = None,
     ) -> Result:
         """Fit ``approach`` (a name, a list, or ``"all"``) to ``runs`` (a table or a results file).
 
         ``bootstrap=B`` gives 95% percentile intervals from B resamples (seeded by ``seed``). With more
-        than one approach requested, one the data cannot support (no loss curves for Approach 1, too few
-        budgets, ...) is skipped and the reason kept in :attr:`skipped` and :attr:`warnings`; a single
-        requested approach that fails raises its ValueError. ``budget_rtol``: budgets within this relative
-        distance are one budget (default: the fits' own, 5%).
+        than one approach requested, one the data cannot support (no loss curves for Approach 1, no designed
+        IsoFLOP profiles for Approach 2, too few budgets, ...) is skipped and the reason kept in
+        :attr:`skipped` and :attr:`warnings`; a single requested approach that fails raises its ValueError.
+        ``budget_rtol``: budgets within this relative distance are one budget (default: the fits' own, 5%).
+
+        Unless ``primary`` names one, the primary answer is chosen by evidence: every fitted candidate (the
+        approaches, and with ``variants`` their variants the installed fit functions accept; default: when
+        more than one approach is requested and ``primary`` is not given) goes through the rolling back-test (no bootstrap), which the
+        Result carries, and :func:`~flops_fit.report.backtest.choose_primary` picks the one that
+        extrapolated best; :attr:`selection` says why.
         """
         names = resolve_approaches(approach)
         bootstrap, seed = check_bootstrap(bootstrap), check_seed(seed)
         exclude_outliers = check_flag("exclude_outliers", exclude_outliers)
-        rtol = {} if budget_rtol is None else {"budget_rtol": check_budget_rtol(budget_rtol)}
+        variants = check("variants", variants, Nullable(Flag()))
+        rtol = DEFAULT_BUDGET_RTOL if budget_rtol is None else check_budget_rtol(budget_rtol)
         if isinstance(runs, (str, os.PathLike)):
             runs = load_runs(runs)
         runs = validate_runs(runs)
-        fits, skipped = run_approaches(
-            names, runs, bootstrap=bootstrap, seed=seed, exclude=exclude_outliers, **rtol
+        options = {"bootstrap": bootstrap, "seed": seed, "exclude": exclude_outliers, "budget_rtol": rtol}
+        fits, skipped = run_approaches(names, runs, **options)
+        extra = (
+            _fit_variants(fits, runs, options)
+            if (len(names) > 1 and primary is None if variants is None else variants)
+            else {}
         )
-        options = {"bootstrap": bootstrap, "seed": seed, "exclude_outliers": exclude_outliers}
+        table, selection = None, None
+        if primary is None and len(fits) + len(extra) > 1:
+            table, selection = _choose(runs, {**fits, **extra}, rtol, exclude_outliers, seed)
         return cls(
             runs,
             fits,
@@ -242,7 +353,10 @@ class Result:
             output_dir=output_dir,
             budget_rtol=budget_rtol,
             skipped=skipped,
-            fit_options=options,
+            fit_options={"bootstrap": bootstrap, "seed": seed, "exclude_outliers": exclude_outliers},
+            backtest_table=table,
+            variants=extra,
+            selection=selection,
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -251,7 +365,9 @@ class Result:
     def _fit(self, approach: str | None) -> tuple[str, Fit]:
         if approach is None:
             assert self.primary is not None
-            return self.primary, self.fits[self.primary]
+            return self.primary, self.candidates[self.primary]
+        if isinstance(approach, str) and approach in self.variants:
+            return approach, self.variants[approach]
         names = resolve_approaches(approach)
         if len(names) != 1:
             raise ValueError(
@@ -356,15 +472,14 @@ class Result:
         """Every fitted approach's table (default budgets: see :meth:`chinchilla_table`): the text of
         ``chinchilla_table.md``."""
         tables = [
-            f"## {APPROACH_LABELS[name]}\n\n{self.table_markdown(budgets, approach=name)}\n"
-            for name in self.fits
+            f"## {label(name)}\n\n{self.table_markdown(budgets, approach=name)}\n" for name in self.candidates
         ]
         return "# Compute-optimal allocation (95% intervals)\n\n" + "\n".join(tables)
 
     def table_latex(self, budgets: Sequence[float] | None = None, approach: str | None = None) -> str:
         """:meth:`chinchilla_table` as a booktabs LaTeX table."""
         name, _ = self._fit(approach)
-        caption = f"Compute-optimal model size and data ({APPROACH_LABELS[name]}; 95% intervals in brackets)."
+        caption = f"Compute-optimal model size and data ({label(name)}; 95% intervals in brackets)."
         return to_latex(self.chinchilla_table(budgets, approach), caption=caption)
 
     # ------------------------------------------------------------------------------------------------
@@ -396,16 +511,20 @@ class Result:
     # Back-test
 
     def backtest(self, *, bootstrap: int | None = None, seed: int | None = None) -> pd.DataFrame:
-        """Refit every approach without the largest budget and check its prediction there.
+        """The rolling-origin back-test of every candidate (:attr:`candidates`): how well each extrapolates.
 
-        The held-out budget is the largest one whose IsoFLOP profile brackets a minimum (a parabola
-        vertex, as Approach 2 finds it): that minimum is the measured optimum, and every run at that budget
-        or above is left out of the refit, so the check is a true extrapolation. When no budget above the
-        two smallest has a bracketed profile, the largest budget is held out and its lowest-loss run stands
-        in for the optimum (``measured_from`` says which). One row per approach: predicted and measured
-        N_opt and L_opt, relative errors (predicted / measured - 1), whether the measured value lies in the
-        predicted 95% interval (None without one), and ``error`` when the approach could not be refitted.
-        ``bootstrap``/``seed`` default to :attr:`fit_options`. Needs usable runs at 3 or more budgets.
+        For each origin C_k from the third budget on (at most 6 origins), every candidate is refitted on the
+        runs at or below C_k and asked for each later budget C_target: one ``kind == "optimum"`` row per
+        (candidate, origin, target) with predicted and measured N_opt, D_opt and L_opt, ``*_log_error`` =
+        ln(predicted / measured), ``*_rel_error`` = predicted / measured - 1, whether the measurement lies in
+        the 95% interval (None without one) and the ``distance`` C_target / C_k. The measured optimum is
+        the budget's IsoFLOP vertex where its profile brackets a minimum, else its lowest-loss run
+        (``measured_from`` says which). Approach 3 also gets ``kind == "runs"`` rows: the mean
+        |ln(predicted / measured)| of the loss of the runs at each later budget. Budgets are the designed
+        IsoFLOP profiles (:attr:`layout`); runs without any (a checkpoint grid) are cut into levels a factor
+        2 apart and give ``runs`` rows only. ``error`` says why a refit failed. Refits start from the full
+        fit (Approach 3) and run without bootstrap unless ``bootstrap`` asks for intervals; ``seed``
+        defaults to :attr:`fit_options`'. Needs usable runs at 4 or more budgets.
 
         The Result is left as it is; :meth:`with_backtest` gives one that carries the table.
         """
@@ -460,16 +579,19 @@ class Result:
         done = ", ".join(f"{int(status[s])} {s}" for s in ("completed", "failed", "diverged") if s in status)
         b = self.budgets
         boot = int(self.fit_options.get("bootstrap", 0))
+        assert self.selection is not None
         lines = [
             f"flops-fit result: {len(runs)} runs ({done}) at {len(b)} compute budget(s), "
             f"{b[0]:.3g} to {b[-1]:.3g} FLOPs",
-            f"Primary approach: {APPROACH_LABELS[self.primary]}. Intervals: 95%, "
+            f"Design: {self.layout.describe()}",
+            f"Primary approach: {label(self.primary)}. Intervals: 95%, "
             + (f"{boot} bootstrap resamples" if boot else "regression-based where available (no bootstrap)"),
+            f"  chosen {_backtest.RULE_WORDS.get(self.selection.rule, '')}: {self.selection.reason}",
             "",
             "Laws (N in parameters, D in tokens, C in FLOPs):",
         ]
-        for name in self.fits:
-            lines.append(f"  {APPROACH_LABELS[name]}")
+        for name in self.candidates:
+            lines.append(f"  {label(name)}")
             lines += [f"    {line}" for line in self.law_lines(name)]
         if len(self.fits) > 1:
             cmp = self.compare_approaches()
@@ -480,7 +602,7 @@ class Result:
                     f"{r.approach} {fmt_ci(r.value, r.lo, r.hi, 3)}" for r in part.itertuples(index=False)
                 ]
                 lines.append(f"  {q}: " + "; ".join(cells))
-        lines += ["", f"Chinchilla table ({APPROACH_LABELS[self.primary]}):", self.table_markdown()]
+        lines += ["", f"Chinchilla table ({label(self.primary)}):", self.table_markdown()]
         backtest = _backtest.backtest_lines(self.backtest_table)
         if backtest:
             lines += ["", *backtest]
@@ -518,7 +640,11 @@ class Result:
         from flops_fit.report.plots import ScalingVisualizer  # matplotlib only when figures are drawn
 
         viz = ScalingVisualizer(
-            self.runs, self.fits, budget_rtol=self.budget_rtol, target_budgets=target_budgets
+            self.runs,
+            self.fits,
+            budget_rtol=self.budget_rtol,
+            target_budgets=target_budgets,
+            backtest=self.backtest_table,
         )
         figures = {name: viz.figure(name) for name in viz.available_figures()}
         if save_dir is not None:
@@ -537,7 +663,8 @@ class Result:
     def to_analysis(self) -> ScalingAnalysis:
         """The primary approach's laws and the per-budget optima as a :class:`ScalingAnalysis`."""
         assert self.primary is not None and self.budget_rtol is not None
-        return ScalingAnalysis.of(self.fits, self.primary, self.runs, self.usable_runs, self.budget_rtol)
+        fits = {**self.fits, self.primary: self.candidates[self.primary]}  # a variant primary rides along
+        return ScalingAnalysis.of(fits, self.primary, self.runs, self.usable_runs, self.budget_rtol)
 
     def save(
         self,
@@ -586,9 +713,12 @@ class Result:
         trust_plan = check_flag("trust_plan", trust_plan)
         saved = read_result(directory, runs)
         meta, analysis = saved.meta, saved.analysis
+        fits = {k: f for k, f in analysis.fits.items() if k not in VARIANTS or VARIANTS[k].approach == k}
         return cls(
             saved.runs,
-            analysis.fits,
+            fits,
+            variants={**{k: f for k, f in analysis.fits.items() if k not in fits}, **saved.variants},
+            selection=saved.selection,
             plan=saved.plan,
             primary=meta.get("primary", analysis.approach),
             output_dir=Path(directory),

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from flops_fit.analysis.approaches import Fit
+from flops_fit.analysis.layout import Layout
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.laws import ScalingAnalysis
 
@@ -28,6 +29,14 @@ class ResultView(Protocol):
     budget_rtol: float | None
     skipped: Mapping[str, str]
     fit_options: Mapping[str, Any]
+    variants: Mapping[str, Fit]
+    selection: Any
+
+    @property
+    def candidates(self) -> dict[str, Fit]: ...
+
+    @property
+    def layout(self) -> Layout: ...
 
     @property
     def usable_runs(self) -> pd.DataFrame: ...

@@ -1,10 +1,11 @@
-"""Figures of a scaling-law analysis: IsoFLOP profiles, compute-optimal laws, L(N, D), residuals, envelope.
+"""Figures of a scaling-law analysis: IsoFLOP profiles, compute-optimal laws, L(N, D), residuals, envelope,
+back-test.
 
 :class:`ScalingVisualizer` takes the runs table (:mod:`flops_fit.core.runs`) and the fitted approaches
 (``EnvelopeFit``, ``IsoFLOPFit``, ``ParametricFit``), builds one :class:`~.context.PlotContext` from them
 and draws each figure from it as a standalone :class:`matplotlib.figure.Figure` (no pyplot, so no global
 figure state). One module per figure (:mod:`.isoflop`, :mod:`.optimal`, :mod:`.parametric`,
-:mod:`.residuals`, :mod:`.envelope`), each with a ``draw(context)``; the look of all of them is
+:mod:`.residuals`, :mod:`.envelope`, :mod:`.backtest`), each with a ``draw(context)``; the look of all of them is
 :mod:`.style`. Units: C in FLOPs, N in parameters, D in tokens, loss as given by the runs (nats for
 cross-entropy).
 
@@ -26,7 +27,7 @@ from matplotlib.figure import Figure
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.core.validate import POSITIVE, check
-from flops_fit.report.plots import envelope, isoflop, optimal, parametric, residuals
+from flops_fit.report.plots import backtest, envelope, isoflop, optimal, parametric, residuals
 from flops_fit.report.plots.context import EXTRAPOLATION_FACTOR, Curve, PlotContext
 from flops_fit.report.plots.files import check_formats, read_analysis, save_atomic
 from flops_fit.report.plots.parametric import MAX_ISOFLOP_LINES, N_CONTOUR_LEVELS
@@ -65,6 +66,7 @@ DRAW: dict[str, Callable[[PlotContext], Figure]] = {
     "parametric": parametric.draw,
     "residuals": residuals.draw,
     "envelope": envelope.draw,
+    "backtest": backtest.draw,
 }
 #: Every figure, in the order :meth:`ScalingVisualizer.save_all` writes them (file ``<name>.<format>``).
 FIGURES: tuple[str, ...] = tuple(DRAW)
@@ -80,6 +82,7 @@ class ScalingVisualizer:
         budget_rtol: budgets within this relative distance form one bucket
             (:func:`~flops_fit.analysis.bucketing.bucket_budgets`); use the value the fits used.
         target_budgets: compute budgets (FLOPs) to mark on the laws, e.g. the run you are planning.
+        backtest: a rolling back-test table (:meth:`Result.backtest`) for the ``backtest`` figure.
 
     Each ``plot_*`` method returns a new :class:`~matplotlib.figure.Figure`; :meth:`save_all` writes every
     figure whose fit is present.
@@ -92,10 +95,13 @@ class ScalingVisualizer:
         *,
         budget_rtol: float = DEFAULT_BUDGET_RTOL,
         target_budgets: Iterable[float] | float | None = None,
+        backtest: pd.DataFrame | None = None,
     ) -> None:
         # bucket_budgets as this package names it: the one grouping rule, replaceable in one place
         #: What every figure is drawn from.
-        self.context = PlotContext.build(runs, fits, budget_rtol, target_budgets, group=bucket_budgets)
+        self.context = PlotContext.build(
+            runs, fits, budget_rtol, target_budgets, group=bucket_budgets, backtest=backtest
+        )
 
     @classmethod
     def from_files(
@@ -180,6 +186,10 @@ class ScalingVisualizer:
     def plot_envelope(self) -> Figure:
         """Every run's loss curve, the envelope of Approach 1 and its L_opt(C) (see :mod:`.envelope`)."""
         return self.figure("envelope")
+
+    def plot_backtest(self) -> Figure:
+        """Each candidate's back-test error against extrapolation distance (see :mod:`.backtest`)."""
+        return self.figure("backtest")
 
     def save_all(
         self,

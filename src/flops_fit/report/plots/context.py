@@ -58,7 +58,8 @@ class Curve(NamedTuple):
 class PlotContext:
     """The inputs of every figure. ``runs``: the runs table as given (checked); ``points``: its completed
     runs with positive finite C, N, D and loss, with their budget ``bucket``; ``budgets``: each bucket's
-    geometric-mean budget (FLOPs), increasing; ``curves``: the loss curves of the points that have one."""
+    geometric-mean budget (FLOPs), increasing; ``curves``: the loss curves of the points that have one; ``backtest``: a
+    rolling back-test table, or None."""
 
     runs: pd.DataFrame
     points: pd.DataFrame
@@ -67,6 +68,7 @@ class PlotContext:
     target_budgets: tuple[float, ...]
     budgets: np.ndarray
     curves: tuple[Curve, ...]
+    backtest: pd.DataFrame | None = None
 
     @classmethod
     def build(
@@ -76,8 +78,10 @@ class PlotContext:
         budget_rtol: float,
         target_budgets: Iterable[float] | float | None,
         group: Grouping = bucket_budgets,
+        backtest: pd.DataFrame | None = None,
     ) -> PlotContext:
-        """Check the inputs and group the runs' budgets with ``group`` (the one bucketing rule)."""
+        """Check the inputs and group the runs' budgets with ``group`` (the one bucketing rule);
+        ``backtest``: a rolling back-test table, for the figure of that name."""
         fits = check_fits(fits)
         rtol = check_budget_rtol(budget_rtol)
         targets = check_targets(target_budgets)
@@ -86,7 +90,12 @@ class PlotContext:
         labels, centers = group(points["compute_budget"].to_numpy(float), rtol=rtol)
         points["bucket"] = labels
         _warn_if_grouped_unlike(fits, rtol)
-        return cls(runs, points, MappingProxyType(fits), rtol, targets, centers, read_curves(points))
+        if backtest is not None and not isinstance(backtest, pd.DataFrame):
+            raise TypeError(
+                f"backtest must be a back-test table (Result.backtest()), got {type(backtest).__name__}"
+            )
+        curves = read_curves(points)
+        return cls(runs, points, MappingProxyType(fits), rtol, targets, centers, curves, backtest)
 
     @property
     def n(self) -> np.ndarray:
@@ -112,6 +121,8 @@ class PlotContext:
             return "needs a fit"
         if name == "envelope" and not self.curves:
             return "needs loss curves in the runs table (column 'curve')"
+        if name == "backtest" and (self.backtest is None or "distance" not in self.backtest.columns):
+            return "needs a rolling back-test table (Result.with_backtest(), or backtest=result.backtest())"
         return None
 
     def excluded_mask(self, fit: Any) -> np.ndarray:

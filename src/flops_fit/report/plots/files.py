@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from flops_fit.analysis.approaches import fit_from_dict
+from flops_fit.analysis.approaches import FIT_TYPES, fit_from_dict
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.core.io import atomic_write
@@ -37,7 +37,8 @@ def read_analysis(
     if not Path(results_path).is_file():
         raise FileNotFoundError(f"results file {str(results_path)!r} does not exist")
     data = _read_laws(Path(scaling_laws_path))
-    fits = {name: fit_from_dict(d) for name, d in data["fits"].items()}
+    # a variant that was primary rides along under its own name (e.g. "parametric:alpha=beta"): not drawn
+    fits = {name: fit_from_dict(d) for name, d in data["fits"].items() if name in FIT_TYPES}
     if isinstance(data.get("run_ids"), list):  # exactly the runs the analysis read, whatever the plan
         runs = ScalingAnalysis.from_dict(data).runs_of(load_plan_runs(results_path, None, columns))
     else:

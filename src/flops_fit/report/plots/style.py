@@ -59,6 +59,7 @@ FIGURE_SIZE_IN: dict[str, tuple[float, float]] = {
     "parametric": (SINGLE_COLUMN_IN, 3.5),
     "residuals": (DOUBLE_COLUMN_IN, 2.5),
     "envelope": (SINGLE_COLUMN_IN, 2.9),
+    "backtest": (DOUBLE_COLUMN_IN, 2.7),
 }
 #: Dots per inch on screen and in saved raster files.
 DPI = 150
