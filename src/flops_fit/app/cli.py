@@ -17,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from flops_fit.app.console import UsageError, floats, guarded
+from flops_fit.app.console import PROGRESS_LOGGING, UsageError, configure_logging, floats, guarded
 from flops_fit.core.sweepdir import SweepDir
 
 logger = logging.getLogger("flops_fit")
@@ -647,7 +647,7 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
         dest="checkpoint_dir",
         help="checkpoints of experiments in flight (default DIR/checkpoints; shared storage on a cluster)",
     )
-    train.set_defaults(func=cmd_train)
+    train.set_defaults(func=cmd_train, **PROGRESS_LOGGING)
 
 
 def _add_analyze_and_plot_parsers(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
@@ -674,11 +674,11 @@ def _add_analyze_and_plot_parsers(sub_parser: Callable[[str, str, str], argparse
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
+    configure_logging(
+        [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+        library_level=getattr(args, "log_level", None),  # a subcommand's own default (the demo: INFO)
+        quiet=getattr(args, "quiet_loggers", ()),
     )
-    logging.captureWarnings(True)
     return guarded(f"flops-fit {args.command}", lambda: int(args.func(args)))
 
 

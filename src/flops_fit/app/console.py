@@ -1,10 +1,26 @@
 """Command-line plumbing shared by every front door (``flops-fit``, the stage commands, the example
-programs): the usage error, option parsing helpers and the guard that turns bad input into one line."""
+programs): the usage error, option parsing helpers, the guard that turns bad input into one line, and the
+log output (warnings of the library shown as one log line each)."""
 
 from __future__ import annotations
 
+import logging
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+#: The format of every log line a command writes: ``WARNING flops_fit: message``.
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+#: Log settings of a command that trains (its parser's ``set_defaults(**PROGRESS_LOGGING)``, read by
+#: ``flops-fit``): a line per experiment (start, end, sweep ETA) also when stderr is no terminal; the
+#: per-step lines of each run only with ``-v``.
+PROGRESS_LOGGING: dict[str, Any] = {
+    "log_level": logging.INFO,
+    "quiet_loggers": ("flops_fit.training.callbacks",),
+}
+#: The logger that shows ``warnings.warn`` messages of the library on the command line.
+WARNINGS_LOGGER = "flops_fit"
 
 
 class UsageError(ValueError):
@@ -35,3 +51,58 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler writing to whatever ``sys.stderr`` is at the time of each line, so lines logged while
+    a rich progress display holds the terminal go through its redirect and land above the bars."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
+def warnings_as_log_lines(logger_name: str = WARNINGS_LOGGER) -> None:
+    """Show every ``warnings.warn`` from here on as one WARNING log line of the logger ``logger_name``:
+    the message only (no file, line number or source line), each distinct message once.
+
+    The library keeps warning through :mod:`warnings` (callers of the Python API can filter or record them);
+    the commands call this so a user sees a clean line. The filters still decide what is shown.
+    """
+    logger = logging.getLogger(logger_name)
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        text = " ".join(str(message).split())  # one line, whatever the message's layout
+        if text not in seen:
+            seen.add(text)
+            logger.warning("%s", text)
+
+    warnings.showwarning = show
+
+
+def configure_logging(
+    level: int = logging.WARNING, *, library_level: int | None = None, quiet: Sequence[str] = ()
+) -> None:
+    """Log output of a command: lines of ``level`` and above on stderr (``LOG_FORMAT``), the library's own
+    loggers (``flops_fit.*``) from ``library_level`` when that is lower (the demo shows its progress lines
+    at INFO) except the ``quiet`` ones, which keep ``level`` (``-v`` shows them), and warnings as log
+    lines (:func:`warnings_as_log_lines`).
+
+    As :func:`logging.basicConfig`, a process whose root logger already has handlers (Hydra's, pytest's)
+    keeps its handlers and levels."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(level)
+        if library_level is not None and library_level < level:
+            logging.getLogger(WARNINGS_LOGGER).setLevel(library_level)
+            for name in quiet:
+                logging.getLogger(name).setLevel(level)
+    warnings_as_log_lines()

@@ -14,7 +14,8 @@ import inspect
 import logging
 import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from torch import nn
 from flops_fit.analysis.approaches import resolve_approaches
 from flops_fit.app.probe import Sample, check_six_nd, data_id, probe_loss
 from flops_fit.core.sweepdir import SweepDir
-from flops_fit.core.validate import Instance, Nullable, check, check_seed
+from flops_fit.core.validate import Instance, Nullable, check, check_bootstrap, check_seed
 from flops_fit.plan.planner import SweepPlanner, explicit_budgets
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.plan.sweep import SweepPlan
@@ -102,6 +103,7 @@ def find_optimal(
     executor: str | RayOptions = "local",
     train_config: TrainConfig | None = None,
     approach: str | Sequence[str] = "all",
+    bootstrap: int = 0,
     output_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     callbacks: Sequence[Any] = (),
@@ -123,25 +125,25 @@ def find_optimal(
     ``model_cls(**{model_size_param: v}, **model_kwargs)`` per budget, trains every point (``mode="local"``,
     or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
     the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
-    :class:`flops_fit.report.result.Result`. With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it
-    returns the :class:`~flops_fit.plan.sweep.SweepPlan` for inspection (``plan.summary()``, and
-    ``plan.estimate_cost()`` for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"``
-    (experiments one after another on this machine; multi-GPU through ``accelerate launch``/``torchrun``)
-    or ``"ray"`` (each experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see
-    docs/cluster.md): ``ray_address`` names the cluster (default ``RAY_ADDRESS``, else a local one),
-    ``resources`` what each experiment asks for in Ray resource names (default one GPU where the cluster
-    has GPUs, else one CPU) and ``max_retries`` how often an experiment whose worker died is re-run (it
-    resumes from its checkpoint in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be
-    storage all nodes share on a multi-node cluster); ``executor=RayOptions(address=..., resources=...,
-    max_retries=...)`` says the same in one object.
+    :class:`flops_fit.report.result.Result` (``bootstrap=B``: every approach refitted on B resamples, seeded
+    by ``seed``, for 95% intervals on all of them; 0: regression intervals where an approach has them).
+    With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it returns the
+    :class:`~flops_fit.plan.sweep.SweepPlan` for inspection (``plan.summary()``, and ``plan.estimate_cost()``
+    for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"`` (experiments one after
+    another on this machine; multi-GPU through ``accelerate launch``/``torchrun``) or ``"ray"`` (each
+    experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see docs/cluster.md):
+    ``ray_address`` names the cluster (default ``RAY_ADDRESS``, else a local one), ``resources`` what each
+    experiment asks for in Ray resource names (default one GPU where the cluster has GPUs, else one CPU)
+    and ``max_retries`` how often an experiment whose worker died is re-run (it resumes from its checkpoint
+    in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be storage all nodes share on a
+    multi-node cluster); ``executor=RayOptions(address=..., resources=..., max_retries=...)`` says the same.
     Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
-    runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (with a
-    warning).
+    runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (warned).
     Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
     """
 
     request = _checked_request(
-        compute_budgets, mode, seed, train, approach, train_config, output_dir, resume,
+        compute_budgets, mode, seed, train, (approach, bootstrap), train_config, output_dir, resume,
         _Training(
             mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks), api_url, token_env
         ),
@@ -205,6 +207,7 @@ class _Request:
 
     budgets: list[float]
     approaches: list[str]
+    bootstrap: int
     train_config: TrainConfig
     out: SweepDir
     train: bool
@@ -217,7 +220,7 @@ def _checked_request(
     mode: Any,
     seed: Any,
     train: bool,
-    approach: Any,
+    fitting: tuple[Any, Any],
     train_config: Any,
     output_dir: Any,
     resume: bool,
@@ -226,8 +229,9 @@ def _checked_request(
     options: Mapping[str, Any],
 ) -> _Request:
     """Every argument that needs no data, checked in the documented order (before anything is built);
-    ``options``: find_optimal's extra keywords."""
+    ``fitting``: the approach(es) and bootstrap resamples; ``options``: find_optimal's extra keywords."""
     budgets = _check_budgets(compute_budgets)
+    approach, bootstrap = fitting
     _check_choice("mode", mode, MODES)
     ex = execution
     _check_choice("executor", ex.executor, EXECUTORS)
@@ -248,6 +252,7 @@ def _checked_request(
     return _Request(
         budgets=budgets,
         approaches=resolve_approaches(approach),
+        bootstrap=check_bootstrap(bootstrap),
         train_config=_check_training(training, train_config),
         out=_sweep_folder(output_dir, resume),
         train=train and _can_train(training),
@@ -370,10 +375,22 @@ def _plan(request: _Request, planner: SweepPlanner, spec: ModelSpec, sample: Sam
     if planner.data_id is None and request.training.dataset is not None:
         training = request.training
         planner.data_id = data_id(training.dataset, training.eval_dataset, loss_fn)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the first plan() gave its warnings already
+        with warnings.catch_warnings(), _quiet("flops_fit.plan"):
+            warnings.simplefilter("ignore")  # the first plan() gave its warnings and log lines already
             plan = planner.plan()
     return plan
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Drop the log lines below WARNING of logger ``name`` (and its children) inside the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _train(request: _Request, plan: SweepPlan) -> Any:
@@ -415,7 +432,15 @@ def _fit_and_save(request: _Request, plan: SweepPlan, runs: Any) -> Any:
     """Fit every requested approach to ``runs`` and save the result into the sweep folder."""
     from flops_fit.report.result import Result
 
-    result = Result.from_runs(runs, approach=request.approaches, plan=plan, output_dir=request.out.root)
+    seed = request.training.seed
+    logger.info(
+        "fitting %s%s", ", ".join(request.approaches),
+        f" with {request.bootstrap} bootstrap resamples each" if request.bootstrap else "",
+    )  # fmt: skip
+    result = Result.from_runs(
+        runs, approach=request.approaches, bootstrap=request.bootstrap, seed=seed, plan=plan,
+        output_dir=request.out.root,
+    )  # fmt: skip
     result.save(request.out.root)
     return result
 

@@ -181,8 +181,9 @@ def run_plan(data: Mapping[str, Any]) -> Any:
 
 def _run(stage: Any, cfg: DictConfig) -> None:
     """Run a stage; configuration errors end the command with status 2 and a one-line message."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.captureWarnings(True)
+    from flops_fit.app.console import configure_logging
+
+    configure_logging(logging.INFO)  # Hydra's log handlers stay; warnings become one line each
     try:
         stage(_container(cfg))
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from flops_fit.app.console import UsageError, floats
+from flops_fit.app.console import PROGRESS_LOGGING, UsageError, floats
 
 
 def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
@@ -31,7 +31,7 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     demo.add_argument(
         "--token-env", dest="token_env", help="--api-url: variable holding its token (FLOPS_FIT_API_TOKEN)"
     )
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, **PROGRESS_LOGGING)  # its progress, also when piped to a file
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -11,28 +11,40 @@ This is also what ``flops-fit demo`` runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.examples.gpt import GPT, lm_loss
 from flops_fit.examples.text import TokenDataset, load_text_corpus
 from flops_fit.training import TrainConfig
+from flops_fit.training.device import resolve_device
 
 logger = logging.getLogger(__name__)
 
-#: Budgets (FLOPs) sized so the whole real sweep takes a few minutes on a 2-core CPU.
-DEFAULT_BUDGETS = (3e10, 8e10, 2e11, 4.5e11)
-#: Model shape held fixed while the sweep varies d_model.
+#: Budgets (FLOPs): the real sweep takes minutes on a 2-core CPU, and the largest model of the smallest
+#: budget still gets over 100 optimiser steps (the planner warns below that).
+DEFAULT_BUDGETS = (6e10, 1.2e11, 2.4e11, 4.8e11)
+#: Model shape held fixed while a sweep varies d_model (the default head count needs multiples of 8).
 MODEL_KWARGS = {"num_layers": 2, "max_seq_len": 64, "parametrization": "u-mup"}
+#: The demo's model: one attention head at every width, so d_model can step by SIZE_MULTIPLE. In multiples of
+#: 8, the 5 sizes around N* (d_model about 8 to 80 here) would merge after snapping at the small budgets.
+DEMO_MODEL_KWARGS = {**MODEL_KWARGS, "num_heads": 1}
+SIZE_MULTIPLE = 4
 VOCAB_SIZE = 512
 SEQ_LEN = 64
 NUM_MODEL_SIZES = 5
 #: Sizes span N*/4 .. 4 N*: the smallest model at the largest budget still sees the corpus at most once.
 SIZE_SPAN = 4.0
+#: Bootstrap resamples (seeded) of every approach's fit, for 95% intervals on all three.
+BOOTSTRAP = 200
 #: u-μP makes one base learning rate work across widths (Blake et al. 2024); see docs/examples.md.
 TRAIN_CONFIG = TrainConfig(batch_size=16, lr=0.5, warmup_frac=0.05, weight_decay=0.0, eval_batches=4, seed=0)
 
@@ -61,8 +73,49 @@ def service_job(device: str = "auto") -> Any:
     from flops_fit.training.jobs import LocalJob
 
     train, val = text_datasets()
-    spec = ModelSpec(GPT.from_config, "d_model", {"vocab_size": VOCAB_SIZE, **MODEL_KWARGS}, size_multiple=8)
+    kwargs = {"vocab_size": VOCAB_SIZE, **DEMO_MODEL_KWARGS}
+    spec = ModelSpec(GPT.from_config, "d_model", kwargs, size_multiple=SIZE_MULTIPLE)
     return LocalJob(model=spec, dataset=train, eval_dataset=val, loss_fn=lm_loss, device=device)
+
+
+@contextlib.contextmanager
+def one_cpu_thread(active: bool = True) -> Iterator[None]:
+    """One torch intra-op thread inside the block (restored after) when ``active`` and ``OMP_NUM_THREADS`` is
+    unset. The demo's models (under 400k parameters) gain nothing from more, and on a busy 2-core machine
+    torch's default of one thread per core ran a training step 15x slower than one thread did."""
+    previous = torch.get_num_threads()
+    if not active or os.environ.get("OMP_NUM_THREADS") or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def demo_sweep(budgets: Sequence[float], out: str | os.PathLike[str], **options: Any) -> Any:
+    """:func:`~flops_fit.app.pipeline.find_optimal` with the demo's model, corpus, sizes, training settings and
+    bootstrap over ``budgets`` (FLOPs) into ``out``; ``options`` go on to it (``mode``, ``device``,
+    ``executor``, ``num_model_sizes``, ``train=False`` for the plan alone, ...)."""
+    from flops_fit.app.pipeline import find_optimal
+
+    train, val = text_datasets()
+    return find_optimal(
+        GPT.from_config,
+        "d_model",
+        train,
+        lm_loss,
+        list(budgets),
+        model_kwargs={"vocab_size": VOCAB_SIZE, **DEMO_MODEL_KWARGS},
+        eval_dataset=val,
+        train_config=TRAIN_CONFIG,
+        bootstrap=BOOTSTRAP,  # seeded by find_optimal's seed (0)
+        output_dir=out,
+        size_multiple=SIZE_MULTIPLE,
+        size_span=SIZE_SPAN,
+        **{"num_model_sizes": NUM_MODEL_SIZES, **options},
+    )
 
 
 def run_demo(
@@ -85,46 +138,58 @@ def run_demo(
     ``executor="ray"`` runs each experiment as a Ray task (on the cluster at ``ray_address``, default
     ``RAY_ADDRESS``, else a local one); see docs/cluster.md.
     """
-    from flops_fit.app.pipeline import find_optimal
     from flops_fit.report.html import write_report
 
     budgets = list(budgets or DEFAULT_BUDGETS)
     out = Path(out)
-    train, val = text_datasets()
-    result = find_optimal(
-        GPT.from_config,
-        "d_model",
-        train,
-        lm_loss,
-        budgets,
-        model_kwargs={"vocab_size": VOCAB_SIZE, **MODEL_KWARGS},
-        eval_dataset=val,
-        num_model_sizes=num_model_sizes,
-        mode="api" if api_url else "mock" if mock else "local",
-        api_url=api_url,
-        token_env=token_env,
-        executor=executor,
-        ray_address=ray_address,
-        train_config=TRAIN_CONFIG,
-        output_dir=out,
-        size_multiple=8,
-        size_span=SIZE_SPAN,
-        device=device,
-    )
+    local_cpu = executor == "local" and not (api_url or mock) and resolve_device(device).type == "cpu"
+    with one_cpu_thread(local_cpu):
+        result = demo_sweep(
+            budgets,
+            out,
+            num_model_sizes=num_model_sizes,
+            mode="api" if api_url else "mock" if mock else "local",
+            api_url=api_url,
+            token_env=token_env,
+            executor=executor,
+            ray_address=ray_address,
+            device=device,
+        )
     report = write_report(result, SweepDir(out).report)
-    target = 10 * max(budgets)
-    pred = result.predict(target)
     print(result.summary())
-    print(
-        f"\nPrediction for C = {target:.3g} FLOPs (10x the largest budget): N_opt = {pred['optimal_params']:.3g} "
-        f"parameters, D_opt = {pred['optimal_tokens']:.3g} tokens, loss {pred['expected_loss']:.3f}"
-        + (f" (d_model = {pred['size_value']})" if pred.get("size_value") is not None else "")
-    )
     print(
         f"\nEverything is in {out.resolve()}: sweep.json, results.jsonl, scaling_laws.json, chinchilla_table.md,"
     )
     print(f"the plots (*.png) and {report.name}. Re-run the same command to resume.")
+    print("\n" + answer(result, 10 * max(budgets)))
     return result
+
+
+def answer(result: Any, target: float) -> str:
+    """The demo's last lines: the primary approach's compute-optimal allocation at ``target`` FLOPs with its
+    95% intervals (parameters, tokens, loss), and the model size closest to it."""
+    from flops_fit.analysis.approaches import label
+    from flops_fit.report.diagnostics import fmt_ci
+
+    pred = result.predict(target)
+
+    def with_ci(key: str, digits: int = 3) -> str:
+        lo, hi = pred.get(f"{key}_ci") or (math.nan, math.nan)
+        return fmt_ci(pred[key], lo, hi, digits)
+
+    size = pred.get("size_value")
+    closest = (
+        ""
+        if size is None
+        else f" (closest model: d_model = {size:g}, {pred['size_value_params']:,} parameters)"
+    )
+    return (
+        f"Prediction for C = {target:.3g} FLOPs (10x the largest budget) from the primary approach, "
+        f"{label(result.primary)}, with 95% intervals:\n"
+        f"  N_opt = {with_ci('optimal_params')} parameters{closest}\n"
+        f"  D_opt = {with_ci('optimal_tokens')} tokens\n"
+        f"  loss  = {with_ci('expected_loss', 4)}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,8 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--executor", default="local", help="local or ray (each experiment a Ray task)")
     parser.add_argument("--ray-address", dest="ray_address", help="--executor ray: the cluster to join")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flops_fit.app.console import floats, guarded
+    from flops_fit.app.console import PROGRESS_LOGGING, configure_logging, floats, guarded
+
+    configure_logging(
+        logging.WARNING, library_level=logging.INFO, quiet=PROGRESS_LOGGING["quiet_loggers"]
+    )  # as flops-fit demo
 
     def call() -> int:
         budgets = floats(args.budgets, "--budgets") if args.budgets else None
