@@ -93,7 +93,9 @@ def write_result(
         "warnings": result.warnings,
         "design": result.layout.to_dict(),
         "selection": None if result.selection is None else result.selection.to_dict(),
-        "variants": {name: fit.to_dict() for name, fit in result.variants.items()},
+        "variants": _plain(
+            {name: fit.to_dict() for name, fit in result.variants.items()}
+        ),  # strict JSON: NaN -> null
     }
     atomic_write_json(folder.result, meta, allow_nan=False)
     atomic_write_text(folder.table, result.tables_markdown())
