@@ -120,6 +120,9 @@ def _ci(samples: np.ndarray) -> tuple[float, float] | None:
 
 def _vector_ci(draws: np.ndarray) -> tuple[Any, Any]:
     """95% percentile interval along the last axis (NaNs ignored); floats for 1-D draws."""
+    if not np.isfinite(draws).any():  # e.g. Approach 2's L_opt with 3 budgets: no interval, no warning
+        nan = np.full(draws.shape[:-1], np.nan)
+        return (float("nan"), float("nan")) if nan.ndim == 0 else (nan, nan.copy())
     lo, hi = np.nanpercentile(draws, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)], axis=-1)
     if np.ndim(lo) == 0:
         return float(lo), float(hi)
