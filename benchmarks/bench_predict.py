@@ -11,7 +11,8 @@ The library's core promise, measured end to end on real training in one run:
    approach predicts N_opt and L_opt with intervals; :meth:`Result.closest_size` names the ``d_model``
    nearest each N_opt.
 3. **Train at C*.** The size nearest each approach's N_opt, the size the plain 20-tokens-per-parameter
-   rule picks (a reference that needs no fit), and a profile around the primary (IsoFLOP) prediction at
+   rule picks (a reference that needs no fit), and a profile around the primary prediction (the
+   candidate the rolling backtest chose, :attr:`Result.selection`) at
    N_opt x {1/4, 1/2, 1, 2, 4}, all at the same C* with D = C* / (6 N) tokens (the ``"6nd"`` convention
    of the fit), planned by :class:`~flops_fit.plan.planner.SweepPlanner` with the fit's model, data, batch,
    seed and training settings, trained by :class:`~flops_fit.training.runner.TrainingRunner`.
@@ -109,9 +110,16 @@ RULE_TOKENS_PER_PARAM = 20.0
 SHORT = {
     "envelope": "A1 envelope",
     "isoflop": "A2 IsoFLOP",
+    "isoflop:shared": "A2 shared profiles",
     "parametric": "A3 parametric",
+    "parametric:alpha=beta": "A3 alpha=beta",
     "rule": "20 tok/param",
 }
+
+
+def short(name: str) -> str:
+    """The table label of an approach or variant (its name when it has no short label)."""
+    return SHORT.get(name, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,9 +216,10 @@ def fit_stage(
 
 
 def predictions(result: Result, target: float) -> dict[str, dict[str, Any]]:
-    """Every fitted approach's prediction at ``target`` FLOPs, plus the 20-tokens-per-parameter rule."""
+    """Every fitted approach's and variant's prediction at ``target`` FLOPs, plus the 20-tokens-per-parameter
+    rule."""
     out: dict[str, dict[str, Any]] = {}
-    for name in result.fits:
+    for name in [*result.fits, *result.variants]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             p = result.predict(target, approach=name)
@@ -265,7 +274,7 @@ def choose_sizes(
     wanted: dict[int, list[str]] = {}
     params: dict[int, int] = {}
     for name, p in preds.items():
-        wanted.setdefault(p["d_model"], []).append(f"nearest {SHORT[name]}")
+        wanted.setdefault(p["d_model"], []).append(f"nearest {short(name)}")
         params[p["d_model"]] = p["size_params"]
     centre = preds[result.primary]["optimal_params"]
     for f in factors:
@@ -474,7 +483,7 @@ def print_comparison(rows: Sequence[dict[str, Any]], achieved: dict[str, Any]) -
     for r in rows:
         print(
             _row(
-                SHORT[r["approach"]],
+                short(r["approach"]),
                 _fmt_ci(r["predicted_params"], r["predicted_params_ci"], ",.0f"),
                 f"d={r['d_model']}, {r['size_params']:,}",
                 f"{n_star:,.0f}",
@@ -499,7 +508,7 @@ def print_comparison(rows: Sequence[dict[str, Any]], achieved: dict[str, Any]) -
         reached, excess = r["loss_at_size"], r["excess_loss"]
         print(
             _row(
-                SHORT[r["approach"]],
+                short(r["approach"]),
                 _fmt_ci(r["predicted_loss"], r["predicted_loss_ci"], ".3f"),
                 f"{l_best:.4f}",
                 _pct(r["loss_rel_error"]),
@@ -582,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\n--- Stage 2: {len(picks)} runs at C* = {target:.3g} FLOPs ---\n")
     for name, p in preds.items():
         print(
-            f"  {SHORT[name]:14s} N_opt {_fmt_ci(p['optimal_params'], p['optimal_params_ci'], ',.0f')}, "
+            f"  {short(name):14s} N_opt {_fmt_ci(p['optimal_params'], p['optimal_params_ci'], ',.0f')}, "
             f"L_opt {_fmt_ci(p['expected_loss'], p['expected_loss_ci'], '.3f')} -> d_model {p['d_model']} "
             f"(N={p['size_params']:,})"
         )
@@ -604,6 +613,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"C* = {target:.3g} FLOPs; corpus {dataset_tokens:,.0f} training tokens; runs at C*:\n")
     print_profile(runs, picks, result, achieved, dataset_tokens)
     print_comparison(rows, achieved)
+    reason = "" if result.selection is None else f": {result.selection.reason}"
+    print(f"\nprimary answer: {short(str(result.primary))}{reason}")
     if args.quick:
         print("\nQUICK RUN: the numbers above mean nothing (tiny budgets, 2x extrapolation)")
     report = {
@@ -615,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bootstrap": bootstrap,
         "dataset_tokens": dataset_tokens,
         "predictions": preds,
+        "primary": result.primary,
+        "selection": None if result.selection is None else result.selection.to_dict(),
         "achieved": achieved,
         "comparison": rows,
         "notes": notes,
