@@ -12,7 +12,8 @@ import pytest
 from scipy import optimize, special
 
 import flops_fit
-from flops_fit.analysis import parametric
+from flops_fit.analysis import parametric_bootstrap, parametric_search
+from flops_fit.analysis.huber import HuberLogObjective
 from flops_fit.analysis.parametric import CHINCHILLA_INIT_GRID, ParametricFit, fit_parametric
 from flops_fit.core.validate import canonical_order
 from synth import isoflop_sweep
@@ -122,7 +123,7 @@ def test_objective_is_the_published_sum_of_huber_losses(chinchilla_fit):
 
 def test_no_worse_than_per_start_scipy_lbfgsb(chinchilla_fit):
     n, d, loss = chinchilla_points()
-    grid = parametric._grid_starts("chinchilla")
+    grid = parametric_search.grid_starts("chinchilla")
     starts = grid[np.random.default_rng(1).choice(len(grid), 24, replace=False)]
     runs = [
         optimize.minimize(reference_value_and_grad, x0, args=(n, d, loss), jac=True, method="L-BFGS-B")
@@ -149,18 +150,18 @@ def test_kernel_gradient_matches_finite_differences():
     for w in (weighted, unit):  # per-point weights, and equal weights (applied once to f and grad)
         check_kernel(theta, w, n, d, loss)
     # A bootstrap table: column i takes the weights in row rows[i], whatever the constructor's weights.
-    obj = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, unit)
+    obj = HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, unit)
     rows = np.arange(theta.shape[0]) % 2
     f, g = obj(np.ascontiguousarray(theta.T), np.stack([weighted, 3.0 * unit]), rows)
     for i, row in enumerate(theta):
         w = weighted if rows[i] == 0 else 3.0 * unit
         assert f[i] == pytest.approx(reference_objective(row, n, d, loss, weights=w), rel=1e-12)
-    by_weights = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, weighted)
+    by_weights = HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, weighted)
     assert np.allclose(g[:, rows == 0], by_weights(np.ascontiguousarray(theta[rows == 0].T))[1], rtol=1e-12)
 
 
 def check_kernel(theta, w, n, d, loss) -> None:
-    obj = parametric._HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, w)
+    obj = HuberLogObjective(np.log(n), np.log(d), np.log(loss), 1e-3, w)
     f, g = obj(np.ascontiguousarray(theta.T))  # the kernel takes parameter vectors as columns
     g = g.T
     for i, row in enumerate(theta):
@@ -202,7 +203,14 @@ def test_bootstrap_refits_are_converged(synthetic_fit):
     n, d, loss = isoflop_design(seed=0)
     order = canonical_order(n, d, loss)  # the fit sorts its rows before drawing resamples by position
     n, d, loss = n[order], d[order], loss[order]
-    counts = parametric._resample_counts(np.ones(n.size), 400, np.log(n), np.log(d), np.random.default_rng(0))
+    w = np.ones(n.size)
+    strata = parametric_bootstrap.budget_strata(6 * n * d, w > 0, 0.05)  # runs are drawn within budgets
+    assert strata is not None and np.unique(strata).size == 9
+    counts = parametric_bootstrap.resample_counts(
+        w, 400, np.log(n), np.log(d), np.random.default_rng(0), strata
+    )
+    for label in np.unique(strata):  # every resample keeps each budget's number of runs
+        assert np.all(counts[:, strata == label].sum(axis=1) == (strata == label).sum())
     for j in range(0, 400, 40):
         theta = np.r_[np.log(synthetic_fit.samples[j, :3]), synthetic_fit.samples[j, 3:]]
         args = (n, d, loss, 1e-3, counts[j])
@@ -293,12 +301,14 @@ def test_same_seed_same_fit_and_different_seed_different_samples():
 def test_bootstrap_redraws_resamples_that_cannot_be_fitted():
     n = np.repeat([1e8, 2e8], 3)
     d = np.tile([1e9, 2e9, 4e9], 2)
-    counts = parametric._resample_counts(np.ones(6), 300, np.log(n), np.log(d), np.random.default_rng(0))
+    counts = parametric_bootstrap.resample_counts(
+        np.ones(6), 300, np.log(n), np.log(d), np.random.default_rng(0)
+    )
     present = counts > 0
     assert np.all(counts.sum(axis=1) == 6) and np.all(present.sum(axis=1) >= 5)
     assert all(np.unique(n[p]).size == 2 and np.unique(d[p]).size >= 2 for p in present)
     with pytest.raises(ValueError, match="too small to bootstrap"):  # a single D: no resample can work
-        parametric._resample_counts(np.ones(6), 50, np.log(n), np.zeros(6), np.random.default_rng(0))
+        parametric_bootstrap.resample_counts(np.ones(6), 50, np.log(n), np.zeros(6), np.random.default_rng(0))
 
 
 def test_weights_scale_the_objective_and_zero_weight_drops_a_point():
@@ -328,7 +338,7 @@ def test_degenerate_fit_is_flagged_not_silent():
 
 def test_defaults_and_public_grid():
     assert math.prod(len(v) for v in CHINCHILLA_INIT_GRID.values()) == 4500
-    assert parametric._grid_starts("chinchilla").shape == (4500, 5)
+    assert parametric_search.grid_starts("chinchilla").shape == (4500, 5)
     fit = ParametricFit(E=1.7, A=400.0, B=1100.0, alpha=0.34, beta=0.28, objective=0.0, n_points=5)
     assert fit.ci == {} and fit.samples is None and fit.n_bootstrap == 0
     assert fit.predict_loss(1e9, 2e10) == pytest.approx(float(law(np.array(1e9), np.array(2e10))))

@@ -15,7 +15,9 @@ start in one vectorised pass (:mod:`flops_fit.analysis.huber`), and a batched L-
 (:mod:`flops_fit.analysis.lbfgs`: two-loop recursion, a weak-Wolfe line search per start, converged starts
 leave the batch) drives them. The best starts are then refined with tight
 tolerances and the winner is polished with scipy's L-BFGS-B. The bootstrap refits resampled data, all
-resamples in one batch, warm-started from the distinct optima of the full-data fit.
+resamples in one batch, warm-started from the distinct optima of the full-data fit
+(:mod:`flops_fit.analysis.parametric_search`, :mod:`flops_fit.analysis.parametric_bootstrap`). Constrained
+variants fit one exponent for both terms (alpha = beta) and/or a fixed E.
 
 Compute-optimal allocation under C = 6 N D (Hoffmann et al., Eq. 4):
 ``N_opt = G (C/6)^a``, ``D_opt = G^-1 (C/6)^b`` with ``G = (alpha A / (beta B))^(1/(alpha+beta))``,
@@ -24,25 +26,44 @@ Compute-optimal allocation under C = 6 N D (Hoffmann et al., Eq. 4):
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.huber import HuberLogObjective as _HuberLogObjective
 from flops_fit.analysis.huber import objective_scale
-from flops_fit.analysis.lbfgs import MAX_ITER, NON_FINITE, BatchResult, Evaluate, Stop, lbfgs_batch
 from flops_fit.analysis.outliers import detect_outliers, report_excluded
+from flops_fit.analysis.parametric_bootstrap import (
+    CI_LEVEL,
+    MIN_FLOOR_FRACTION,
+    RESAMPLE_KINDS,
+    bootstrap_refits,
+    budget_strata,
+    collapsed,
+    percentile_ci,
+    sample_ci,
+)
+from flops_fit.analysis.parametric_search import CHINCHILLA_INIT_GRID as CHINCHILLA_INIT_GRID  # re-exported
+from flops_fit.analysis.parametric_search import (
+    DISTINCT_OPTIMUM,
+    MIN_POINTS,
+    N_BOOTSTRAP_STARTS,
+    Constraint,
+    distinct,
+    grid_axes,
+    polish,
+    search,
+)
+from flops_fit.analysis.parametric_search import GRID_KEYS as GRID_KEYS  # re-exported
+from flops_fit.analysis.parametric_search import PARAM_NAMES as PARAM_NAMES  # re-exported
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN, runs_from_arrays
 from flops_fit.core.validate import (
@@ -60,81 +81,16 @@ from flops_fit.core.validate import (
 
 logger = logging.getLogger(__name__)
 
-CI_LEVEL = 0.95
-#: Parameter order of ``ParametricFit.samples`` (and of the internal log-space vector (e, a, b, alpha, beta)).
-PARAM_NAMES: tuple[str, ...] = ("E", "A", "B", "alpha", "beta")
-#: Names of the five coordinates an ``init_grid`` mapping must give: E = exp(e), A = exp(a), B = exp(b).
-GRID_KEYS: tuple[str, ...] = ("e", "a", "b", "alpha", "beta")
-#: The grid of Hoffmann et al. as used by Besiroglu et al.: 5 * 6 * 6 * 5 * 5 = 4,500 starts.
-CHINCHILLA_INIT_GRID: Mapping[str, tuple[float, ...]] = MappingProxyType(
-    {
-        "e": (-1.0, -0.5, 0.0, 0.5, 1.0),
-        "a": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
-        "b": (0.0, 5.0, 10.0, 15.0, 20.0, 25.0),
-        "alpha": (0.0, 0.5, 1.0, 1.5, 2.0),
-        "beta": (0.0, 0.5, 1.0, 1.5, 2.0),
-    }
-)
-MIN_POINTS = 5
 #: Exponents at or below this make the allocation degenerate (G = (alpha A / (beta B))^(1/(alpha+beta))
 #: goes to 0 or infinity): the loss then barely depends on N or on D.
 MIN_EXPONENT = 1e-3
 #: A term changing the predicted loss by less than this fraction of E across the fitted N (or D) range is
 #: not identified by the data (an order of magnitude below the Huber delta of 1e-3 in log loss).
 MIN_TERM_CHANGE = 1e-4
-#: An irreducible loss E below this fraction of the lowest loss the fit predicts on its data is reported as
-#: collapsed to zero: the data do not pin E, and the exponents then carry the loss floor too.
-MIN_FLOOR_FRACTION = 1e-3
-
-# Optimiser settings (the optimiser is flops_fit.analysis.lbfgs). The objective it sees is the summed Huber
-# loss divided by delta * sum(w), i.e. the weighted mean absolute log residual in the linear part of the
-# Huber loss, so the tight tolerances below do not depend on the number of points, their weights or delta.
-#
-# Every grid start stops where scipy's L-BFGS-B with its default options stops on the summed Huber
-# objective itself (pgtol 1e-5 on the gradient; a decrease of at most factr * eps = 2.2e-9 times
-# max(|f|, 1)), i.e. where the per-start loop the method prescribes stops: on the Chinchilla points the
-# batch then takes the same iterations and evaluations per start as that loop. The grid only ranks the
-# starts; the best ones are refined with the tight tolerances below. (scipy's iteration cap is 15000; the
-# grid's is 1000, far above the 373 the slowest Chinchilla start needs.)
-_GRID_PGTOL, _GRID_FACTR_EPS, _GRID_MAX_ITER = 1e-5, 2.2e-9, 1000
-
-
-def _grid_stop(scale: float) -> Stop:
-    """Scipy L-BFGS-B's default stop on the summed objective, for the objective divided by ``scale``."""
-    return Stop(
-        gtol=_GRID_PGTOL / scale,
-        ftol=_GRID_FACTR_EPS,
-        ftol_floor=1.0 / scale,
-        patience=1,
-        max_iter=_GRID_MAX_ITER,
-    )
-
-
-# Refinement and bootstrap: run to the precision the objective allows. The Huber loss with a small delta is
-# nearly piecewise linear, so L-BFGS can crawl for a few iterations and then speed up again; a start stops
-# only after `patience` consecutive iterations of negligible progress.
-_TIGHT_STOP = Stop(gtol=1e-10, ftol=1e-14, ftol_floor=0.0, patience=3, max_iter=2000)
-_N_REFINE_BEST = 16  # best grid starts refined with tight tolerances
-_N_REFINE_DISTINCT = 8  # plus the best start of up to this many distinct basins
-_DISTINCT_START = 0.1  # max |difference| in (e, a, b, alpha, beta) for grid end points to count as one basin
-_DISTINCT_OPTIMUM = 1e-3  # ... and for refined optima
-_N_BOOTSTRAP_STARTS = 4  # warm starts per resample: the optimum and up to 3 other distinct optima
+#: Share of each tail a 95% interval leaves out (2.5%). When more bootstrap refits than this collapse E to
+#: about 0 (or put an exponent outside its start grid), an end of the 95% intervals is set by such refits.
+TAIL_SHARE = (1 - CI_LEVEL) / 2
 _CONVERGED_GTOL = 1e-5  # final normalised gradient (max-abs) below which a fit is reported as converged
-
-
-# --------------------------------------------------------------------------------------------------------
-# Fitting helpers
-
-
-def _distinct(x: np.ndarray, order: np.ndarray, tol: float, limit: int) -> list[int]:
-    """Up to ``limit`` indices from ``order`` (best first), each differing from every earlier pick by > ``tol``."""
-    candidates = np.asarray(order)
-    picked: list[int] = []
-    while candidates.size and len(picked) < limit:
-        i = int(candidates[0])
-        picked.append(i)
-        candidates = candidates[np.abs(x[candidates] - x[i]).max(axis=1) > tol]
-    return picked
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -145,14 +101,8 @@ def _ci_pair(v: Any) -> tuple[float, float]:
     return float(v[0]), float(v[1])
 
 
-def _percentile_ci(draws: np.ndarray, axis: int = 0) -> tuple[Any, Any]:
-    """95% percentile interval along ``axis`` (NaNs ignored); floats for 1-D input, arrays otherwise."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices -> NaN, said elsewhere
-        lo, hi = np.nanpercentile(draws, [50 * (1 - CI_LEVEL), 50 * (1 + CI_LEVEL)], axis=axis)
-    if np.ndim(lo) == 0:
-        return float(lo), float(hi)
-    return lo, hi
+def _optional_float(v: Any) -> float | None:
+    return None if v is None else float(v)
 
 
 def _allocation(C: np.ndarray, E: Any, A: Any, B: Any, alpha: Any, beta: Any) -> tuple[Any, Any, Any]:
@@ -180,6 +130,14 @@ class ParametricFit:
     empty and ``samples`` is None. ``n_starts`` counts the initial points tried; ``converged`` says the
     winning optimisation ended at a point where the normalised gradient is at most 1e-5 (scipy's default
     L-BFGS-B tolerance). ``n_range`` and ``d_range`` are the (min, max) N and D of the fitted points.
+
+    Constrained fits (:func:`fit_parametric` options): ``equal_exponents`` says alpha = beta was imposed
+    (one shared exponent, so a = b = 0.5 exactly: fixed by the constraint, not estimated); ``fixed_E`` is
+    the irreducible loss E imposed (None: E fitted). ``floor_collapse_share`` is the share of bootstrap
+    refits whose E collapsed to about 0 (None without a bootstrap, or with E fixed). ``fragility`` holds plain statements of
+    what makes this fit fragile (too few points for its free parameters, collapsing floors, exponents at the
+    edge of the start grid); :func:`fit_parametric` also warns each of them. ``resample`` says how the
+    bootstrap drew runs: ``"budgets"`` (within each compute budget) or ``"points"`` (from all runs).
     """
 
     E: float
@@ -196,6 +154,11 @@ class ParametricFit:
     converged: bool = True
     n_range: tuple[float, float] | None = None
     d_range: tuple[float, float] | None = None
+    equal_exponents: bool = False
+    fixed_E: float | None = None
+    floor_collapse_share: float | None = None
+    fragility: tuple[str, ...] = ()
+    resample: str = "points"
     excluded: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False, repr=False)
     approach: str = field(default="parametric", init=False)
 
@@ -204,6 +167,25 @@ class ParametricFit:
             samples = np.array(self.samples, dtype=float, copy=True).reshape(-1, len(PARAM_NAMES))
             samples.setflags(write=False)
             object.__setattr__(self, "samples", samples)
+        object.__setattr__(self, "fragility", tuple(str(note) for note in self.fragility))
+
+    @property
+    def n_free_params(self) -> int:
+        """Parameters estimated from the data: 5, less one for alpha = beta and one for a fixed E."""
+        return 5 - int(self.equal_exponents) - int(self.fixed_E is not None)
+
+    @property
+    def dof(self) -> int:
+        """Residual degrees of freedom: points fitted minus free parameters (0 or less: an exact fit)."""
+        return self.n_points - self.n_free_params
+
+    @property
+    def constraint(self) -> str:
+        """The constraint imposed on the fit, in words ("none" for the free five-parameter fit)."""
+        parts = (["alpha = beta"] if self.equal_exponents else []) + (
+            [f"E fixed at {self.fixed_E:.6g}"] if self.fixed_E is not None else []
+        )
+        return " and ".join(parts) if parts else "none"
 
     @property
     def a(self) -> float:
@@ -273,7 +255,7 @@ class ParametricFit:
 
         Needs the data ranges (known for fits made by :func:`fit_parametric`).
         """
-        if self.n_range is None or self.d_range is None:
+        if self.n_range is None or self.d_range is None or self.fixed_E is not None:
             return None
         lowest = self.E + self.A * self.n_range[1] ** -self.alpha + self.B * self.d_range[1] ** -self.beta
         if self.E >= MIN_FLOOR_FRACTION * lowest:
@@ -307,7 +289,7 @@ class ParametricFit:
         if self.samples is not None and self.samples.shape[0]:
             s = self.samples
             draws = _allocation(c[..., None], s[:, 0], s[:, 1], s[:, 2], s[:, 3], s[:, 4])
-            cis = [_percentile_ci(v, axis=-1) for v in draws]
+            cis = [percentile_ci(v, axis=-1) for v in draws]
 
         def conv(v: Any) -> Any:
             return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
@@ -341,6 +323,11 @@ class ParametricFit:
             "converged": self.converged,
             "n_range": None if self.n_range is None else list(self.n_range),
             "d_range": None if self.d_range is None else list(self.d_range),
+            "equal_exponents": self.equal_exponents,
+            "fixed_E": self.fixed_E,
+            "floor_collapse_share": self.floor_collapse_share,
+            "fragility": list(self.fragility),
+            "resample": self.resample,
             "excluded": self.excluded.to_dict(orient="records"),
         }
 
@@ -366,6 +353,11 @@ class ParametricFit:
             converged=bool(d.get("converged", True)),
             n_range=None if d.get("n_range") is None else _ci_pair(d["n_range"]),
             d_range=None if d.get("d_range") is None else _ci_pair(d["d_range"]),
+            equal_exponents=bool(d.get("equal_exponents", False)),
+            fixed_E=None if d.get("fixed_E") is None else float(d["fixed_E"]),
+            floor_collapse_share=_optional_float(d.get("floor_collapse_share")),
+            fragility=tuple(d.get("fragility") or ()),
+            resample=str(d.get("resample", "points")),
             excluded=pd.DataFrame.from_records(d.get("excluded") or []),
         )
 
@@ -384,89 +376,74 @@ class ParametricFit:
         return n_law, d_law, l_law
 
     def summary(self) -> str:
-        """A readable block: the model, estimates with 95% intervals, a, b, objective and method."""
+        """A readable block: the model and its constraint, estimates with 95% intervals, a, b, objective,
+        method, and what makes the fit fragile."""
         width = 78
         rule, thin = "=" * width, "-" * width
-        boot = (
-            f"{self.n_bootstrap} bootstrap resamples, 95% percentile intervals"
-            if self.n_bootstrap
-            else "none (fit with bootstrap=B for intervals)"
-        )
+        if self.n_bootstrap:
+            how = "runs drawn within each budget" if self.resample == "budgets" else "runs drawn from all"
+            boot = f"{self.n_bootstrap} bootstrap resamples ({how}), 95% percentile intervals"
+        elif self.dof <= 0:
+            boot = "none: an exact fit has no uncertainty estimate"
+        else:
+            boot = "none (fit with bootstrap=B for intervals)"
         lines = [
             "Parametric scaling law (Chinchilla Approach 3)".center(width),
             rule,
             "Model:        L(N, D) = E + A / N^alpha + B / D^beta   (N params, D tokens)",
+            f"Constraint:   {self.constraint} ({self.n_free_params} free parameters)",
             f"Method:       Huber (delta = {self.huber_delta:g}) on log L, L-BFGS from {self.n_starts} starts",
             f"Points:       {self.n_points:<10d}  Objective (sum of Huber losses): {self.objective:.6g}",
             f"Converged:    {'yes' if self.converged else 'NO (treat the estimates with care)'}",
             f"Uncertainty:  {boot}",
             thin,
             f"{'':12s}{'estimate':>14s}{'[0.025':>14s}{'0.975]':>14s}",
+            *self._summary_rows(thin),
         ]
-
-        def row(label: str, key: str, value: float) -> str:
-            lo, hi = self.ci.get(key, (math.nan, math.nan))
-            if key in self.ci:
-                return f"{label:12s}{value:>14.6g}{lo:>14.6g}{hi:>14.6g}"
-            return f"{label:12s}{value:>14.6g}"
-
-        for name in PARAM_NAMES:
-            lines.append(row(name, name, getattr(self, name)))
-        lines.append(thin)
-        lines.append(row("a", "a", self.a) + "   N_opt ∝ C^a, a = beta/(alpha+beta)")
-        lines.append(row("b", "b", self.b) + "   D_opt ∝ C^b, b = alpha/(alpha+beta)")
         if self.degeneracy is not None:
             lines += [thin, "WARNING: degenerate fit. " + self.degeneracy]
         else:
             lines.append(f"G = {self.G:.6g}   (N_opt = G (C/6)^a, D_opt = (C/6)^b / G, C = 6ND)")
+        if self.fragility:
+            lines += [thin, "FRAGILE:"] + [f"  - {note}" for note in self.fragility]
         lines.append(rule)
         return "\n".join(lines)
+
+    def _summary_rows(self, thin: str) -> list[str]:
+        """The estimate rows of :meth:`summary`; a value fixed by a constraint says so instead of an interval."""
+        tied = "fixed by the constraint alpha = beta, not estimated"
+        fixed = {
+            "E": "fixed (not estimated)" if self.fixed_E is not None else None,
+            "beta": "= alpha (constraint)" if self.equal_exponents else None,
+            "a": tied if self.equal_exponents else None,
+            "b": tied if self.equal_exponents else None,
+        }
+
+        def row(key: str, value: float, note: str = "") -> str:
+            if fixed.get(key):
+                return f"{key:12s}{value:>14.6g}   {fixed[key]}"
+            if key in self.ci:
+                lo, hi = self.ci[key]
+                return f"{key:12s}{value:>14.6g}{lo:>14.6g}{hi:>14.6g}{note}"
+            return f"{key:12s}{value:>14.6g}{note}"
+
+        return [
+            *(row(name, getattr(self, name)) for name in PARAM_NAMES),
+            thin,
+            row("a", self.a, "   N_opt ∝ C^a, a = beta/(alpha+beta)"),
+            row("b", self.b, "   D_opt ∝ C^b, b = alpha/(alpha+beta)"),
+        ]
 
     def __str__(self) -> str:
         return (
             f"L(N, D) = {self.E:.4g} + {self.A:.4g} / N^{self.alpha:.4f} + {self.B:.4g} / D^{self.beta:.4f}"
             f"  (a = {self.a:.4f}, b = {self.b:.4f}, n = {self.n_points})"
+            + ("" if self.constraint == "none" else f" [{self.constraint}]")
         )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Fitting
-
-
-def _grid_starts(init_grid: Any) -> np.ndarray:
-    """The start rows (e, a, b, alpha, beta) of ``init_grid`` ("chinchilla" or a mapping of GRID_KEYS)."""
-    if isinstance(init_grid, str):
-        if init_grid.strip().lower() != "chinchilla":
-            raise ValueError(
-                f"init_grid must be 'chinchilla' or a mapping of {list(GRID_KEYS)} to sequences, got {init_grid!r}"
-            )
-        init_grid = CHINCHILLA_INIT_GRID
-    if not isinstance(init_grid, Mapping):
-        raise ValueError(
-            f"init_grid must be 'chinchilla' or a mapping of {list(GRID_KEYS)} to sequences of start values, "
-            f"got {type(init_grid).__name__}"
-        )
-    keys = set(init_grid)
-    if keys != set(GRID_KEYS):
-        raise ValueError(
-            f"init_grid mapping must have exactly the keys {list(GRID_KEYS)} (E = exp(e), A = exp(a), "
-            f"B = exp(b)); missing {sorted(set(GRID_KEYS) - keys)}, unknown {sorted(map(str, keys - set(GRID_KEYS)))}"
-        )
-    axes = []
-    for key in GRID_KEYS:
-        values = init_grid[key]
-        if isinstance(values, (str, bytes)):
-            raise ValueError(f"init_grid[{key!r}] must be a sequence of numbers, got {values!r}")
-        try:
-            arr = np.asarray(values, dtype=float).reshape(-1)
-        except (TypeError, ValueError):
-            raise ValueError(f"init_grid[{key!r}] must be a sequence of numbers, got {values!r}") from None
-        if arr.size == 0 or not np.all(np.isfinite(arr)):
-            raise ValueError(
-                f"init_grid[{key!r}] must be a non-empty sequence of finite numbers, got {values!r}"
-            )
-        axes.append(arr)
-    return np.array(list(itertools.product(*axes)), dtype=float)
 
 
 def _check_weights(weights: Any, n: int) -> np.ndarray:
@@ -483,12 +460,29 @@ def _check_weights(weights: Any, n: int) -> np.ndarray:
     return w
 
 
+def _check_constraint(equal_exponents: Any, fixed_E: Any) -> tuple[Constraint, float | None]:
+    """The search's Constraint for the options ``equal_exponents`` and ``fixed_E``, and the checked fixed E."""
+    equal_exponents = check_flag("equal_exponents", equal_exponents)
+    if fixed_E is not None:
+        fixed_E = check_positive(
+            "fixed_E", fixed_E, "the irreducible loss to impose, e.g. fixed_E=1.69, or None"
+        )
+    return Constraint(equal_exponents, None if fixed_E is None else math.log(fixed_E)), fixed_E
+
+
+def _check_resample(resample: Any) -> str:
+    if resample not in RESAMPLE_KINDS:
+        raise ValueError(f"resample must be one of {list(RESAMPLE_KINDS)}, got {resample!r}")
+    return str(resample)
+
+
 def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray, c: np.ndarray, budget_rtol: float) -> None:
     used = w > 0
     n_used = int(used.sum())
     if n_used < MIN_POINTS:
         raise ValueError(
-            f"Approach 3 fits 5 parameters and needs at least {MIN_POINTS} points with positive weight, got {n_used}"
+            f"Approach 3 needs at least {MIN_POINTS} points with positive weight (it fits up to 5 parameters), "
+            f"got {n_used}"
         )
     for name, values, what in (("N", n, "model sizes"), ("D", d, "token counts")):
         distinct = np.unique(values[used]).size
@@ -506,104 +500,57 @@ def _check_design(n: np.ndarray, d: np.ndarray, w: np.ndarray, c: np.ndarray, bu
         )
 
 
-def _resample_counts(
-    w: np.ndarray, n_boot: int, log_n: np.ndarray, log_d: np.ndarray, rng: np.random.Generator
-) -> np.ndarray:
-    """(n_boot, n) multinomial resampling counts of the positive-weight points.
-
-    A resample with fewer than 5 distinct points, or a single distinct N or D, cannot be fitted; such
-    resamples are redrawn (from the same seeded generator, so the result stays deterministic).
-    """
-    used = w > 0
-    n_used = int(used.sum())
-    probs = used / n_used
-    # One-hot maps from points to their distinct N and D values, to count distinct values per resample.
-    one_hot = [
-        np.eye(inv.max() + 1)[inv] for inv in (np.unique(v, return_inverse=True)[1] for v in (log_n, log_d))
-    ]
-
-    def unusable(counts: np.ndarray) -> np.ndarray:
-        present = counts > 0
-        bad = present.sum(axis=1) < MIN_POINTS
-        for hot in one_hot:
-            bad |= ((present @ hot) > 0).sum(axis=1) < 2
-        return bad
-
-    counts = rng.multinomial(n_used, probs, size=n_boot).astype(float)
-    for _ in range(100):
-        bad = np.flatnonzero(unusable(counts))
-        if bad.size == 0:
-            return counts
-        counts[bad] = rng.multinomial(n_used, probs, size=bad.size)
-    raise ValueError(
-        "bootstrap resamples keep having fewer than 5 distinct points or a single N or D; "
-        "the design is too small to bootstrap: add runs or fit without bootstrap"
-    )
+def _edge_notes(fit: ParametricFit, axes: Mapping[str, np.ndarray]) -> list[str]:
+    """Exponents at or beyond the edge of their start values, in the fit or in more than TAIL_SHARE of the
+    bootstrap refits (an exponent <= MIN_EXPONENT is reported as degenerate instead)."""
+    notes = []
+    for name, col in (("alpha", 3),) if fit.equal_exponents else (("alpha", 3), ("beta", 4)):
+        values = np.r_[axes["alpha"], axes["beta"]] if fit.equal_exponents else axes[name]
+        lo, hi = float(values.min()), float(values.max())
+        value = getattr(fit, name)
+        if value > MIN_EXPONENT and not lo < value < hi:
+            notes.append(
+                f"{name} = {value:.3g} is at or beyond the edge of its start grid [{lo:g}, {hi:g}]: the search did "
+                "not bracket it, so the optimum may lie where the grid has no start; widen init_grid or add runs"
+            )
+        if fit.samples is not None:
+            share = float(np.mean(~((fit.samples[:, col] > lo) & (fit.samples[:, col] < hi))))
+            if share > TAIL_SHARE:
+                notes.append(
+                    f"{name} left its start grid [{lo:g}, {hi:g}] in {share:.1%} of the bootstrap refits (more than "
+                    f"the {TAIL_SHARE:.1%} a 95% interval leaves in each tail): the interval of {name} and of "
+                    "the allocation rests on refits the grid does not cover; add runs"
+                )
+    return notes
 
 
-def _to_params(theta: np.ndarray) -> np.ndarray:
-    """(e, a, b, alpha, beta) rows -> (E, A, B, alpha, beta) rows."""
-    out = np.array(theta, dtype=float, copy=True)
-    out[..., :3] = np.exp(out[..., :3])
-    return out
-
-
-def _search(
-    starts: np.ndarray, evaluate: Evaluate, scale: float
-) -> tuple[BatchResult, np.ndarray, BatchResult, np.ndarray]:
-    """Steps 1 and 2 of Approach 3: every start of the grid (rows (e, a, b, alpha, beta)) stopping where
-    scipy's L-BFGS-B with default options would, then the best starts and the best start of each distinct
-    basin refined with tight tolerances. Returns ``(grid, finite, refined, ranked)``: the grid's results, its
-    starts with a finite objective, the refined results and their order, best first."""
-    grid = lbfgs_batch(starts, evaluate, _grid_stop(scale))
-    finite = np.flatnonzero(np.isfinite(grid.f))
-    if finite.size == 0:
-        raise ValueError(
-            "no start of init_grid gives a finite objective; use start values near the data's scale"
+def _fragility(fit: ParametricFit, axes: Mapping[str, np.ndarray]) -> tuple[str, ...]:
+    """Plain statements of what makes ``fit`` fragile (see ParametricFit.fragility)."""
+    k = fit.n_free_params
+    notes = []
+    if fit.dof <= 0:
+        notes.append(
+            f"exact fit: no uncertainty estimate; use more runs ({fit.n_points} points for {k} free parameters: "
+            "the law can pass through every point, so a zero objective and 'converged' say nothing of its accuracy)"
         )
-    order = finite[np.argsort(grid.f[finite], kind="stable")]
-    picks = list(
-        dict.fromkeys(
-            [*order[:_N_REFINE_BEST].tolist(), *_distinct(grid.x, order, _DISTINCT_START, _N_REFINE_DISTINCT)]
+    elif fit.dof < k:
+        notes.append(
+            f"few residual degrees of freedom ({fit.dof}: {fit.n_points} points for {k} free parameters): a "
+            "bootstrap resample holds about 63% of the distinct points, so many refits are nearly exact and the "
+            f"intervals are unreliable; use at least {2 * k} runs"
         )
-    )
-    refined = lbfgs_batch(grid.x[picks], evaluate, _TIGHT_STOP)
-    return grid, finite, refined, np.argsort(refined.f, kind="stable")
-
-
-def _polish(evaluate: Evaluate, theta: np.ndarray, f: float) -> tuple[np.ndarray, float, np.ndarray]:
-    """Step 3: polish ``theta`` (objective ``f``) with scipy's L-BFGS-B, kept only if lower; returns the
-    point, its objective and its gradient."""
-
-    def single(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        f, g = evaluate(np.zeros(1, dtype=int), theta[:, None])
-        return float(f[0]), g[:, 0]
-
-    polished = optimize.minimize(
-        single,
-        theta,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 15000, "ftol": 1e-15, "gtol": 1e-12},
-    )
-    if np.isfinite(polished.fun) and polished.fun < f:
-        theta, f = np.asarray(polished.x, dtype=float), float(polished.fun)
-    return theta, f, single(theta)[1]
-
-
-def _sample_ci(samples: np.ndarray) -> tuple[np.ndarray, dict[str, tuple[float, float]]]:
-    """Bootstrap optima (e, a, b, alpha, beta) rows -> (E, A, B, alpha, beta) rows and the 95% intervals of
-    those five and of the exponents a, b."""
-    params = _to_params(samples)
-    draws = {name: params[:, i] for i, name in enumerate(PARAM_NAMES)}
-    with np.errstate(invalid="ignore", divide="ignore"):
-        draws["a"] = params[:, 4] / (params[:, 3] + params[:, 4])
-        draws["b"] = params[:, 3] / (params[:, 3] + params[:, 4])
-    return params, {name: _percentile_ci(v) for name, v in draws.items()}
+    share = fit.floor_collapse_share
+    if share is not None and share > TAIL_SHARE:
+        notes.append(
+            f"E collapsed to about 0 in {share:.1%} of the bootstrap refits (more than the {TAIL_SHARE:.1%} a 95% "
+            "interval leaves in each tail): the data do not pin the loss floor, so the intervals of E, the "
+            "exponents and L_opt reach refits without one; add runs at larger N and D, or fix E"
+        )
+    return tuple(notes + _edge_notes(fit, axes))
 
 
 def _warn_if_unsound(fit: ParametricFit, grad: np.ndarray) -> None:
-    """Warn the caller of :func:`fit_parametric` about a degenerate, floorless or unconverged fit."""
+    """Warn the caller of :func:`fit_parametric` about a degenerate, floorless, unconverged or fragile fit."""
     if fit.degeneracy is not None:
         warnings.warn(f"Approach 3 fit is degenerate: {fit.degeneracy}", UserWarning, stacklevel=4)
     elif fit.floor_collapsed is not None:
@@ -615,30 +562,47 @@ def _warn_if_unsound(fit: ParametricFit, grad: np.ndarray) -> None:
             UserWarning,
             stacklevel=4,
         )
+    for note in fit.fragility:
+        warnings.warn(f"Approach 3 is fragile: {note}", UserWarning, stacklevel=4)
 
 
-def _fit_clean(
-    N: np.ndarray,
-    D: np.ndarray,
-    L: np.ndarray,
-    w: np.ndarray,
-    *,
-    huber_delta: float,
-    starts: np.ndarray,
-    bootstrap: int,
-    seed: int,
-) -> ParametricFit:
-    """Approach 3 on validated arrays: N, D, L positive finite, w >= 0 with a usable design."""
+@dataclass(frozen=True)
+class _Options:
+    """The checked options of one :func:`fit_parametric` call."""
+
+    huber_delta: float
+    axes: Mapping[str, np.ndarray]
+    constraint: Constraint
+    fixed_E: float | None
+    bootstrap: int
+    seed: int
+    resample: str
+    budget_rtol: float
+
+
+@dataclass(frozen=True)
+class _Optimum:
+    """The winning point of the search (full and free coordinates), its objective and gradient, and the
+    other refined optima (free coordinates, best first) that warm-start the bootstrap."""
+
+    theta: np.ndarray
+    f: float
+    grad: np.ndarray
+    optima: np.ndarray
+    n_starts: int
+
+
+def _optimise(objective: _HuberLogObjective, scale: float, opts: _Options) -> _Optimum:
+    """Steps 1-3: every start of the (constrained) grid, refinement of the best, scipy polish."""
     t_start = time.perf_counter()
-    log_n, log_d, log_l = np.log(N), np.log(D), np.log(L)
-    scale = objective_scale(w, huber_delta)
-    objective = _HuberLogObjective(log_n, log_d, log_l, huber_delta, w / scale)
 
-    def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def full(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return objective(theta)
 
-    grid, finite, refined, ranked = _search(starts, evaluate, scale)
-    best_theta, best_f, grad = _polish(evaluate, refined.x[ranked[0]].copy(), float(refined.f[ranked[0]]))
+    evaluate = opts.constraint.wrap(full)
+    starts = opts.constraint.starts(opts.axes)
+    grid, finite, refined, ranked = search(starts, evaluate, scale)
+    best_z, best_f, grad = polish(evaluate, refined.x[ranked[0]].copy(), float(refined.f[ranked[0]]))
     logger.info(
         "Approach 3: %d starts (%d iterations, %.1f evaluations per start), %d within 1e-6 of the best; "
         "objective %.6g; %.2f s",
@@ -649,77 +613,57 @@ def _fit_clean(
         best_f * scale,
         time.perf_counter() - t_start,
     )
-    samples = None
-    ci: dict[str, tuple[float, float]] = {}
-    if bootstrap > 0:
-        optima = np.array([best_theta] + [refined.x[i] for i in ranked[1:]])
-        keep = _distinct(optima, np.arange(len(optima)), _DISTINCT_OPTIMUM, _N_BOOTSTRAP_STARTS)
-        samples, ci = _sample_ci(
-            _bootstrap(objective, w, huber_delta, log_n, log_d, optima[keep], bootstrap, seed)
-        )
-    E, A, B = (math.exp(v) for v in best_theta[:3])
+    optima = np.array([best_z] + [refined.x[i] for i in ranked[1:]])
+    theta = opts.constraint.expand(best_z[:, None])[:, 0]
+    return _Optimum(theta, best_f * scale, grad, optima, int(starts.shape[0]))
+
+
+def _fit_clean(
+    N: np.ndarray, D: np.ndarray, L: np.ndarray, w: np.ndarray, C: np.ndarray, opts: _Options
+) -> ParametricFit:
+    """Approach 3 on validated arrays: N, D, L, C (FLOPs) positive finite, w >= 0 with a usable design."""
+    log_n, log_d = np.log(N), np.log(D)
+    scale = objective_scale(w, opts.huber_delta)
+    objective = _HuberLogObjective(log_n, log_d, np.log(L), opts.huber_delta, w / scale)
+    best = _optimise(objective, scale, opts)
     used = w > 0
+    n_points = int(used.sum())
+    samples, share = None, None
+    ci: dict[str, tuple[float, float]] = {}
+    if opts.bootstrap > 0 and n_points > len(opts.constraint.free):  # an exact fit gets no intervals
+        keep = distinct(best.optima, np.arange(len(best.optima)), DISTINCT_OPTIMUM, N_BOOTSTRAP_STARTS)
+        strata = None if opts.resample == "points" else budget_strata(C, used, opts.budget_rtol)
+        refits = bootstrap_refits(
+            objective, w, opts.huber_delta, (log_n, log_d), best.optima[keep], opts.bootstrap, opts.seed,
+            opts.constraint, strata,
+        )  # fmt: skip
+        samples, ci = sample_ci(refits)
+        if opts.fixed_E is None:
+            share = float(collapsed(samples, N[used].max(), D[used].max()).mean())
+    E, A, B = (math.exp(v) for v in best.theta[:3])
     fit = ParametricFit(
-        E=E,
+        E=E if opts.fixed_E is None else opts.fixed_E,
         A=A,
         B=B,
-        alpha=float(best_theta[3]),
-        beta=float(best_theta[4]),
-        objective=best_f * scale,
-        n_points=int(used.sum()),
-        huber_delta=huber_delta,
+        alpha=float(best.theta[3]),
+        beta=float(best.theta[4]),
+        objective=best.f,
+        n_points=n_points,
+        huber_delta=opts.huber_delta,
         ci=ci,
         samples=samples,
-        n_starts=int(starts.shape[0]),
-        converged=bool(np.abs(grad).max() <= _CONVERGED_GTOL),
+        n_starts=best.n_starts,
+        converged=bool(np.abs(best.grad).max() <= _CONVERGED_GTOL),
         n_range=(float(N[used].min()), float(N[used].max())),
         d_range=(float(D[used].min()), float(D[used].max())),
+        equal_exponents=opts.constraint.equal_exponents,
+        fixed_E=opts.fixed_E,
+        floor_collapse_share=share,
+        resample=opts.resample,
     )
-    _warn_if_unsound(fit, grad)
+    fit = replace(fit, fragility=_fragility(fit, opts.axes))
+    _warn_if_unsound(fit, best.grad)
     return fit
-
-
-def _bootstrap(
-    objective: _HuberLogObjective,
-    w: np.ndarray,
-    huber_delta: float,
-    log_n: np.ndarray,
-    log_d: np.ndarray,
-    warm: np.ndarray,
-    n_boot: int,
-    seed: int,
-) -> np.ndarray:
-    """Refit ``n_boot`` resamples at once from each warm start; return the best (e, a, b, alpha, beta) of each."""
-    t_start = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    counts = _resample_counts(w, n_boot, log_n, log_d, rng)
-    weights = counts * w  # resampled points keep their own weight
-    weights /= objective_scale(weights, huber_delta)  # each refit's objective as in _fit_clean
-    n_warm = warm.shape[0]  # row i starts from warm[i // n_boot] on resample i % n_boot
-
-    def evaluate(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return objective(theta, weights, rows % n_boot)
-
-    x0 = np.repeat(warm, n_boot, axis=0)
-    res = lbfgs_batch(x0, evaluate, _TIGHT_STOP)
-    f = res.f.reshape(n_warm, n_boot)
-    best = np.argmin(f, axis=0)
-    pick = best * n_boot + np.arange(n_boot)
-    not_done = int(np.isin(res.status[pick], (MAX_ITER, NON_FINITE)).sum())
-    if not_done:
-        warnings.warn(
-            f"{not_done} of {n_boot} bootstrap refits did not converge; their end points are kept",
-            UserWarning,
-            stacklevel=4,
-        )
-    logger.info(
-        "Approach 3 bootstrap: %d resamples x %d warm starts, %.1f evaluations per refit, %.2f s",
-        n_boot,
-        n_warm,
-        res.n_eval / x0.shape[0],
-        time.perf_counter() - t_start,
-    )
-    return res.x[pick]
 
 
 def fit_parametric(
@@ -736,6 +680,9 @@ def fit_parametric(
     C: Sequence[float] | np.ndarray | None = None,
     budget_rtol: float = DEFAULT_BUDGET_RTOL,
     ids: Sequence[str] | None = None,
+    equal_exponents: bool = False,
+    fixed_E: float | None = None,
+    resample: str = "budgets",
 ) -> ParametricFit:
     """Fit L(N, D) = E + A / N**alpha + B / D**beta (Chinchilla Approach 3).
 
@@ -743,12 +690,20 @@ def fit_parametric(
     the sum of ``weights``-weighted Huber(``huber_delta``) losses of log residuals with L-BFGS from every
     start of ``init_grid`` (``"chinchilla"``: Hoffmann et al.'s 4,500-point grid, or a mapping of
     ``e, a, b, alpha, beta`` to start values, E = exp(e), A = exp(a), B = exp(b)) and keeps the best.
-    ``bootstrap=B`` refits B resamples of the points (seeded by ``seed``) for 95% percentile intervals.
+    ``bootstrap=B`` refits B resamples of the runs (seeded by ``seed``) for 95% percentile intervals;
+    ``resample="budgets"`` (default) draws runs with replacement within each budget ``C`` (as many as it
+    holds; budgets of one run are pooled), ``"points"`` from all runs at once (see docs/analysis.md).
 
     ``exclude`` drops runs flagged by :func:`flops_fit.analysis.outliers.detect_outliers` (duplicates and
     IsoFLOP-profile outliers; profiles are the runs' budgets ``C`` in FLOPs, default 6ND, grouped within
     ``budget_rtol``) before fitting; they are reported in ``excluded``, named by ``ids`` (default ``run-0``,
     ``run-1``, ...). ``C`` plays no other part in the fit.
+
+    Constrained variants (the free five-parameter fit is the default): ``equal_exponents=True`` fits one
+    exponent for both terms (alpha = beta, as Gadre et al. 2024 fitted over-training suites), so N_opt and
+    D_opt both grow as C^0.5 by construction; ``fixed_E`` fixes the irreducible loss E (a positive loss, e.g.
+    ``fixed_E=1.69`` or another fit's ``E``). Either takes its coordinate out of the search (the start grid
+    is restricted to the free coordinates) and every bootstrap refit keeps the same constraint.
 
     Needs at least 5 points, at least 2 distinct N and 2 distinct D, and runs at 2 or more budgets (one
     IsoFLOP line does not separate the N and D terms); raises ValueError otherwise.
@@ -759,11 +714,13 @@ def fit_parametric(
     budget_rtol, exclude = check_budget_rtol(budget_rtol), check_flag("exclude", exclude)
     names = check_ids(ids, n.size)
     w = np.ones_like(n) if weights is None else _check_weights(weights, n.size)
-    starts = _grid_starts(init_grid)
-    excluded = pd.DataFrame()
+    axes = grid_axes(init_grid)
+    constraint, fixed_E = _check_constraint(equal_exponents, fixed_E)
+    resample = _check_resample(resample)
     budgets = FLOPS_PER_PARAM_TOKEN * n * d if C is None else positive_arrays(C=C)[0]
     if budgets.size != n.size:
         raise ValueError(f"C must have one budget per point: got {budgets.size} for {n.size} points")
+    excluded = pd.DataFrame()
     if exclude:
         flagged = detect_outliers(runs_from_arrays(n, d, loss, budgets, ids=names), budget_rtol=budget_rtol)
         mask = flagged["outlier"].to_numpy()
@@ -774,14 +731,6 @@ def fit_parametric(
     order = canonical_order(n, d, loss, w)
     n, d, loss, w, budgets = n[order], d[order], loss[order], w[order], budgets[order]
     _check_design(n, d, w, budgets, budget_rtol)
-    fit = _fit_clean(
-        n,
-        d,
-        loss,
-        w,
-        huber_delta=huber_delta,
-        starts=starts,
-        bootstrap=int(bootstrap),
-        seed=int(seed),
-    )
+    opts = _Options(huber_delta, axes, constraint, fixed_E, int(bootstrap), int(seed), resample, budget_rtol)
+    fit = _fit_clean(n, d, loss, w, budgets, opts)
     return replace(fit, excluded=excluded) if len(excluded) else fit
