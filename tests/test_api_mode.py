@@ -431,8 +431,11 @@ def test_ctrl_c_cancels_what_is_in_flight_and_a_rerun_resumes_it(tmp_path, token
 
 def test_an_id_submitted_with_other_settings_is_a_409_naming_the_fields(tmp_path, server):
     plan = _plan(tmp_path)
-    _api_runner(plan, tmp_path / "api", server.url).run_sweep()
+    runner = _api_runner(plan, tmp_path / "api", server.url)
+    runner.run_sweep()
     e = plan.experiments[0]
+    record, trained = runner.job.run(e, None, [], None)  # one experiment: re-attached, nothing trained
+    assert record["experiment_id"] == e.experiment_id and record["status"] == "completed" and trained == 0
     body = {"experiment": e.to_dict(), "train_config": CFG.to_dict()}
     with httpx.Client(base_url=server.url, headers=_auth()) as client:
         same = client.post(

@@ -151,7 +151,8 @@ class ApiJob(_JobBase):
     ) -> tuple[dict[str, Any], float]:
         """One experiment, submitted and polled to its end (:meth:`run_many` is what a sweep uses)."""
         out: list[tuple[dict[str, Any], float]] = []
-        display = SweepProgress(SweepPlan(experiments=(e,), flops=e.flops), set(), bars=False, verbose=False)
+        plan = SweepPlan(experiments=(e,), flops=e.flops, param_count="model")
+        display = SweepProgress(plan, set(), bars=False, verbose=False)
         self.run_many([e], display, lambda _, record, flops: out.append((record, flops)), callbacks, ())
         return out[0]
 
