@@ -22,12 +22,7 @@ from flops_fit.training.checkpoint import capture_rng, remove_checkpoint, restor
 VOCAB, SEQ = 11, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class CountingLM(Dataset):

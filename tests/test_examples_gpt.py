@@ -23,13 +23,7 @@ from flops_fit.examples.gpt import (
 PARAMETRIZATIONS = ["u-mup", "sp"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes them far slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def tiny(parametrization: str = "u-mup", **overrides) -> GPT:

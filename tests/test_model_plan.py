@@ -18,12 +18,7 @@ with warnings.catch_warnings():  # the old path warns once that it moved
     from flops_fit.model import GPT, GPTConfig, create_model_for_scaling, estimate_params_from_config
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 def _small_config(**overrides):

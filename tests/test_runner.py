@@ -27,13 +27,7 @@ from flops_fit.training import Callback, MockLaw, TrainConfig, TrainingRunner, l
 VOCAB, SEQ, BATCH = 11, 16, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest, and reproducibly, on one thread (the box is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 
 class CountingLM(Dataset):
