@@ -25,7 +25,7 @@ from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.train_config import TrainConfig, config_from_mapping
 from flops_fit.core.validate import POSITIVE, Instance, Integer, Nullable, check
 from flops_fit.plan.sweep import SweepPlan
-from flops_fit.training.api_client import ServiceClient, read_token, require_api_extra
+from flops_fit.training.api_client import ServiceClient, require_api_extra
 from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, TERMINAL_STATES
 from flops_fit.training.callbacks import Callback
 from flops_fit.training.jobs import _base_config, _experiment_configs, _JobBase, _result_settings
@@ -102,10 +102,6 @@ class ApiJob(_JobBase):
         check("retries", self.retries, Integer(1), "attempts per request")
 
     # -- set-up ----------------------------------------------------------------------------------------
-
-    def token(self) -> str:
-        """The bearer token, or a ValueError naming the variable (never its value)."""
-        return read_token(self.token_env)
 
     def service(self) -> ServiceClient:
         """A connection to the service (use it in a ``with`` block)."""
