@@ -37,7 +37,7 @@ import flops_fit.core.ledger as ledger_mod
 from fault_sweep import INTERVAL, SOAK_CFG, STEPS, OsProxy, soak_plan
 from flops_fit.core.ledger import read_records
 from flops_fit.training import Callback, TrainingRunner, load_checkpoint
-from test_runner import (  # noqa: F401 (one_thread: the same autouse fixture here)
+from test_runner import (
     CFG,
     CountingLM,
     Crash,
@@ -45,8 +45,9 @@ from test_runner import (  # noqa: F401 (one_thread: the same autouse fixture he
     TinyLM,
     local_runner,
     make_plan,
-    one_thread,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 TESTS = Path(__file__).parent
 MOCK_PLAN = make_plan(widths=(8, 16, 24, 32))

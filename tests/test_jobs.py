@@ -19,7 +19,9 @@ from flops_fit.core.runs import load_runs, runs_from_records
 from flops_fit.training import TrainConfig, TrainingRunner
 from flops_fit.training.jobs import FunctionJob, Job, LocalJob, MockJob
 from flops_fit.training.kinds import job_for_mode
-from test_runner import CountingLM, lm_loss, make_plan, one_thread  # noqa: F401 (the autouse fixture)
+from test_runner import CountingLM, lm_loss, make_plan
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
 QUICK = TrainConfig(lr=3e-2, eval_batches=1, log_every=2, checkpoint_every_s=None)
 

@@ -56,12 +56,7 @@ def cluster():
             ray.shutdown()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # the reference runs, like Ray's one-CPU workers, use one thread
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # the reference runs, like Ray's one-CPU workers
 
 
 @pytest.fixture(scope="module")
