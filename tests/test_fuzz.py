@@ -604,3 +604,113 @@ def test_duplicating_some_rows_moves_n_opt_less_than_the_bootstrap_interval(swee
     lo, hi = reference.optimal(CHECK_BUDGETS)["optimal_params_ci"]
     shift = np.abs(n_opt(dup) - n_opt(reference))
     assert np.all(shift < hi - lo), f"N_opt moved by {shift} with CI width {hi - lo}"
+
+
+# --------------------------------------------------------------------------------------------------
+# saved results: mutated scaling_laws.json / result.json through `flops-fit report`
+
+#: What a mutation puts in place of a value: wrong types, nulls, huge and non-finite numbers, strings.
+REPLACEMENTS = (
+    None, "x", "", "1e20", True, 0, -1, 0.5, 10**30, 1e308, -1e308, float("nan"), float("inf"),
+    [], {}, [1, 2], [[1, 2], [3]], {"a": 1}, "\x1b]52;c;aGk=\x07",
+)  # fmt: skip
+MUTATED_FILES = ("scaling_laws.json", "result.json")
+REPORT_CASES = 300
+
+
+def _json_paths(node, prefix=()):
+    """The path (keys and indices) of every value inside ``node``."""
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        yield (*prefix, key)
+        yield from _json_paths(child, (*prefix, key))
+
+
+def mutate_json(data, rng) -> list[str]:
+    """Apply 1 to 3 random mutations to ``data`` in place (delete an entry, replace a value, lengthen or
+    shorten a list); return what was done."""
+    done = []
+    for _ in range(rng.choice((1, 1, 2, 3))):
+        paths = list(_json_paths(data))
+        if not paths:
+            break
+        path = rng.choice(paths)
+        parent = data
+        for key in path[:-1]:
+            parent = parent[key]
+        key, kind = path[-1], rng.choice(("delete", "replace", "replace", "length"))
+        if kind == "length" and isinstance(parent[key], list):
+            if parent[key] and rng.random() < 0.5:
+                parent[key].pop()
+            else:
+                parent[key].append(rng.choice(REPLACEMENTS))
+        elif kind == "delete":
+            del parent[key]
+        else:
+            parent[key] = rng.choice(REPLACEMENTS)
+        done.append(f"{kind} {'/'.join(map(str, path))}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def saved_result(tmp_path_factory) -> Path:
+    """A mock sweep, analysed and saved with a back-test: the folder holds real laws and notes."""
+    from flops_fit.app.cli import main
+    from flops_fit.report.result import Result
+
+    out = tmp_path_factory.mktemp("saved") / "sweep"
+    plan = ["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e21", "--num-budgets", "4"]
+    assert main([*plan, "--sizes", "5"]) == 0
+    assert main(["train", str(out), "--mode", "mock", "--no-progress"]) == 0
+    assert main(["analyze", str(out), "--approach", "all"]) == 0
+    Result.load(out).with_backtest().save(out, plots=False)
+    return out
+
+
+@pytest.fixture
+def fast_figures(monkeypatch):
+    """Figures are built (their data checked by matplotlib) but not rasterised: most of a report's time."""
+    from matplotlib.figure import Figure
+
+    def savefig(self, fname, *args, **kwargs):
+        if hasattr(fname, "write"):
+            fname.write(b"\x89PNG\r\n\x1a\n")
+        else:
+            Path(fname).write_bytes(b"\x89PNG\r\n\x1a\n")
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+@pytest.mark.parametrize(
+    "cases", [pytest.param(40, id="40"), pytest.param(REPORT_CASES, marks=pytest.mark.slow)]
+)
+def test_report_of_mutated_laws_and_notes_exits_cleanly(saved_result, tmp_path, capsys, fast_figures, cases):
+    """Seeded mutations (300 in the slow variant) of a real ``scaling_laws.json`` or ``result.json``:
+    ``flops-fit report`` writes a report (status 0) or exits with status 2 and a message naming the file;
+    nothing else escapes. Before the files were checked on load, 26 of 300 such cases raised a traceback."""
+    import random
+    import shutil
+
+    from flops_fit.app.cli import main
+
+    originals = {name: json.loads((saved_result / name).read_text()) for name in MUTATED_FILES}
+    outcomes = {0: 0, 2: 0}
+    for seed in range(cases):
+        rng = random.Random(seed)
+        name = MUTATED_FILES[seed % 2]
+        folder = tmp_path / "case"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.copytree(saved_result, folder)
+        data = json.loads(json.dumps(originals[name]))
+        done = mutate_json(data, rng)
+        (folder / name).write_text(json.dumps(data))
+        try:
+            status = main(["report", str(folder), "--no-backtest"])
+        except Exception as exc:
+            raise AssertionError(f"seed {seed}, {name}: {done}: {type(exc).__name__}: {exc}") from exc
+        err = capsys.readouterr().err
+        assert status in (0, 2), (seed, name, done, status)
+        if status == 2:
+            assert "error:" in err and ("scaling_laws.json" in err or "result.json" in err), (seed, done, err)
+        outcomes[status] += 1
+    assert outcomes[0] and outcomes[2]  # both outcomes occur: the mutations reach past the checks

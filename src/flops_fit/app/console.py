@@ -1,10 +1,15 @@
 """Command-line plumbing shared by every front door (``flops-fit``, the stage commands, the example
 programs): the usage error, option parsing helpers, the guard that turns bad input into one line, and the
-log output (warnings of the library shown as one log line each)."""
+log output (warnings of the library shown as one log line each).
+
+Text that reaches the terminal may come from files someone else wrote (experiment ids, error messages in a
+ledger), so log lines and error lines have their control characters escaped (:func:`escape_controls`):
+an escape sequence in a file cannot move the cursor, rewrite the screen or set the clipboard."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,6 +26,23 @@ PROGRESS_LOGGING: dict[str, Any] = {
 }
 #: The logger that shows ``warnings.warn`` messages of the library on the command line.
 WARNINGS_LOGGER = "flops_fit"
+
+
+#: C0 and C1 control characters and DEL, except tab and newline: what a terminal may act on.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character a terminal acts on (ESC, BEL, CR, C1 codes, ...) written as
+    a visible ``\\xNN`` escape; tabs and newlines stay."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class SafeFormatter(logging.Formatter):
+    """A log formatter whose lines carry no terminal control characters (:func:`escape_controls`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))
 
 
 class UsageError(ValueError):
@@ -46,7 +68,7 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
     try:
         return call()
     except (UsageError, ValueError, TypeError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {escape_controls(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -98,7 +120,7 @@ def configure_logging(
     root = logging.getLogger()
     if not root.handlers:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(SafeFormatter(LOG_FORMAT))
         root.addHandler(handler)
         root.setLevel(level)
         if library_level is not None and library_level < level:

@@ -3,7 +3,6 @@ planner settings that made it; saved as the sweep folder's plan file and read ba
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -16,7 +15,7 @@ import pandas as pd
 import torch
 
 from flops_fit.core.experiment import Experiment
-from flops_fit.core.io import atomic_write_json
+from flops_fit.core.io import atomic_write_json, read_json
 from flops_fit.core.runs import load_runs
 from flops_fit.core.sweepdir import PLAN_FILE
 from flops_fit.core.validate import Real
@@ -196,11 +195,10 @@ class SweepPlan:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SweepPlan:
         """Read a plan written by :meth:`save`. The model class is not imported (see ModelSpec.resolve)."""
-        with open(path, encoding="utf-8") as fh:
-            try:
-                data = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ValueError(f"{path} is not a valid plan file: {exc}") from exc
+        try:  # a regular file of bounded size and depth (a received folder may hold anything)
+            data = read_json(path)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a valid plan file: {exc}") from exc
         return cls.from_dict(data)
 
     def to_frame(self) -> pd.DataFrame:

@@ -12,7 +12,6 @@ too) load as they are.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,12 +25,19 @@ import pandas as pd
 
 from flops_fit.analysis.approaches import Fit, fit_from_dict
 from flops_fit.core import sweepdir
-from flops_fit.core.io import atomic_write_json, atomic_write_text
+from flops_fit.core.io import atomic_write_json, atomic_write_text, read_json
 from flops_fit.core.ledger import load_results
 from flops_fit.core.sweepdir import SweepDir
 from flops_fit.plan.sweep import SweepPlan, load_plan_runs
 from flops_fit.report.backtest import Selection
-from flops_fit.report.laws import ScalingAnalysis, read_laws, write_laws
+from flops_fit.report.laws import (
+    MALFORMED,
+    ScalingAnalysis,
+    check_uniform,
+    malformed,
+    read_laws,
+    write_laws,
+)
 from flops_fit.report.view import ResultView
 
 logger = logging.getLogger(__name__)
@@ -165,9 +171,16 @@ def read_result(
     analysis = read_laws(folder.scaling_laws)
     meta = _read_meta(folder, analysis)
     table = runs if isinstance(runs, pd.DataFrame) else _read_runs(folder, analysis, runs)
-    backtest = pd.DataFrame.from_records(meta["backtest"]) if meta.get("backtest") else None
-    variants = {name: fit_from_dict(d) for name, d in (meta.get("variants") or {}).items()}
-    selection = Selection.from_dict(meta["selection"]) if meta.get("selection") else None
+    try:
+        backtest = pd.DataFrame.from_records(meta["backtest"]) if meta.get("backtest") else None
+        variants = {name: fit_from_dict(d) for name, d in (meta.get("variants") or {}).items()}
+        selection = Selection.from_dict(meta["selection"]) if meta.get("selection") else None
+    except (ValueError, *MALFORMED) as exc:
+        raise malformed(folder.result, exc) from None
+    named = {*analysis.fits, *variants}
+    if backtest is not None and not set(backtest["approach"].dropna()) <= named:
+        unknown = sorted(set(backtest["approach"].dropna()) - named)
+        raise ValueError(f"{folder.result}: the back-test names approaches that were not fitted: {unknown}")
     return SavedResult(table, analysis, _read_plan(folder), meta, backtest, variants, selection)
 
 
@@ -175,8 +188,9 @@ def _read_meta(folder: SweepDir, analysis: ScalingAnalysis) -> dict[str, Any]:
     """The notes of ``result.json``; empty when there is none or it belongs to earlier laws (logged)."""
     if not folder.result.is_file():
         return {}
-    meta = json.loads(folder.result.read_text(encoding="utf-8"))
-    if int(meta.get("version", RESULT_VERSION)) > RESULT_VERSION:
+    meta = read_json(folder.result)
+    check_meta(meta, folder.result)
+    if meta.get("version", RESULT_VERSION) > RESULT_VERSION:
         raise ValueError(f"{folder.result} is newer than this flops-fit understands; upgrade flops-fit")
     recorded = meta.get("laws_sha256")
     stale = (recorded is not None and recorded != sha256(folder.scaling_laws)) or (
@@ -190,6 +204,69 @@ def _read_meta(folder: SweepDir, analysis: ScalingAnalysis) -> dict[str, Any]:
         )
         return {}
     return meta
+
+
+#: The entries of ``result.json``: (allowed types, what it must be). Each may also be null or missing.
+_META_SHAPE: dict[str, tuple[tuple[type, ...], str]] = {
+    "version": ((int,), "an integer"),
+    "laws_sha256": ((str,), "the hex sha256 of scaling_laws.json"),
+    "primary": ((str,), "the primary approach's name"),
+    "synthetic": ((str,), "the mock-results banner"),
+    "budget_rtol": ((int, float), "a number"),
+    "skipped": ((dict,), "an object: approach name -> why it was not fitted"),
+    "fit_options": ((dict,), "an object of fit options"),
+    "backtest": ((list,), "a list of objects, one per back-test row"),
+    "warnings": ((list,), "a list of strings"),
+    "design": ((dict,), "an object"),
+    "selection": ((dict,), "an object with 'primary'"),
+    "variants": ((dict,), "an object: variant name -> fit"),
+}
+
+
+def check_meta(meta: Any, path: Path) -> None:
+    """The shape of a ``result.json`` before anything is converted; a ValueError naming ``path``."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object (a Result's notes), got {type(meta).__name__}")
+    for key, (types, what) in _META_SHAPE.items():
+        value = meta.get(key)
+        if value is not None and (not isinstance(value, types) or isinstance(value, bool)):
+            raise ValueError(f"{path}: {key!r} must be {what}, got {value!r:.60}")
+    nested = {
+        "backtest": all(isinstance(row, dict) for row in meta.get("backtest") or []),
+        "warnings": all(isinstance(w, str) for w in meta.get("warnings") or []),
+        "variants": all(isinstance(v, dict) for v in (meta.get("variants") or {}).values()),
+        "skipped": all(isinstance(v, str) for v in (meta.get("skipped") or {}).values()),
+        "selection": isinstance((meta.get("selection") or {"primary": ""}).get("primary"), str)
+        and isinstance((meta.get("selection") or {}).get("scores") or {}, dict),
+    }
+    for key, ok in nested.items():
+        if not ok:
+            raise ValueError(f"{path}: {key!r} must be {_META_SHAPE[key][1]}")
+    _check_backtest(meta.get("backtest") or [], path)
+    check_uniform(meta.get("variants") or {}, f"{path}: variants")
+
+
+#: Back-test columns holding text, and those holding true/false; every other column holds numbers.
+_KIND_NAMES = {(True, False): "text", (False, True): "true or false", (False, False): "a number"}
+_TEXT_COLUMNS = frozenset({"approach", "kind", "measured_from", "error"})
+_FLAG_COLUMNS = frozenset({"params_within_ci", "loss_within_ci"})
+
+
+def _check_backtest(rows: list[dict[str, Any]], path: Path) -> None:
+    """The back-test rows of ``result.json``: the same columns in each, each value null or of its column's
+    kind (text, true/false, or a number)."""
+    for i, row in enumerate(rows):
+        if set(row) != set(rows[0]) or "approach" not in row:
+            raise ValueError(
+                f"{path}: backtest[{i}] must have the columns of backtest[0], 'approach' among them"
+            )
+        for key, value in row.items():
+            kind = str if key in _TEXT_COLUMNS else bool if key in _FLAG_COLUMNS else (int, float)
+            if value is not None and (
+                not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+            ):
+                what = _KIND_NAMES[key in _TEXT_COLUMNS, key in _FLAG_COLUMNS]
+                raise ValueError(f"{path}: backtest[{i}][{key!r}] must be null or {what}, got {value!r:.40}")
 
 
 def _read_runs(

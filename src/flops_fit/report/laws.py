@@ -23,7 +23,7 @@ from flops_fit.analysis.approaches import Fit, fit_from_dict
 from flops_fit.analysis.bucketing import lowest_loss_per_budget
 from flops_fit.analysis.isoflop import IsoFLOPFit
 from flops_fit.analysis.power_law import PowerLawFit
-from flops_fit.core.io import atomic_write_json
+from flops_fit.core.io import atomic_write_json, read_json
 from flops_fit.core.validate import Instance, check
 
 logger = logging.getLogger(__name__)
@@ -217,10 +217,129 @@ def write_laws(path: str | os.PathLike[str], analysis: ScalingAnalysis) -> Path:
     return atomic_write_json(path, analysis.to_dict())
 
 
+#: What the conversion of a malformed laws or result file raises besides ValueError (a missing key, a list of
+#: the wrong length, a string where a mapping belongs, a number too large for a float).
+MALFORMED = (KeyError, IndexError, AttributeError, TypeError, OverflowError)
+
+
 def read_laws(path: str | os.PathLike[str]) -> ScalingAnalysis:
-    """Read a ``scaling_laws.json`` back, or a ValueError saying it is not valid JSON."""
+    """Read a ``scaling_laws.json`` back.
+
+    Raises:
+        ValueError: naming ``path``, for anything that is not such a file: not a regular file, not JSON,
+            nested too deep, or JSON of another shape (:func:`check_laws`, then the conversion).
+    """
+    data = read_json(path)
+    check_laws(data, path)
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-    return ScalingAnalysis.from_dict(data)
+        return ScalingAnalysis.from_dict(data)
+    except (ValueError, *MALFORMED) as exc:
+        raise malformed(path, exc) from None
+
+
+def malformed(path: str | os.PathLike[str], exc: BaseException) -> ValueError:
+    """The ValueError for a file whose content could not be converted (``exc`` says where)."""
+    return ValueError(
+        f"{os.fspath(path)} is not a file flops-fit wrote, or was changed since ({type(exc).__name__}: "
+        f"{exc}); write it again (flops-fit analyze, or Result.save)"
+    )
+
+
+_NUMBER = (int, float)
+
+
+def _check_law(d: Any, where: str) -> None:
+    """One power law's dict: numbers ``k`` and ``a``; each ``*_ci`` null or two numbers; ``cov`` null or a
+    square table of numbers."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{where} must be an object with 'k' and 'a', got {type(d).__name__}")
+    for key in ("k", "a"):
+        if not isinstance(d.get(key), _NUMBER) or isinstance(d.get(key), bool):
+            raise ValueError(f"{where}.{key} must be a number, got {d.get(key)!r:.40}")
+    for key in ("r_squared", "offset", "n_points"):
+        value = d.get(key)
+        if value is not None and (not isinstance(value, _NUMBER) or isinstance(value, bool)):
+            raise ValueError(f"{where}.{key} must be a number or null, got {value!r:.40}")
+    for key in ("k_ci", "a_ci", "offset_ci"):
+        _check_numbers(d.get(key), f"{where}.{key}", length=2)
+    cov = d.get("cov")
+    if cov is not None:
+        if not isinstance(cov, list) or not cov:
+            raise ValueError(f"{where}.cov must be null or a square table of numbers")
+        for i, row in enumerate(cov):
+            _check_numbers(row, f"{where}.cov[{i}]", length=len(cov))
+
+
+def _check_numbers(value: Any, where: str, length: int) -> None:
+    """``value`` is null or a list of ``length`` numbers (null allowed in place of a number: NaN)."""
+    if value is None:
+        return
+    if (
+        not isinstance(value, list)
+        or len(value) != length
+        or any(v is not None and (not isinstance(v, _NUMBER) or isinstance(v, bool)) for v in value)
+    ):
+        raise ValueError(f"{where} must be null or a list of {length} numbers, got {value!r:.60}")
+
+
+def _kind(value: Any) -> Any:
+    """What a list's elements must share: numbers, text, true/false, lists of one length, or objects with
+    the same keys (null goes with any of them)."""
+    if isinstance(value, bool):
+        return bool
+    if isinstance(value, _NUMBER):
+        return float
+    if isinstance(value, list):
+        return ("list", len(value))
+    if isinstance(value, Mapping):
+        return ("object", frozenset(value))
+    return type(value)
+
+
+def check_uniform(value: Any, where: str) -> None:
+    """Every list inside ``value`` holds elements of one kind (:func:`_kind`), as every list flops-fit
+    writes does (a column of numbers, a table of records); a ValueError naming the first that does not."""
+    stack = [(value, where)]
+    while stack:
+        node, at = stack.pop()
+        children = list(node.items()) if isinstance(node, Mapping) else list(enumerate(node))
+        if isinstance(node, list):
+            kinds = {_kind(v) for v in node if v is not None}
+            if len(kinds) > 1:
+                raise ValueError(f"{at} mixes {len(kinds)} kinds of values (numbers, text, lists, objects)")
+        stack.extend((v, f"{at}/{k}") for k, v in children if isinstance(v, (list, Mapping)))
+
+
+def check_laws(data: Any, path: str | os.PathLike[str]) -> None:
+    """The shape of a ``scaling_laws.json``, before anything is converted; a ValueError naming ``path`` and
+    the first entry that is wrong."""
+    where = os.fspath(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} must hold a JSON object (the fitted laws), got {type(data).__name__}")
+    version = data.get("version", SCALING_LAWS_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{where}: 'version' must be an integer, got {version!r:.40}")
+    for key in ("n_opt_fit", "d_opt_fit", "l_opt_fit"):
+        _check_law(data.get(key), f"{where}: {key}")
+    fits = data.get("fits")
+    if fits is not None and (
+        not isinstance(fits, Mapping) or not all(isinstance(f, Mapping) for f in fits.values())
+    ):
+        raise ValueError(f"{where}: 'fits' must map each approach's name to its fit (an object)")
+    points = data.get("optimal_points")
+    if points is not None and (
+        not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points)
+    ):
+        raise ValueError(f"{where}: 'optimal_points' must be a list of objects, one per budget")
+    run_ids = data.get("run_ids")
+    if run_ids is not None and (
+        not isinstance(run_ids, list) or not all(isinstance(i, (str, int)) for i in run_ids)
+    ):
+        raise ValueError(f"{where}: 'run_ids' must be null or a list of experiment ids (strings)")
+    for key in ("optimal_ratio", "budget_rtol"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, _NUMBER) or isinstance(value, bool)):
+            raise ValueError(f"{where}: {key!r} must be a number or null, got {value!r:.40}")
+    if not isinstance(data.get("approach", ""), str):
+        raise ValueError(f"{where}: 'approach' must be the primary approach's name (a string)")
+    check_uniform(data, where)

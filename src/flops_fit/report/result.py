@@ -67,9 +67,9 @@ from flops_fit.report import backtest as _backtest
 from flops_fit.report import diagnostics
 from flops_fit.report.backtest import Selection, choose_primary
 from flops_fit.report.diagnostics import SIX_ND_RTOL, ci_pair, exponent_ci, fmt, fmt_ci
-from flops_fit.report.folder import RESULT_VERSION, read_result, runs_to_records, write_result
+from flops_fit.report.folder import RESULT_VERSION, SavedResult, read_result, runs_to_records, write_result
 from flops_fit.report.html_parts import result_html_fragment
-from flops_fit.report.laws import ScalingAnalysis, laws_of, prediction
+from flops_fit.report.laws import MALFORMED, ScalingAnalysis, laws_of, prediction
 
 __all__ = [
     "PLAN_FILE",
@@ -714,6 +714,22 @@ class Result:
         saved = read_result(directory, runs)
         meta, analysis = saved.meta, saved.analysis
         fits = {k: f for k, f in analysis.fits.items() if k not in VARIANTS or VARIANTS[k].approach == k}
+        try:
+            return cls._from_saved(saved, fits, Path(directory), trust_plan)
+        except (ValueError, *MALFORMED) as exc:  # files that parse but do not make a Result
+            folder = sweepdir.SweepDir(directory)
+            files = folder.scaling_laws.name + (f" / {folder.result.name}" if meta else "")
+            raise ValueError(
+                f"{folder.root}: {files} does not make a Result ({type(exc).__name__}: {exc}); write them "
+                "again (flops-fit analyze, or Result.save)"
+            ) from None
+
+    @classmethod
+    def _from_saved(
+        cls, saved: SavedResult, fits: dict[str, Fit], directory: Path, trust_plan: bool
+    ) -> Result:
+        """The Result of what :func:`read_result` read (``fits``: its approaches, without the variants)."""
+        meta, analysis = saved.meta, saved.analysis
         return cls(
             saved.runs,
             fits,
@@ -721,7 +737,7 @@ class Result:
             selection=saved.selection,
             plan=saved.plan,
             primary=meta.get("primary", analysis.approach),
-            output_dir=Path(directory),
+            output_dir=directory,
             budget_rtol=meta.get("budget_rtol", analysis.budget_rtol),
             skipped=meta.get("skipped") or {},
             fit_options=meta.get("fit_options") or {},

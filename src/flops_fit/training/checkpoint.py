@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import random
+import stat
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,12 +107,26 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> N
 def load_checkpoint(path: str | os.PathLike[str], *, discard_corrupt: bool = True) -> dict[str, Any] | None:
     """Load a checkpoint with ``weights_only=True``; ``None`` if absent.
 
+    Only a regular file is read: a symbolic link, FIFO or device in its place is reported, removed (the
+    entry, never what a link points to) and treated as absent.
+
     A file that cannot be read (truncated, not a zip archive, an entry failing its CRC-32 check), or that
     lacks the expected keys, is reported with a warning, deleted (when ``discard_corrupt``; only the main
     process does so) and treated as absent, so the experiment restarts from scratch.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(mode):  # a link, FIFO or device is never a checkpoint flops-fit wrote
+        logger.warning(
+            "ignoring %s: not a regular file (a symbolic link, FIFO or device); the experiment restarts "
+            "from scratch",
+            path,
+        )
+        if discard_corrupt:
+            path.unlink(missing_ok=True)  # the entry only: a link's target is untouched
         return None
     try:
         # torch.load does not check the CRC-32 sums of its zip entries, so a flipped bit in the tensor data
@@ -158,6 +173,21 @@ def discard_checkpoint(path: str | os.PathLike[str]) -> None:
             path,
             exc,
         )
+
+
+def check_checkpoint_folder(folder: str | os.PathLike[str], output_dir: str | os.PathLike[str]) -> Path:
+    """``folder`` (the default ``output_dir/checkpoints``), or a ValueError when it is a symbolic link or
+    leads outside ``output_dir``: the runner deletes the checkpoints of finished experiments there, so a
+    sweep folder from someone else must not point it at another folder. A checkpoint folder elsewhere is
+    fine when the user names it (``checkpoint_dir``)."""
+    folder, root = Path(folder), Path(output_dir).resolve()
+    if folder.is_symlink() or (folder.exists() and not folder.resolve().is_relative_to(root)):
+        raise ValueError(
+            f"{str(folder)!r} leads outside the sweep folder {str(root)!r} (a symbolic link?); flops-fit "
+            "writes and deletes checkpoints there, so it will not follow it. Delete the link, or pass the "
+            "folder you mean as checkpoint_dir (--checkpoint-dir)"
+        )
+    return folder
 
 
 def model_signature(model: torch.nn.Module) -> str:

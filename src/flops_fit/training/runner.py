@@ -52,7 +52,7 @@ from flops_fit.core.validate import NON_NEGATIVE_INT, Instance, check, check_fla
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.callbacks import Callback
-from flops_fit.training.checkpoint import discard_checkpoint
+from flops_fit.training.checkpoint import check_checkpoint_folder, discard_checkpoint
 from flops_fit.training.distributed import launched_world_size
 from flops_fit.training.jobs import RAY_DEVICES, ConcurrentJob, Job, check_ray_device
 from flops_fit.training.kinds import MODES, check_mode, job_for_mode
@@ -319,10 +319,11 @@ class TrainingRunner:
         self.output_dir = _output_path(output_dir)
         self.sweep = SweepDir(self.output_dir)
         self._checkpoint_root = (
-            self.sweep.checkpoints
+            check_checkpoint_folder(self.sweep.checkpoints, self.output_dir)
             if checkpoint_dir is None
             else _output_path(checkpoint_dir, "checkpoint_dir")
         )
+        self._own_checkpoints = checkpoint_dir is None
 
     def _load_plan(self, plan: Any, sweep_path: Any) -> SweepPlan:
         if plan is not None and sweep_path is not None:
@@ -452,6 +453,8 @@ class TrainingRunner:
     def _tidy(self, finished: set[str]) -> None:
         """Main process: write the plan file, and drop the checkpoints of finished experiments."""
         self._sync_plan_file(finished)
+        if self._own_checkpoints:  # checked again right before deleting anything in it
+            check_checkpoint_folder(self._checkpoint_root, self.output_dir)
         for eid in finished & {e.experiment_id for e in self.plan}:
             path = self._checkpoint_path(eid)
             if path.exists():

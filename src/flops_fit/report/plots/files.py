@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,8 +13,8 @@ from matplotlib.figure import Figure
 from flops_fit.analysis.approaches import FIT_TYPES, fit_from_dict
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL
 from flops_fit.analysis.isoflop import IsoFLOPFit
-from flops_fit.core.io import atomic_write
-from flops_fit.report.laws import ScalingAnalysis
+from flops_fit.core.io import atomic_write, read_json
+from flops_fit.report.laws import MALFORMED, ScalingAnalysis, check_laws, malformed
 
 
 def read_analysis(
@@ -37,10 +36,14 @@ def read_analysis(
     if not Path(results_path).is_file():
         raise FileNotFoundError(f"results file {str(results_path)!r} does not exist")
     data = _read_laws(Path(scaling_laws_path))
-    # a variant that was primary rides along under its own name (e.g. "parametric:alpha=beta"): not drawn
-    fits = {name: fit_from_dict(d) for name, d in data["fits"].items() if name in FIT_TYPES}
-    if isinstance(data.get("run_ids"), list):  # exactly the runs the analysis read, whatever the plan
-        runs = ScalingAnalysis.from_dict(data).runs_of(load_plan_runs(results_path, None, columns))
+    try:
+        # a variant that was primary rides along under its own name (e.g. "parametric:alpha=beta"): not drawn
+        fits = {name: fit_from_dict(d) for name, d in data["fits"].items() if name in FIT_TYPES}
+        analysis = ScalingAnalysis.from_dict(data) if isinstance(data.get("run_ids"), list) else None
+    except (ValueError, *MALFORMED) as exc:
+        raise malformed(scaling_laws_path, exc) from None
+    if analysis is not None:  # exactly the runs the analysis read, whatever the plan
+        runs = analysis.runs_of(load_plan_runs(results_path, None, columns))
     else:
         runs = load_plan_runs(results_path, plan, columns)
     if budget_rtol is None:
@@ -49,17 +52,14 @@ def read_analysis(
 
 
 def _read_laws(path: Path) -> dict[str, Any]:
-    """The JSON of a scaling-laws file, checked to hold a non-empty ``fits`` mapping."""
+    """The JSON of a scaling-laws file, checked (:func:`check_laws`) to hold a non-empty ``fits`` mapping."""
     if not path.is_file():
         raise FileNotFoundError(
             f"scaling laws file {str(path)!r} does not exist; run ScalingLawAnalyzer(...).analyze() first"
         )
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc})") from exc
-    fit_dicts = data.get("fits") if isinstance(data, Mapping) else None
+    data = read_json(path)
+    check_laws(data, path)
+    fit_dicts = data.get("fits")
     if not isinstance(fit_dicts, Mapping) or not fit_dicts:
         raise ValueError(
             f"{path} has no 'fits' mapping of approach name to fit; write it with "
