@@ -59,6 +59,7 @@ from flops_fit.analysis.parametric_search import (
     Constraint,
     distinct,
     grid_axes,
+    grid_rows,
     polish,
     search,
 )
@@ -592,24 +593,51 @@ class _Optimum:
     n_starts: int
 
 
-def _optimise(objective: _HuberLogObjective, scale: float, opts: _Options) -> _Optimum:
-    """Steps 1-3: every start of the (constrained) grid, refinement of the best, scipy polish."""
-    t_start = time.perf_counter()
+def _evaluator(objective: _HuberLogObjective, constraint: Constraint) -> Any:
+    """The search's kernel: ``objective`` over the free coordinates of ``constraint``."""
 
     def full(rows: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return objective(theta)
 
-    evaluate = opts.constraint.wrap(full)
+    return constraint.wrap(full)
+
+
+def _grid_objective(arrays: tuple[np.ndarray, ...], w: np.ndarray, C: np.ndarray, opts: _Options) -> Any:
+    """``(evaluate, scale)`` of the start grid on a budget-stratified subsample when there are more than
+    MAX_GRID_POINTS points (None otherwise: the grid sees every point, as always)."""
+    rows = grid_rows(bucket_budgets(C, rtol=opts.budget_rtol)[0], w > 0)
+    if rows.size == int((w > 0).sum()):
+        return None
+    logger.info(
+        "Approach 3: %d points; the start grid runs on a budget-stratified sample of %d (refinement on all)",
+        int((w > 0).sum()),
+        rows.size,
+    )
+    scale = objective_scale(w[rows], opts.huber_delta)
+    log_n, log_d, log_l = (a[rows] for a in arrays)
+    sub = _HuberLogObjective(log_n, log_d, log_l, opts.huber_delta, w[rows] / scale)
+    return _evaluator(sub, opts.constraint), scale
+
+
+def _optimise(
+    objective: _HuberLogObjective, scale: float, opts: _Options, grid_objective: Any = None
+) -> _Optimum:
+    """Steps 1-3: every start of the (constrained) grid (on ``grid_objective``'s subsample when given),
+    refinement of the best, scipy polish."""
+    t_start = time.perf_counter()
+    evaluate = _evaluator(objective, opts.constraint)
     starts = opts.constraint.starts(opts.axes)
-    grid, finite, refined, ranked = search(starts, evaluate, scale)
+    logger.info("Approach 3: %d starts on %d points", starts.shape[0], objective.n_points)
+    grid, finite, refined, ranked = search(starts, evaluate, scale, grid_objective)
     best_z, best_f, grad = polish(evaluate, refined.x[ranked[0]].copy(), float(refined.f[ranked[0]]))
     logger.info(
-        "Approach 3: %d starts (%d iterations, %.1f evaluations per start), %d within 1e-6 of the best; "
+        "Approach 3: %d starts (%d iterations, %.1f evaluations per start), %d within 1e-6 of the best%s; "
         "objective %.6g; %.2f s",
         starts.shape[0],
         int(grid.n_iter.max(initial=0)),
         grid.n_eval / starts.shape[0],
-        int((grid.f[finite] <= best_f * (1 + 1e-6)).sum()),
+        int((grid.f[finite] <= (refined.f[ranked[0]] if grid_objective else best_f) * (1 + 1e-6)).sum()),
+        " of the sample" if grid_objective else "",
         best_f * scale,
         time.perf_counter() - t_start,
     )
@@ -624,8 +652,9 @@ def _fit_clean(
     """Approach 3 on validated arrays: N, D, L, C (FLOPs) positive finite, w >= 0 with a usable design."""
     log_n, log_d = np.log(N), np.log(D)
     scale = objective_scale(w, opts.huber_delta)
-    objective = _HuberLogObjective(log_n, log_d, np.log(L), opts.huber_delta, w / scale)
-    best = _optimise(objective, scale, opts)
+    log_l = np.log(L)
+    objective = _HuberLogObjective(log_n, log_d, log_l, opts.huber_delta, w / scale)
+    best = _optimise(objective, scale, opts, _grid_objective((log_n, log_d, log_l), w, C, opts))
     used = w > 0
     n_points = int(used.sum())
     samples, share = None, None

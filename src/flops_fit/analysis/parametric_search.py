@@ -61,6 +61,7 @@ _N_REFINE_DISTINCT = 8  # plus the best start of up to this many distinct basins
 _DISTINCT_START = 0.1  # max |difference| of coordinates for grid end points to count as one basin
 DISTINCT_OPTIMUM = 1e-3  # ... and for refined optima
 N_BOOTSTRAP_STARTS = 4  # warm starts per resample: the optimum and up to 3 other distinct optima
+_N_FULL_REFINE = 4  # grid on a sample: best refined optima (and distinct ones) refined again on all points
 
 
 def grid_stop(scale: float) -> Stop:
@@ -214,14 +215,44 @@ def grid_starts(init_grid: Any) -> np.ndarray:
 # The search
 
 
+#: Most points the start grid (step 1) is run on: above it the grid sees a seeded subsample stratified by
+#: budget (:func:`grid_rows`), and only the refinement and polish (steps 2-3) see every point. Ordinary
+#: sweeps (tens to hundreds of runs) are far below it and are fitted exactly as without the limit.
+MAX_GRID_POINTS = 2000
+
+
+def grid_rows(strata: np.ndarray, used: np.ndarray, limit: int | None = None, seed: int = 0) -> np.ndarray:
+    """Indices of at most about ``limit`` (default MAX_GRID_POINTS) positive-weight points for the start
+    grid: all of them when there are no more, else a seeded sample taking from each stratum (budget) in
+    proportion to its size, at least 2 per stratum where it has them, sorted."""
+    limit = MAX_GRID_POINTS if limit is None else limit
+    idx = np.flatnonzero(used)
+    if idx.size <= limit:
+        return idx
+    rng = np.random.default_rng(seed)
+    labels = strata[idx]
+    picked = []
+    for label in np.unique(labels):
+        members = idx[labels == label]
+        take = min(members.size, max(2, round(limit * members.size / idx.size)))
+        picked.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 def search(
-    starts: np.ndarray, evaluate: Evaluate, scale: float
+    starts: np.ndarray,
+    evaluate: Evaluate,
+    scale: float,
+    grid_objective: tuple[Evaluate, float] | None = None,
 ) -> tuple[BatchResult, np.ndarray, BatchResult, np.ndarray]:
     """Steps 1 and 2 of Approach 3: every start of the grid stopping where scipy's L-BFGS-B with default
     options would, then the best starts and the best start of each distinct basin refined with tight
-    tolerances. Returns ``(grid, finite, refined, ranked)``: the grid's results, its starts with a finite
-    objective, the refined results and their order, best first."""
-    grid = lbfgs_batch(starts, evaluate, grid_stop(scale))
+    tolerances. ``grid_objective``: ``(evaluate, scale)`` of a subsample of the points that step 1 runs on
+    instead (many points; :func:`grid_rows`); step 2 always sees every point. Returns ``(grid, finite,
+    refined, ranked)``: the grid's results, its starts with a finite objective, the refined results and
+    their order, best first."""
+    grid_evaluate, grid_scale = grid_objective or (evaluate, scale)
+    grid = lbfgs_batch(starts, grid_evaluate, grid_stop(grid_scale))
     finite = np.flatnonzero(np.isfinite(grid.f))
     if finite.size == 0:
         raise ValueError(
@@ -233,7 +264,16 @@ def search(
             [*order[:_N_REFINE_BEST].tolist(), *distinct(grid.x, order, _DISTINCT_START, _N_REFINE_DISTINCT)]
         )
     )
-    refined = lbfgs_batch(grid.x[picks], evaluate, TIGHT_STOP)
+    starts_2 = grid.x[picks]
+    if grid_objective is not None:  # many points: refine on the sample first, then the best few on all
+        pre = lbfgs_batch(starts_2, grid_evaluate, TIGHT_STOP)
+        pre_order = np.argsort(pre.f, kind="stable")
+        best = [
+            *pre_order[:_N_FULL_REFINE].tolist(),
+            *distinct(pre.x, pre_order, DISTINCT_OPTIMUM, _N_FULL_REFINE),
+        ]
+        starts_2 = pre.x[list(dict.fromkeys(best))]
+    refined = lbfgs_batch(starts_2, evaluate, TIGHT_STOP)
     return grid, finite, refined, np.argsort(refined.f, kind="stable")
 
 

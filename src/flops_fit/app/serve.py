@@ -33,7 +33,7 @@ from flops_fit.core.version import __version__
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.training.api_protocol import DEFAULT_TOKEN_ENV, PROTOCOL, models
 from flops_fit.training.callbacks import Callback
-from flops_fit.training.jobs import LocalJob
+from flops_fit.training.jobs import LocalJob, check_recorded_train_config
 
 #: The bodies of protocol 1 (module names, so that FastAPI resolves the route annotations).
 Health, Submission, Status = models().Health, models().Submission, models().Status
@@ -337,6 +337,7 @@ def _routes(app: Any, service: Service, auth: Any) -> None:
         try:
             e = Experiment.from_dict(body.experiment)
             config_from_mapping(body.train_config, "train_config")
+            check_recorded_train_config(body.train_config, "train_config", "ask for at most that many")
         except (TypeError, ValueError) as exc:
             raise http_error(status_code=422, detail=str(exc)) from None
         submitted = {"experiment": e.to_dict(), "train_config": body.train_config}

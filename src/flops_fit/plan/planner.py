@@ -96,9 +96,20 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}: {text}"
 
 
-#: A compute budget: a positive finite number of FLOPs.
+#: The most compute budgets one sweep may plan (an IsoFLOP sweep needs a handful; each budget adds runs).
+MAX_COMPUTE_BUDGETS = 1000
+#: The largest compute budget, FLOPs: far above any training run, far below float overflow.
+MAX_FLOPS = 1e40
+#: The most tokens one experiment may train (a 64-bit token counter).
+MAX_TOKENS = 2**63 - 1
+
+#: A compute budget: a positive finite number of FLOPs, at most MAX_FLOPS.
 _FLOPS = Real(
-    0, lo_open=True, type_label="a number of FLOPs", range_label="a positive finite number of FLOPs"
+    0,
+    MAX_FLOPS,
+    lo_open=True,
+    type_label="a number of FLOPs",
+    range_label=f"a positive finite number of FLOPs up to {MAX_FLOPS:.0e}",
 )
 
 
@@ -112,6 +123,21 @@ def explicit_budgets(budgets: Any, name: str = "budgets") -> list[float]:
     if not values:
         raise ValueError(f"{name} is empty; give at least one compute budget in FLOPs, e.g. [1e15, 1e16]")
     return sorted(set(values))
+
+
+def _check_magnitudes(runs: Sequence[Experiment]) -> None:
+    """Raise ValueError naming ``budgets`` when a run's tokens, parameters or FLOPs overflow what a
+    training run can count (tokens above 2**63 - 1, non-finite FLOPs or their sum)."""
+    for e in runs:
+        numbers = (e.num_params, e.flops_per_token, e.planned_flops)
+        if e.num_tokens > MAX_TOKENS or not all(math.isfinite(float(v)) for v in numbers):
+            raise ValueError(
+                f"budgets: the budget C={e.compute_budget:.3g} plans {e.num_tokens:.3g} tokens for "
+                f"N={e.num_params:.3g} parameters, which overflows a training run's counters; give smaller "
+                "budgets (min_flops/max_flops)"
+            )
+    if not math.isfinite(math.fsum(e.planned_flops for e in runs)):
+        raise ValueError("budgets: the planned FLOPs add up past a float's range; give smaller budgets")
 
 
 def _check_flops(flops: str | FlopsFn, model: ModelSpec | None) -> str:
@@ -203,8 +229,8 @@ class SweepPlanner:
         budgets: Sequence[float] | None = None,
         design: SweepDesign | None = None,
     ) -> None:
-        self.min_flops = check("min_flops", min_flops, POSITIVE)
-        self.max_flops = check("max_flops", max_flops, POSITIVE)
+        self.min_flops = check("min_flops", min_flops, _FLOPS)
+        self.max_flops = check("max_flops", max_flops, _FLOPS)
         self.budgets = None if budgets is None else explicit_budgets(budgets)
         self.num_compute_budgets = self._check_budgets(num_compute_budgets)
         self.design = self._design(design, num_model_sizes, size_span)
@@ -239,6 +265,11 @@ class SweepPlanner:
         if hi < lo:
             raise ValueError(f"max_flops ({hi:.3g}) must be >= min_flops ({lo:.3g})")
         k = check("num_compute_budgets", num_compute_budgets, _AT_LEAST_ONE)
+        if k > MAX_COMPUTE_BUDGETS:
+            raise ValueError(
+                f"num_compute_budgets={k} is more than the limit of {MAX_COMPUTE_BUDGETS} budgets per sweep; "
+                "an IsoFLOP sweep needs a handful (3-10): ask for fewer"
+            )
         if k > 1 and hi == lo:
             raise ValueError(
                 f"{k} budgets need max_flops > min_flops; use num_compute_budgets=1 for one budget"
@@ -333,7 +364,8 @@ class SweepPlanner:
         if missing:
             raise ValueError(f"planner config is missing key(s) {missing}")
         if isinstance(merged.get("model"), Mapping):
-            merged["model"] = ModelSpec.from_dict(merged["model"])
+            # the caller's own configuration: planning imports the class anyway, and so may training
+            merged["model"] = ModelSpec.from_dict(merged["model"], trusted=True)
         for key in ("flops", "lr_rule"):
             value = merged.get(key)
             if isinstance(value, str) and value.startswith("callable:"):
@@ -445,6 +477,7 @@ class SweepPlanner:
         """Choose sizes and tokens for every budget; raises ValueError before anything is trained."""
         context = self._context()
         designed = self.design.experiments(context)
+        _check_magnitudes(designed.experiments)
         self._check_runs(designed.experiments)
         plan = SweepPlan(
             experiments=tuple(designed.experiments),

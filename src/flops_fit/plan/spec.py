@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -16,6 +19,11 @@ from torch import nn
 from flops_fit.core.experiment import plain_json
 from flops_fit.core.validate import POSITIVE, POSITIVE_INT, Real, check
 from flops_fit.plan.flops import PARAM_COUNTS, TransformerShape, convention_name
+
+logger = logging.getLogger(__name__)
+
+#: How each entry point spells "trust this plan's import paths" (named in :class:`UntrustedPlanError`).
+TRUST_FLAGS = "--trust-plan (flops-fit train), trust_plan=true (ff-train) or trust_plan=True (TrainingRunner)"
 
 #: ``sample_fn(batch_size) -> (inputs, targets)``: a sample batch.
 SampleFn = Callable[[int], Any]
@@ -111,6 +119,36 @@ def resolve_import_path(path: str) -> Any:
     return obj
 
 
+class UntrustedPlanError(ValueError):
+    """A plan read from a file names a model class that training would import, and nobody trusted it."""
+
+
+def _module_of(obj: Any) -> str:
+    """The module that defines ``obj`` (for a bound classmethod: its class's)."""
+    owner = obj.__self__ if inspect.ismethod(obj) else obj
+    return str(getattr(owner, "__module__", None) or "")
+
+
+def _is_stdlib(module: str) -> bool:
+    top = module.partition(".")[0].lstrip("_")
+    return top in sys.stdlib_module_names or f"_{top}" in sys.stdlib_module_names or top == "builtins"
+
+
+def check_model_target(path: str, obj: Any) -> None:
+    """Raise TypeError unless ``obj`` (imported from ``path``) can be a model class or factory: a class, a
+    function or a method bound to a class, defined outside the Python standard library. Anything else (a
+    stdlib function or class such as ``subprocess:run``, a builtin, a callable instance) is refused."""
+    kind_ok = inspect.isclass(obj) or inspect.isfunction(obj)
+    kind_ok = kind_ok or (inspect.ismethod(obj) and inspect.isclass(obj.__self__))
+    module = _module_of(obj)
+    if not kind_ok or _is_stdlib(module):
+        where = f" from the standard library module {module!r}" if _is_stdlib(module) else ""
+        raise TypeError(
+            f"model class path {path!r} names a {type(obj).__name__}{where}, not a model class or factory "
+            "function; name a torch.nn.Module subclass (or a function returning one) from your own code"
+        )
+
+
 def _check_model_cls(model_cls: Any) -> None:
     """A class or factory function, or its import path; never a built model."""
     if isinstance(model_cls, str):
@@ -166,9 +204,12 @@ class ModelSpec:
     sample_fn: SampleFn | None = field(default=None, compare=False, repr=False)
     loss_fn: LossFn | None = field(default=None, compare=False, repr=False)
     shape_fn: ShapeFn | None = field(default=None, compare=False, repr=False)
+    trusted: bool = field(default=True, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_model_cls(self.model_cls)
+        if not isinstance(self.trusted, bool):
+            raise TypeError(f"trusted must be True or False, got {self.trusted!r}")
         if not isinstance(self.size_param, str) or not self.size_param.isidentifier():
             raise ValueError(
                 f"size_param must be the name of a constructor argument, got {self.size_param!r}"
@@ -206,7 +247,28 @@ class ModelSpec:
         obj = resolve_import_path(self.model_cls)
         if not callable(obj):
             raise TypeError(f"{self.model_cls} is a {type(obj).__name__}, not a class or function")
+        check_model_target(self.model_cls, obj)
         return obj
+
+    def require_trust(self, trust_plan: bool = False) -> None:
+        """Raise :class:`UntrustedPlanError` (before importing anything) when this spec was read from a file
+        (:meth:`from_dict`), names its class by import path and ``trust_plan`` is False; else log (INFO)
+        the class path that :meth:`resolve` will import."""
+        if not isinstance(self.model_cls, str):
+            return  # a class object of this process: nothing to import
+        if not (self.trusted or trust_plan):
+            raise UntrustedPlanError(
+                f"the plan names the model class {self.model_cls!r}, which training would import and call "
+                f"with the plan's arguments {dict(self.model_kwargs)} (plus {self.size_param}=<size>); a plan "
+                f"read from a file is data and runs no code unasked. Check its 'model' entry, then pass "
+                f"{TRUST_FLAGS}; or name the model yourself (flops-fit train --model, "
+                "TrainingRunner(model=ModelSpec(...)))"
+            )
+        logger.info("importing model class %s named by the plan", self.model_cls)
+
+    def trusting(self) -> ModelSpec:
+        """This spec with its import path trusted (``trust_plan=True``)."""
+        return self if self.trusted else dataclasses.replace(self, trusted=True)
 
     def check_signature(self) -> None:
         """Raise TypeError if the class does not accept ``size_param`` / ``model_kwargs`` or lacks arguments."""
@@ -265,10 +327,12 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], **callables: Any) -> ModelSpec:
+    def from_dict(cls, d: Mapping[str, Any], *, trusted: bool = False, **callables: Any) -> ModelSpec:
         """Rebuild from :meth:`to_dict`; the class stays an import path until :meth:`resolve`.
 
-        ``callables`` may add ``sample_fn``, ``loss_fn`` and ``shape_fn``.
+        ``callables`` may add ``sample_fn``, ``loss_fn`` and ``shape_fn``. A spec read this way is data
+        (``trusted=False``): training refuses to import its class until trusted (:meth:`require_trust`);
+        pass ``trusted=True`` for a mapping from your own configuration.
         """
         allowed = {"model_cls", "size_param", "model_kwargs", "size_values", "size_multiple", "param_count"}
         unknown = sorted(set(d) - allowed)
@@ -280,4 +344,4 @@ class ModelSpec:
         bad = sorted(set(callables) - {"sample_fn", "loss_fn", "shape_fn"})
         if bad:
             raise TypeError(f"unexpected keyword(s) {bad}; only sample_fn, loss_fn and shape_fn may be added")
-        return cls(**dict(d), **callables)
+        return cls(**dict(d), **callables, trusted=trusted)

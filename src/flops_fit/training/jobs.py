@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
@@ -60,6 +61,7 @@ __all__ = [
     "LocalJob",
     "MockJob",
     "check_ray_device",
+    "check_recorded_train_config",
 ]
 
 #: Devices an experiment on a Ray worker can ask for (the worker's GPU is the one Ray assigned to it).
@@ -400,13 +402,9 @@ class LocalJob(_JobBase):
         """The model, loss and TrainConfig of each experiment resolved against ``plan``; the device checked."""
         if executor == "ray":
             check_ray_device(self.device)
-        model = self.model if self.model is not None else plan.model
-        if model is None:
-            raise ValueError(
-                "mode='local' needs a model: pass model=ModelSpec(...) or model=lambda size: MyModel(size), "
-                "or plan with SweepPlanner(model=ModelSpec(...))"
-            )
+        model = _model_to_train(self.model, plan)
         if isinstance(model, ModelSpec):
+            model.require_trust()  # before any import: a plan read from a file names code to run
             model.resolve()  # import errors now, not after the first experiment
             if any(e.size_value is None for e in plan):
                 raise ValueError(
@@ -562,6 +560,45 @@ def _check_model(model: Any) -> None:
         )
 
 
+def _model_to_train(model: ModelSpec | Callable[[Any], nn.Module] | None, plan: SweepPlan) -> Any:
+    """``model`` when given (the plan's model entry is then never imported), else the plan's ModelSpec."""
+    if model is None:
+        if plan.model is None:
+            raise ValueError(
+                "mode='local' needs a model: pass model=ModelSpec(...) or model=lambda size: MyModel(size), "
+                "or plan with SweepPlanner(model=ModelSpec(...))"
+            )
+        return plan.model
+    if plan.model is not None and isinstance(model, ModelSpec) and model.model_path != plan.model.model_path:
+        logger.warning(
+            "training %s (model=) instead of the plan's %s; the plan's sizes were chosen for its class",
+            model.model_path,
+            plan.model.model_path,
+        )
+    return model
+
+
+def _resource_bounds() -> dict[str, int]:
+    """TrainConfig fields that size a resource of this machine, and their bounds (DataLoader processes)."""
+    return {"num_workers": os.cpu_count() or 1}
+
+
+def check_recorded_train_config(
+    recorded: Mapping[str, Any],
+    what: str = "the plan's train_config",
+    fix: str = "set it yourself: train_config=TrainConfig({key}=...) (ff-train: +train.{key}=N)",
+) -> None:
+    """Raise ValueError when a ``train_config`` that came with data (a plan's recorded one, a service
+    submission) asks for more of this machine than it has (``num_workers`` above ``os.cpu_count()``),
+    naming ``what``, the key and ``fix``."""
+    for key, bound in _resource_bounds().items():
+        value = recorded.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > bound:
+            raise ValueError(
+                f"{what} sets {key}={value}, more than this machine's {bound} CPUs; {fix.format(key=key)}"
+            )
+
+
 def _check_loss_fn(loss_fn: Any) -> None:
     if not callable(loss_fn):
         raise TypeError(
@@ -584,6 +621,9 @@ def _base_config(train_config: TrainConfig | None, plan: SweepPlan) -> TrainConf
                 other,
             )
         known = {k: v for k, v in recorded.items() if k in FIELD_NAMES}
+        check_recorded_train_config(known)
+        if known:
+            logger.info("training with the plan's recorded train_config %s", known)
         return config_from_mapping(known, "the plan's train_config")
     if isinstance(recorded, Mapping):
         mine = train_config.to_dict()

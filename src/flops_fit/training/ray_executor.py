@@ -52,6 +52,7 @@ __all__ = [
     "run_on_ray",
     "submission_order",
     "task_options",
+    "token_auth_enabled",
 ]
 
 INSTALL_HINT = 'pip install "flops-fit[ray]"'
@@ -293,14 +294,18 @@ class _Connection:
             return self
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         self.implicit = address is None
+        # a cluster started here: no dashboard (an HTTP server that takes job submissions, i.e. code)
+        options = {"include_dashboard": False} if self.implicit else {}
         try:
-            context = ray.init(address=address, log_to_driver=True)
+            context = ray.init(address=address, log_to_driver=True, **options)
         except ConnectionError as exc:  # no cluster there (auto with none running, a wrong host or port)
             raise ValueError(
                 f"cannot reach a Ray cluster at ray_address={address!r} ({exc}); start one (ray start --head), "
                 "fix the address, or leave ray_address unset for a local cluster"
             ) from None
         self.opened = True
+        if self.implicit:
+            _warn_if_open(ray)
         session = getattr(context, "address_info", {}).get("session_dir")
         if session:
             self.logs = str(Path(session) / "logs")
@@ -309,6 +314,32 @@ class _Connection:
     def __exit__(self, *exc: Any) -> None:
         if self.opened:
             self.ray.shutdown()
+
+
+def token_auth_enabled() -> bool:
+    """Whether Ray's token authentication guards the cluster this process started or joined (False with
+    a Ray that has none, before 2.52)."""
+    try:
+        from ray._raylet import AuthenticationMode, get_authentication_mode
+    except ImportError:
+        return False
+    return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
+
+
+def _warn_if_open(ray: ModuleType) -> None:
+    """Warn when the local cluster started for a sweep runs without token authentication: Ray binds its
+    services (GCS, raylet, workers) to every network interface, and it cannot be told to use loopback."""
+    if token_auth_enabled():
+        logger.info("started a local Ray cluster with token authentication (RAY_AUTH_MODE=token)")
+        return
+    logger.warning(
+        "started a local Ray cluster (Ray %s) that listens on all network interfaces WITHOUT "
+        "authentication (RAY_AUTH_MODE=%s): anyone who can reach this machine's ports can run code as you. "
+        "Unset RAY_AUTH_MODE (Ray >= 2.52 then uses token authentication) or set RAY_AUTH_MODE=token, or run "
+        "on a machine whose ports are firewalled (docs/cluster.md, 'Trust boundary')",
+        getattr(ray, "__version__", "?"),
+        os.environ.get("RAY_AUTH_MODE", "unset"),
+    )
 
 
 def _alive_nodes(ray: ModuleType) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ is the only writer of the ledger.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -180,6 +181,13 @@ def _make_folder(name: str, path: Path) -> None:
         raise ValueError(f"{name} {str(path)!r} is not writable; pass a writable folder")
 
 
+def _trusted(plan: SweepPlan, trust_plan: bool) -> SweepPlan:
+    """``plan`` with its model entry trusted when ``trust_plan`` (a plan read from a file is not)."""
+    if not trust_plan or plan.model is None or plan.model.trusted:
+        return plan
+    return dataclasses.replace(plan, model=plan.model.trusting())
+
+
 def _normalised(value: Any) -> Any:
     """``value`` after a JSON round trip (tuples become lists), for comparing plans."""
     return json.loads(json.dumps(value, sort_keys=True, default=str))
@@ -234,6 +242,11 @@ class TrainingRunner:
         checkpoint_dir: folder of the checkpoints of experiments in flight (default
             ``output_dir/checkpoints``). With Ray on several nodes it must be storage every node reaches at
             the same path (NFS, Lustre, a mounted bucket), so that a retry on another node resumes.
+        trust_plan: let a plan read from a file (``sweep_path``, ``output_dir/sweep.json``,
+            ``SweepPlan.load``) have its ``model`` entry imported and called (mode="local"). Without it such
+            a plan is data: training it raises :class:`~flops_fit.plan.spec.UntrustedPlanError` before
+            importing anything, unless ``model=`` names the model (then the plan's entry is never imported).
+            A plan made in this process (``SweepPlanner(...).plan()``, ``find_optimal``) needs no trust.
 
     Under ``torchrun``/``accelerate launch`` every process runs the same experiments in the same order
     (the main process decides which are pending); each is trained data-parallel and only the main
@@ -269,6 +282,7 @@ class TrainingRunner:
         api_url: str | None = None,
         token_env: str | None = None,
         max_in_flight: int | None = None,
+        trust_plan: bool = False,
     ) -> None:
         if isinstance(mode, SweepPlan):  # TrainingRunner(plan, job=...)
             if plan is not None:
@@ -296,7 +310,7 @@ class TrainingRunner:
         check_executor(executor, ray_address, resources, max_retries, device)
         self._set_executor(executor, ray_address, resources, max_retries)
         self._set_folders(output_dir, checkpoint_dir)
-        self.plan = self._load_plan(plan, sweep_path)
+        self.plan = _trusted(self._load_plan(plan, sweep_path), check_flag("trust_plan", trust_plan))
         self._check_ids()
         self.retry_failed = check_flag("retry_failed", retry_failed)
         self.progress = check_flag("progress", progress)
