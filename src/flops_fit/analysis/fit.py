@@ -167,17 +167,27 @@ def optimum_from_laws(
         n_ci = _vector_ci(np.exp(s[:, 0] + s[:, 1] * lc))
         d_ci = _vector_ci(np.exp(s[:, 2] + s[:, 3] * lc))
         l_ci = _vector_ci(s[:, 4] + np.exp(s[:, 5] + s[:, 6] * lc))
+        r_ci = _vector_ci(np.exp(s[:, 2] - s[:, 0] + (s[:, 3] - s[:, 1]) * lc))
     else:
         n_ci, d_ci, l_ci = n_fit.predict_interval(c), d_fit.predict_interval(c), l_fit.predict_interval(c)
-    return optimum_record(c, n, d, l, n_ci, d_ci, l_ci)
+        r_ci = None  # the two laws' regression intervals are not independent: no interval for D/N
+    return optimum_record(c, n, d, l, n_ci, d_ci, l_ci, r_ci)
 
 
 def optimum_record(
-    c: Any, n: Any, d: Any, l: Any, n_ci: Any = None, d_ci: Any = None, l_ci: Any = None
+    c: Any,
+    n: Any,
+    d: Any,
+    l: Any,
+    n_ci: Any = None,
+    d_ci: Any = None,
+    l_ci: Any = None,
+    ratio_ci: Any = None,
 ) -> dict[str, Any]:
     """The dict ``optimal(C)`` returns: ``compute_budget`` (FLOPs), ``optimal_params`` (parameters),
     ``optimal_tokens`` (tokens), ``optimal_loss``, ``tokens_per_param`` and the ``*_ci`` 95% intervals
-    (None where unknown); scalars for scalar C, arrays otherwise."""
+    (None where unknown; ``ratio_ci`` is that of ``tokens_per_param``); scalars for scalar C, arrays
+    otherwise."""
 
     def conv(v: Any) -> Any:
         return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
@@ -199,4 +209,5 @@ def optimum_record(
         "optimal_params_ci": conv_ci(n_ci),
         "optimal_tokens_ci": conv_ci(d_ci),
         "optimal_loss_ci": conv_ci(l_ci),
+        "tokens_per_param_ci": conv_ci(ratio_ci),
     }

@@ -286,11 +286,11 @@ class ParametricFit:
         if self.degeneracy is not None:
             warnings.warn(f"optimal(C) is NaN: {self.degeneracy}", UserWarning, stacklevel=2)
             n = d = loss = np.full_like(c, np.nan)
-        cis: list[Any] = [None, None, None]
+        cis: list[Any] = [None, None, None, None]
         if self.samples is not None and self.samples.shape[0]:
             s = self.samples
-            draws = _allocation(c[..., None], s[:, 0], s[:, 1], s[:, 2], s[:, 3], s[:, 4])
-            cis = [percentile_ci(v, axis=-1) for v in draws]
+            n_s, d_s, l_s = _allocation(c[..., None], s[:, 0], s[:, 1], s[:, 2], s[:, 3], s[:, 4])
+            cis = [percentile_ci(v, axis=-1) for v in (n_s, d_s, l_s, d_s / n_s)]
 
         def conv(v: Any) -> Any:
             return float(v) if np.ndim(v) == 0 else np.asarray(v, dtype=float)
@@ -304,6 +304,7 @@ class ParametricFit:
             "optimal_params_ci": cis[0],
             "optimal_tokens_ci": cis[1],
             "optimal_loss_ci": cis[2],
+            "tokens_per_param_ci": cis[3],
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -373,7 +374,16 @@ class ParametricFit:
         n_law = PowerLawFit(k=g * six**-a, a=a, r_squared=math.nan, a_ci=self.ci.get("a"))
         d_law = PowerLawFit(k=six**-b / g, a=b, r_squared=math.nan, a_ci=self.ci.get("b"))
         k_l = (self.A * g**-self.alpha + self.B * g**self.beta) * six**c_exp
-        l_law = PowerLawFit(k=k_l, a=-c_exp, r_squared=math.nan, offset=self.E, offset_ci=self.ci.get("E"))
+        c_ci = None
+        if (
+            self.samples is not None and self.samples.shape[0]
+        ):  # the loss exponent alpha beta / (alpha + beta)
+            al, be = self.samples[:, 3], self.samples[:, 4]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                c_ci = percentile_ci(-al * be / (al + be))
+        l_law = PowerLawFit(
+            k=k_l, a=-c_exp, r_squared=math.nan, a_ci=c_ci, offset=self.E, offset_ci=self.ci.get("E")
+        )
         return n_law, d_law, l_law
 
     def summary(self) -> str:

@@ -28,6 +28,8 @@ TABLE_COLUMNS = (
     "optimal_tokens_hi",
     "optimal_loss_lo",
     "optimal_loss_hi",
+    "tokens_per_param_lo",
+    "tokens_per_param_hi",
 )
 
 
@@ -59,7 +61,7 @@ def chinchilla_table(fit: OptimalFit, budgets: Sequence[float] | np.ndarray) -> 
                 "optimal_loss",
             )
         }
-        for key in ("optimal_params", "optimal_tokens", "optimal_loss"):
+        for key in ("optimal_params", "optimal_tokens", "optimal_loss", "tokens_per_param"):
             ci = opt.get(f"{key}_ci")
             row[f"{key}_lo"], row[f"{key}_hi"] = (math.nan, math.nan) if ci is None else ci
         rows.append(row)
@@ -84,6 +86,10 @@ def sci(x: float) -> str:
     return "–" if not np.isfinite(x) else f"{x:.2e}".replace("e+", "e")
 
 
+def _ratio(v: float) -> str:
+    return f"{v:.1f}"
+
+
 def _with_ci(value: float, lo: float, hi: float, fmt: Any) -> str:
     if np.isfinite(lo) and np.isfinite(hi):
         return f"{fmt(value)} [{fmt(lo)}, {fmt(hi)}]"
@@ -98,7 +104,7 @@ def _cells(table: pd.DataFrame) -> list[list[str]]:
                 sci(r.compute_budget),
                 _with_ci(r.optimal_params, r.optimal_params_lo, r.optimal_params_hi, human),
                 _with_ci(r.optimal_tokens, r.optimal_tokens_lo, r.optimal_tokens_hi, human),
-                f"{r.tokens_per_param:.1f}",
+                _with_ci(r.tokens_per_param, r.tokens_per_param_lo, r.tokens_per_param_hi, _ratio),
                 _with_ci(r.optimal_loss, r.optimal_loss_lo, r.optimal_loss_hi, lambda v: f"{v:.3f}"),
             ]
         )

@@ -61,7 +61,7 @@ def chinchilla_table_html(table: pd.DataFrame) -> str:
             sci(r.compute_budget),
             _with_ci(r.optimal_params, r.optimal_params_lo, r.optimal_params_hi, human),
             _with_ci(r.optimal_tokens, r.optimal_tokens_lo, r.optimal_tokens_hi, human),
-            _num(r.tokens_per_param, lambda v: f"{v:.1f}"),
+            _with_ci(r.tokens_per_param, r.tokens_per_param_lo, r.tokens_per_param_hi, lambda v: f"{v:.1f}"),
             _with_ci(r.optimal_loss, r.optimal_loss_lo, r.optimal_loss_hi, lambda v: f"{v:.4f}"),
         ]
         for r in table.itertuples(index=False)

@@ -50,6 +50,7 @@ def prediction(opt: Mapping[str, Any], c: float, approach: str) -> dict[str, Any
         "optimal_params_ci": opt.get("optimal_params_ci"),
         "optimal_tokens_ci": opt.get("optimal_tokens_ci"),
         "expected_loss_ci": opt.get("optimal_loss_ci"),
+        "tokens_per_param_ci": opt.get("tokens_per_param_ci"),
         "approach": approach,
     }
 

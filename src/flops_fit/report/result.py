@@ -563,14 +563,30 @@ class Result:
                 f"B = {terms['B']}, alpha = {terms['alpha']}, beta = {terms['beta']}"
             )
         n_law, d_law, l_law = laws_of(fit)
-        lines.append(f"N_opt = {fmt(n_law.k)} C^a, a = {fmt_ci(fit.a, a_lo, a_hi)}")
-        lines.append(f"D_opt = {fmt(d_law.k)} C^b, b = {fmt_ci(fit.b, b_lo, b_hi)}")
-        if l_law.offset:
-            e_lo, e_hi = ci_pair(l_law.offset_ci)
-            lines.append(f"L_opt = {fmt_ci(l_law.offset, e_lo, e_hi)} + {fmt(l_law.k)} C^{fmt(l_law.a)}")
+        lines.append(f"N_opt = {fmt(n_law.k)} C^a, a = {_exponent(fit.a, a_lo, a_hi)}")
+        lines.append(f"D_opt = {fmt(d_law.k)} C^b, b = {_exponent(fit.b, b_lo, b_hi)}")
+        c = _exponent(l_law.a, *ci_pair(l_law.a_ci))
+        e_lo, e_hi = ci_pair(l_law.offset_ci)
+        if l_law.offset or math.isfinite(e_lo):  # a law with an irreducible loss E (it may be fitted as 0)
+            lines.append(f"L_opt = E + {fmt(l_law.k)} C^c, E = {fmt_ci(l_law.offset, e_lo, e_hi)}, c = {c}")
         else:
-            lines.append(f"L_opt = {fmt(l_law.k)} C^{fmt(l_law.a)}")
+            lines.append(f"L_opt = {fmt(l_law.k)} C^c, c = {c}")
         return lines
+
+    @property
+    def synthetic_banner(self) -> str | None:
+        """A line saying the losses are synthetic when runs of ``mode="mock"`` are in the table (their losses
+        come from a law, not from training), else None. Every view of a Result shows it first."""
+        if "mode" not in self.runs.columns:
+            return None
+        mock = int((self.runs["mode"].astype(str) == "mock").sum())
+        if not mock:
+            return None
+        share = "all" if mock == len(self.runs) else f"{mock} of {len(self.runs)}"
+        return (
+            f"MOCK RESULTS: {share} runs have synthetic losses (mode='mock': drawn from a Chinchilla-style law, "
+            "nothing was trained). They test the pipeline; the laws below say nothing about your model."
+        )
 
     def summary(self) -> str:
         """Laws per approach with 95% intervals, the comparison, the table, the back-test and warnings."""
@@ -749,3 +765,10 @@ class Result:
 def _rebuild(cls: type[Result], values: dict[str, Any]) -> Result:
     """A Result from its field values (:meth:`Result.__reduce__`)."""
     return cls(**values)
+
+
+def _exponent(value: float, lo: float, hi: float) -> str:
+    """An exponent with its 95% interval; one a constraint fixes (interval of zero width) says so."""
+    if lo == hi == value:
+        return f"{fmt(value)} (fixed by the constraint)"
+    return fmt_ci(value, lo, hi)
