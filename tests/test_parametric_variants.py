@@ -227,3 +227,74 @@ def test_resample_option_is_recorded_and_checked(tied_fit):
     )
     with pytest.raises(ValueError, match=r"resample must be one of \['budgets', 'points'\], got 'pairs'"):
         fit_parametric(n, d, l, C=c, resample="pairs")
+
+
+# --- forcing a variant -------------------------------------------------------------------------------------
+
+
+def _runs_table() -> "pd.DataFrame":
+    import pandas as pd
+
+    n, d, l, c = isoflop_sweep(budgets=(1e17, 3e17, 1e18, 3e18), sizes=5, noise=0.005, seed=2)
+    return pd.DataFrame(
+        {
+            "experiment_id": [f"r{i}" for i in range(n.size)],
+            "status": "completed",
+            "num_params": n,
+            "num_tokens": d,
+            "final_loss": l,
+            "compute_budget": c,
+        }
+    )
+
+
+def test_a_variant_asked_for_alone_is_fitted_and_primary():
+    from flops_fit.report.result import Result
+
+    result = Result.from_runs(_runs_table(), approach="parametric:alpha=beta")
+    assert result.primary == "parametric:alpha=beta" and result.selection.rule == "asked"
+    assert list(result.fits) == ["parametric"] and list(result.variants) == ["parametric:alpha=beta"]
+    assert result.variants["parametric:alpha=beta"].equal_exponents
+    assert result.predict(1e21)["optimal_params"] == pytest.approx(
+        result.variants["parametric:alpha=beta"].optimal(1e21)["optimal_params"]
+    )
+
+
+def test_primary_may_name_a_variant_of_a_fitted_approach_but_not_of_another():
+    from flops_fit.report.result import Result
+
+    runs = _runs_table()
+    result = Result.from_runs(runs, approach=["isoflop", "parametric"], primary="isoflop:shared")
+    assert result.primary == "isoflop:shared" and "isoflop:shared" in result.variants
+    with pytest.raises(ValueError, match=r"variant of 'parametric'.*add it to approach"):
+        Result.from_runs(runs, approach="isoflop", primary="parametric:alpha=beta")
+
+
+def test_unknown_approach_lists_the_variants():
+    from flops_fit.analysis.approaches import resolve_approaches
+
+    assert resolve_approaches(["2", "parametric:alpha=beta"]) == ["isoflop", "parametric:alpha=beta"]
+    with pytest.raises(ValueError, match=r"parametric:alpha=beta"):
+        resolve_approaches("parametric:alpha=gamma")
+
+
+def test_cli_fits_a_variant_by_name(tmp_path, capsys):
+    from flops_fit.app.cli import main
+
+    path = tmp_path / "runs.csv"
+    _runs_table().to_csv(path, index=False)
+    assert main(["fit", str(path), "--approach", "parametric:alpha=beta"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha = beta" in out
+
+
+def test_cli_analyze_makes_a_named_variant_primary(tmp_path, capsys):
+    from flops_fit.app.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "7"]) == 0
+    assert main(["train", str(out), "--mode", "mock", "--no-progress"]) == 0
+    assert main(["analyze", str(out), "--approach", "parametric:alpha=beta"]) == 0
+    laws = json.loads((out / "scaling_laws.json").read_text())
+    assert laws["approach"] == "parametric:alpha=beta"
+    assert laws["n_opt_fit"]["a"] == pytest.approx(0.5)  # alpha = beta puts N_opt on C^0.5 exactly

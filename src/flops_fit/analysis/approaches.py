@@ -142,7 +142,8 @@ def candidate_order(names: Iterable[str], design: str) -> list[str]:
 
 
 def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
-    """``"all"`` -> every approach; a name or list of names -> validated canonical names."""
+    """``"all"`` -> every approach; a name or list of names -> validated canonical names (an approach, an
+    alias such as ``"2"``, or a variant of :data:`VARIANTS` such as ``"parametric:alpha=beta"``)."""
     if not isinstance(approach, Iterable):
         raise TypeError(
             f"approach must be a name such as 'isoflop' or 'all', or a list of names, got {approach!r}"
@@ -155,8 +156,8 @@ def resolve_approaches(approach: str | Sequence[str]) -> list[str]:
             out.extend(APPROACHES)
             continue
         key = _ALIASES.get(key, key)
-        if key not in APPROACHES:
-            raise ValueError(f"unknown approach {name!r}; use one of {[*APPROACHES, 'all']}")
+        if key not in APPROACHES and key not in VARIANTS:
+            raise ValueError(f"unknown approach {name!r}; use one of {[*VARIANTS, 'all']}")
         out.append(key)
     if not out:
         raise ValueError(f"approach must name at least one of {[*APPROACHES, 'all']}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from flops_fit.analysis.approaches import PRIMARY_ORDER, resolve_approaches
+from flops_fit.analysis.approaches import PRIMARY_ORDER, base_approach, resolve_approaches
 from flops_fit.analysis.bucketing import DEFAULT_BUDGET_RTOL, bucket_budgets
 from flops_fit.analysis.power_law import PowerLawFit
 from flops_fit.analysis.power_law import fit_power_law as _fit_power_law
@@ -83,7 +83,10 @@ class ScalingLawAnalyzer:
         self.output_dir = Path(output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output_dir {str(self.output_dir)!r} is a file; pass a directory")
-        self.approach = next(n for n in PRIMARY_ORDER if n in self.approaches)  # as a Result picks it
+        bases = {base_approach(n) for n in self.approaches}  # as a Result picks it until analyze() chose
+        self.approach = next((n for n in self.approaches if n not in bases), None) or next(
+            n for n in PRIMARY_ORDER if n in bases
+        )
         self.columns = dict(columns) if columns else None
         self.bootstrap = check_bootstrap(bootstrap)
         self.seed = check_seed(seed)

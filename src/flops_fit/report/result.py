@@ -120,6 +120,8 @@ def _canonical_fits(fits: Any) -> dict[str, Fit]:
     out: dict[str, Fit] = {}
     for key, fit in fits.items():
         (name,) = resolve_approaches(str(key))
+        if name not in FIT_TYPES:
+            raise ValueError(f"fits[{key!r}]: fits are keyed by approach; pass a variant's fit in variants=")
         if not isinstance(fit, FIT_TYPES[name]):
             raise TypeError(f"fits[{key!r}] must be a {FIT_TYPES[name].__name__}, got {type(fit).__name__}")
         out[name] = fit
@@ -143,14 +145,20 @@ def _variant_fits(variants: Any) -> dict[str, Fit]:
     return dict(variants)
 
 
-def _fit_variants(fits: Mapping[str, Fit], runs: pd.DataFrame, options: dict[str, Any]) -> dict[str, Fit]:
-    """The variants of the fitted approaches that the installed fit functions accept, each fitted the way
-    the approaches were; one that cannot be fitted is left out (logged). An Approach 3 variant starts from
+def _fit_variants(
+    fits: Mapping[str, Fit],
+    runs: pd.DataFrame,
+    options: dict[str, Any],
+    names: Sequence[str] | None = None,
+) -> dict[str, Fit]:
+    """The variants ``names`` (default: those of the fitted approaches that the installed fit functions
+    accept), each fitted the way the approaches were; one that cannot be fitted is left out (logged), unless
+    it was asked for by name (its ValueError is raised). An Approach 3 variant starts from
     its approach's optimum, and from the whole start grid when that fit is not sound (unconverged,
     degenerate or E collapsed): on Porian et al.'s 15 configurations, Chinchilla, Marin, the (Mis)Fitting
     grid and the OLMo ladder this finds the whole grid's alpha = beta optimum every time, 3x faster."""
     out: dict[str, Fit] = {}
-    for name in available_variants(fits):
+    for name in available_variants(fits) if names is None else names:
         warm = _backtest.warm_grid(fits[base_approach(name)], spread=False)
         try:
             with warnings.catch_warnings():
@@ -162,6 +170,8 @@ def _fit_variants(fits: Mapping[str, Fit], runs: pd.DataFrame, options: dict[str
                     fit = run_approach(name, runs, **options)
             out[name] = fit
         except ValueError as exc:
+            if names is not None:
+                raise
             logger.info("variant %s not fitted: %s", name, exc)
     return out
 
@@ -313,7 +323,9 @@ class Result:
         budget_rtol: float | None = None,
         variants: bool | None = None,
     ) -> Result:
-        """Fit ``approach`` (a name, a list, or ``"all"``) to ``runs`` (a table or a results file).
+        """Fit ``approach`` (a name, a list, or ``"all"``) to ``runs`` (a table or a results file). A
+        variant's name (``"parametric:alpha=beta"``, see :data:`~flops_fit.analysis.approaches.VARIANTS`)
+        fits its approach and the variant; asked for alone, the variant is the primary answer.
 
         ``bootstrap=B`` gives 95% percentile intervals from B resamples (seeded by ``seed``). With more
         than one approach requested, one the data cannot support (no loss curves for Approach 1, no designed
@@ -336,12 +348,25 @@ class Result:
             runs = load_runs(runs)
         runs = validate_runs(runs)
         options = {"bootstrap": bootstrap, "seed": seed, "exclude": exclude_outliers, "budget_rtol": rtol}
-        fits, skipped = run_approaches(names, runs, **options)
+        asked = [n for n in names if n not in APPROACHES]  # variants named in ``approach`` or ``primary``
+        if asked and primary is None and len(names) == 1:
+            primary = asked[0]
+        if isinstance(primary, str) and primary in VARIANTS and primary not in (*APPROACHES, *asked):
+            if base_approach(primary) not in names:
+                raise ValueError(
+                    f"primary={primary!r} is a variant of {base_approach(primary)!r}, which approach={approach!r} "
+                    "does not fit; add it to approach"
+                )
+            asked.append(primary)
+        bases = list(dict.fromkeys(base_approach(n) for n in names))
+        fits, skipped = run_approaches(bases, runs, **options)
         extra = (
             _fit_variants(fits, runs, options)
-            if (len(names) > 1 and primary is None if variants is None else variants)
+            if (len(bases) > 1 and primary is None if variants is None else variants)
             else {}
         )
+        missing = [n for n in asked if n not in extra and base_approach(n) in fits]
+        extra.update(_fit_variants(fits, runs, options, missing) if missing else {})
         table, selection = None, None
         if primary is None and len(fits) + len(extra) > 1:
             table, selection = _choose(runs, {**fits, **extra}, rtol, exclude_outliers, seed)
