@@ -110,11 +110,12 @@ def test_every_figure_draws_with_all_fits(sweep):
     assert [ax.get_yscale() for ax in panels] == ["log", "log", "linear"]
     assert all(any(np.allclose(line.get_xdata(), 1e21) for line in ax.lines) for ax in panels)  # target
     residual_titles = [ax.get_title() for ax in viz.plot_residuals().axes if ax.get_title()]
-    assert [t.split(",")[0] for t in residual_titles] == [
+    assert [t.split("\n")[0] for t in residual_titles] == [
         "Approach 1 (envelope)",
         "Approach 2 (IsoFLOP)",
         "Approach 3 (parametric)",
     ]
+    assert all(t.split("\n")[1].endswith("(log loss)") for t in residual_titles)  # one unit, two lines
     assert "ScalingVisualizer(runs=54" in repr(viz)
 
 
@@ -422,3 +423,23 @@ def test_real_envelope_olmo(data_dir):
     assert len(ax.lines) == len(runs) + 2  # every curve, the envelope and its L_opt law
     assert ax.get_xscale() == "log"
     _render(fig)
+
+
+def test_residual_panels_share_the_log_unit(sweep):
+    """Approach 2's residuals are log L - log parabola like the others, so the RMS values compare."""
+    runs, fits = sweep
+    fig = ScalingVisualizer(runs, fits).plot_residuals()
+    iso_ax = next(ax for ax in fig.axes if ax.get_title().startswith("Approach 2"))
+    resid = np.concatenate([c.get_offsets()[:, 1] for c in iso_ax.collections])
+    assert np.abs(resid).max() < 0.05  # 0.4% noise on losses of 2-5 nats: log residuals, not nats
+    rms = float(iso_ax.get_title().split("RMS ")[1].split()[0])
+    assert rms == pytest.approx(float(np.sqrt(np.mean(resid**2))), rel=0.05)
+
+
+def test_isoflop_axes_keep_every_run_inside():
+    """No marker is clipped at the top edge: the loss axis has room above the highest run too."""
+    n, d, l, c = isoflop_sweep(noise=0.004, seed=3)
+    runs = runs_from_arrays(n, d, l, c)
+    ax = ScalingVisualizer(runs, {"isoflop": fit_isoflop(n, d, l, c)}).plot_isoflop().axes[0]
+    bottom, top = ax.get_ylim()
+    assert top - l.max() > 0.03 * (l.max() - l.min()) and l.min() - bottom > 0.03 * (l.max() - l.min())

@@ -13,11 +13,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from flops_fit.analysis.approaches import base_approach, label
 from flops_fit.report.backtest import FAR_DISTANCE, MEASURED_VERTEX
 from flops_fit.report.plots.context import PlotContext
-from flops_fit.report.plots.style import APPROACH_STYLE, LEGEND_GREY, handle, styled_figure
+from flops_fit.report.plots.style import (
+    APPROACH_STYLE,
+    LEGEND_GREY,
+    MinorLogFormatter,
+    handle,
+    styled_figure,
+)
 
 #: Markers of an approach's candidates in registry order: the approach itself, then its variants.
 _MARKERS = ("o", "s", "^", "D")
@@ -63,6 +70,9 @@ def _panel(ax: Any, rows: pd.DataFrame, column: str, names: list[str]) -> None:
         ax.plot(np.exp(means.index.to_numpy()), means.to_numpy(), color=style["color"], lw=0.8, alpha=0.8)
     ax.axvline(FAR_DISTANCE, color=LEGEND_GREY, ls=":", lw=0.9)
     ax.set_xscale("log")
+    times = lambda v: f"{v:g}x"  # noqa: E731  (2x, 3x, 10x: not 2 x 10^0 on a short log axis)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: times(v)))
+    ax.xaxis.set_minor_formatter(MinorLogFormatter(times))
     ax.set_xlabel("distance C_target / C_k")
     ax.yaxis.set_major_formatter(lambda y, _pos: f"{y:.0%}" if abs(y) >= 0.1 else f"{y:.1%}")
 

@@ -172,7 +172,7 @@ def _summarised(flagged: list[tuple[Any, str, str]]) -> list[Any]:
     labels = [f"{_budgets(n)}: {advice}" for advice, n in shown]
     rest = sum(n for _, n in counts[len(shown) :])
     if rest:
-        labels.append(f"{_budgets(rest)}: other flags (see IsoFLOPFit.minima)")
+        labels.append(f"{_budgets(rest)}: other flags (see the IsoFLOP minima table of the report)")
     return [_flagged_handle(LEGEND_GREY, textwrap.fill(label, SUMMARY_WIDTH)) for label in labels]
 
 
@@ -182,7 +182,8 @@ def _set_loss_axis(ax: Any, p: _Profiles, n_flagged: int) -> None:
     span = top - bottom if top > bottom else max(abs(top), 1.0) * 0.1
     # the legend's share of the axes height
     room = min(0.45, 0.06 + 0.065 * (n_flagged + 1)) if n_flagged else 0.0
-    ax.set_ylim(bottom - 0.05 * span, top + (top - bottom + 0.05 * span) * room / (1 - room))
+    pad = 0.05 * span  # every marker stays inside the axes, at the top as at the bottom
+    ax.set_ylim(bottom - pad, top + pad + (top - bottom + 2 * pad) * room / (1 - room))
 
 
 def _flagged_legend(ax: Any, flagged: list[Any]) -> None:

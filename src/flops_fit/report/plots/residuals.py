@@ -1,8 +1,9 @@
 """Figure ``residuals``: one panel per approach, with a zero line; panel titles give their root mean square.
 
-IsoFLOP: loss minus the budget's parabola, for runs inside each fit window (squares: flagged budgets).
-Parametric: log L - log L(N, D) for every run. Envelope: log of the envelope loss minus log of the L_opt(C)
-law. Crosses: runs the fit excluded as outliers.
+Every panel is in the same unit, the natural log of the loss, so their RMS values compare (0.01 is a 1%
+misfit). IsoFLOP: log L minus log of the budget's parabola, for runs inside each fit window (squares:
+flagged budgets). Parametric: log L - log L(N, D) for every run. Envelope: log of the envelope loss minus
+log of the L_opt(C) law. Crosses: runs the fit excluded as outliers.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ Panel = Callable[[Any, PlotContext, LogNorm, dict[str, Any]], np.ndarray]
 
 
 def _isoflop(ax: Any, ctx: PlotContext, norm: LogNorm, handles: dict[str, Any]) -> np.ndarray:
-    """Loss minus the budget's parabola, for the runs inside each fit window."""
+    """log L minus log of the budget's parabola, for the runs inside each fit window."""
     iso: IsoFLOPFit = ctx.fits["isoflop"]
     excluded = ctx.excluded_mask(iso)
     inside, rows = ctx.windows(iso)
@@ -49,7 +50,8 @@ def _isoflop(ax: Any, ctx: PlotContext, norm: LogNorm, handles: dict[str, Any]) 
         if not np.all(np.isfinite(coef)):
             continue
         sel = (bucket == k) & inside
-        resid = loss[sel] - np.polyval(coef, np.log(n[sel]))
+        with np.errstate(invalid="ignore", divide="ignore"):  # a parabola below 0 far out: no residual
+            resid = np.log(loss[sel]) - np.log(np.polyval(coef, np.log(n[sel])))
         out = excluded[sel]
         colour = BUDGET_CMAP(norm(ctx.budgets[k]))
         marker = "o" if row.used else "s"
@@ -62,7 +64,7 @@ def _isoflop(ax: Any, ctx: PlotContext, norm: LogNorm, handles: dict[str, Any]) 
         kept.append(resid[~out])
     ax.set_xscale("log")
     ax.set_xlabel(LABEL_N)
-    ax.set_ylabel("loss − parabola")
+    ax.set_ylabel(r"$\log L - \log \hat L_{parabola}(N)$")
     return np.concatenate(kept) if kept else np.zeros(0)
 
 
@@ -99,9 +101,10 @@ PANELS: dict[str, Panel] = {"envelope": _envelope, "isoflop": _isoflop, "paramet
 
 
 def _rms_text(resid: np.ndarray) -> str:
-    """``", RMS <value>"`` of the finite residuals, or nothing when there are none."""
+    """``"\nRMS <value> (log loss)"`` of the finite residuals (a second title line, so titles of panels side
+    by side do not run into each other), or nothing when there are none."""
     resid = resid[np.isfinite(resid)]
-    return f", RMS {float(np.sqrt(np.mean(resid**2))):.2g}" if resid.size else ""
+    return f"\nRMS {float(np.sqrt(np.mean(resid**2))):.2g} (log loss)" if resid.size else ""
 
 
 def draw(ctx: PlotContext) -> Figure:

@@ -7,7 +7,7 @@ budgets on a truncated viridis scale, approaches in the Okabe–Ito palette, eac
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -186,7 +186,11 @@ def tex_sci(x: float) -> str:
 
 class MinorLogFormatter(Formatter):
     """Minor-tick labels of a log axis: none when two or more decades are in view, else at 2 and 5
-    (every integer multiple below half a decade), so a narrow log axis still has readable labels."""
+    (every integer multiple below half a decade), so a narrow log axis still has readable labels.
+    ``fmt`` writes a label (default: ``2x10^3`` style)."""
+
+    def __init__(self, fmt: Callable[[float], str] | None = None) -> None:
+        self.fmt = fmt
 
     def __call__(self, x: float, pos: int | None = None) -> str:
         assert self.axis is not None
@@ -199,7 +203,7 @@ class MinorLogFormatter(Formatter):
         mant = x / 10 ** math.floor(math.log10(x) + 1e-9)
         keep = (2, 5) if lmax - lmin > 0.5 else range(1, 10)
         if any(abs(mant - m) < 1e-6 * m for m in keep):
-            return sci(x)
+            return sci(x) if self.fmt is None else self.fmt(x)
         return ""
 
 
@@ -207,5 +211,5 @@ def tidy_log_axes(fig: Figure) -> None:
     """Readable tick labels on every log axis of ``fig`` (colour bars included)."""
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
-            if axis.get_scale() == "log":
+            if axis.get_scale() == "log" and not isinstance(axis.get_minor_formatter(), MinorLogFormatter):
                 axis.set_minor_formatter(MinorLogFormatter())
