@@ -1,5 +1,7 @@
 """The example programs and the demo main job, in mock mode (no training: seconds)."""
 
+import json
+
 import pytest
 
 from flops_fit.app.cli import main
@@ -20,6 +22,12 @@ def test_demo_mock_writes_everything(tmp_path, capsys):
         "report.html",
     ):
         assert (out / name).is_file(), name
+    # mock losses are labelled wherever they are shown (summary, last lines, report, table, result.json)
+    assert text.count("MOCK RESULTS: all runs have synthetic losses") == 1
+    assert "MOCK (synthetic losses, nothing trained): Prediction for C =" in text
+    assert 'class="mock">MOCK RESULTS' in (out / "report.html").read_text()
+    assert "MOCK RESULTS" in (out / "chinchilla_table.md").read_text()
+    assert "MOCK RESULTS" in json.loads((out / "result.json").read_text())["synthetic"]
     lines = (out / "results.jsonl").read_text().splitlines()
     assert main(["demo", "--mock", "--out", str(out)]) == 0  # resumes: nothing new trained
     assert (out / "results.jsonl").read_text().splitlines() == lines
@@ -84,3 +92,27 @@ def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch):
     assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20"]) == 0
     assert main(["train", str(out), "--mode", "local", "--lr", "0.5", "--weight-decay", "0"]) == 0
     assert seen["lr"] == 0.5 and seen["weight_decay"] == 0.0
+
+
+@pytest.mark.slow
+def test_vit_images_prints_warnings_as_clean_lines(tmp_path):
+    """As ``flops-fit demo``: a warning is one log line, never the file, line number and source line that
+    the ``warnings`` module prints by default."""
+    import subprocess
+    import sys
+
+    from flops_fit.examples.images import load_fashion_mnist
+
+    try:
+        load_fashion_mnist("test")
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    proc = subprocess.run(
+        [sys.executable, "-m", "flops_fit.examples.vit_images", "--mock", "--out", str(tmp_path / "vit")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WARNING " in proc.stderr  # its tiny mock budgets do warn ...
+    assert "Warning:" not in proc.stderr and ".py:" not in proc.stderr  # ... but as clean lines

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from flops_fit.analysis.approaches import label
-from flops_fit.report.html import add_report_parser, main, render_report, write_report
+from flops_fit.app.cli import main
+from flops_fit.report.html import add_report_parser, render_report, write_report
 from flops_fit.report.result import Result
 from test_result import make_runs
 
@@ -134,10 +135,15 @@ def test_write_report_from_a_saved_directory_and_the_cli(tmp_path, result, capsy
     assert path == tmp_path / "report.html"
     html = path.read_text(encoding="utf-8")
     assert "Not run (call result.backtest()" in html and 'id="fig-isoflop"' in html
-    assert main([str(tmp_path), "-o", str(tmp_path / "r.html"), "--no-backtest", "--title", "My sweep"]) == 0
+    assert (
+        main(
+            ["report", str(tmp_path), "-o", str(tmp_path / "r.html"), "--no-backtest", "--title", "My sweep"]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert "<title>My sweep</title>" in (tmp_path / "r.html").read_text(encoding="utf-8")
-    assert main([str(tmp_path / "missing")]) == 2
+    assert main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
 
 

@@ -477,3 +477,25 @@ def test_a_result_cannot_be_changed_in_place_and_still_copies_and_pickles(runs):
     assert res.summary() == before
     for twin in (copy.deepcopy(res), pickle.loads(pickle.dumps(res))):
         assert twin.summary() == before and twin.predict(1e21) == res.predict(1e21)
+
+
+def test_only_mock_runs_carry_the_synthetic_banner():
+    from synth import isoflop_sweep
+
+    n, d, l, c = isoflop_sweep(budgets=(1e17, 1e18, 1e19), sizes=5, seed=0)
+    runs = pd.DataFrame(
+        {
+            "experiment_id": [f"r{i}" for i in range(n.size)],
+            "status": "completed",
+            "num_params": n,
+            "num_tokens": d,
+            "final_loss": l,
+            "compute_budget": c,
+            "mode": "local",
+        }
+    )
+    real = Result.from_runs(runs, approach="isoflop")
+    assert real.synthetic_banner is None and "MOCK" not in real.summary()
+    mixed = Result.from_runs(runs.assign(mode=["mock"] * 3 + ["local"] * (len(runs) - 3)), approach="isoflop")
+    assert mixed.synthetic_banner.startswith(f"MOCK RESULTS: 3 of {len(runs)} runs")
+    assert mixed.summary().startswith("MOCK RESULTS") and "MOCK RESULTS" in mixed.tables_markdown()

@@ -8,7 +8,6 @@ sizes (edge), with too few sizes, or with a flat or concave profile are flagged 
 
 from __future__ import annotations
 
-import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -50,8 +49,6 @@ from flops_fit.core.validate import (
     check_seed,
     positive_arrays,
 )
-
-logger = logging.getLogger(__name__)
 
 #: Summaries and warnings list flagged budgets one by one up to this many.
 MAX_FLAGS_LISTED = 8
@@ -441,7 +438,9 @@ def describe_flagged(minima: pd.DataFrame) -> list[str]:
             f"budget C={r.compute_budget:.3g}: {r.flags} ({r.n_points} runs)" for r in flagged.itertuples()
         ]
     counts = flagged["flags"].str.split(",").explode().value_counts().to_dict()
-    return [f"{len(flagged)} flagged budgets by flag: {counts} (see .minima)"]
+    return [
+        f"{len(flagged)} flagged budgets by flag: {counts} (listed per budget in the report's IsoFLOP minima table)"
+    ]
 
 
 def _laws(
@@ -601,7 +600,7 @@ def _check_minima(minima: pd.DataFrame, runs: int, budget_rtol: float) -> None:
 
 
 def _warn_no_uncertainty(reason: str, stacklevel: int = 3) -> None:
-    logger.warning("fit_isoflop: no intervals: %s", reason)
+    """Said once, as a warning (the commands show it as one log line; a second log call printed it twice)."""
     warnings.warn(f"fit_isoflop: no intervals: {reason}.", stacklevel=stacklevel)
 
 

@@ -155,6 +155,7 @@ def run_demo(
             ray_address=ray_address,
             device=device,
         )
+    logger.info("writing the HTML report (with its back-test) into %s ...", out)
     report = write_report(result, SweepDir(out).report)
     print(result.summary())
     print(
@@ -183,8 +184,9 @@ def answer(result: Any, target: float) -> str:
         if size is None
         else f" (closest model: d_model = {size:g}, {pred['size_value_params']:,} parameters)"
     )
+    mock = "MOCK (synthetic losses, nothing trained): " if result.synthetic_banner else ""
     return (
-        f"Prediction for C = {target:.3g} FLOPs (10x the largest budget) from the primary approach, "
+        f"{mock}Prediction for C = {target:.3g} FLOPs (10x the largest budget) from the primary approach, "
         f"{label(result.primary)}, with 95% intervals:\n"
         f"  N_opt = {with_ci('optimal_params')} parameters{closest}\n"
         f"  D_opt = {with_ci('optimal_tokens')} tokens\n"

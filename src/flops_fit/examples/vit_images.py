@@ -78,7 +78,8 @@ def run(
     target = 10 * max(budgets)
     pred = result.predict(target)
     print(
-        f"\nPrediction for C = {target:.3g} FLOPs: N_opt = {pred['optimal_params']:.3g} parameters, "
+        f"\n{'MOCK (synthetic losses, nothing trained): ' if result.synthetic_banner else ''}"
+        f"Prediction for C = {target:.3g} FLOPs: N_opt = {pred['optimal_params']:.3g} parameters, "
         f"D_opt = {pred['optimal_tokens']:.3g} images, loss {pred['expected_loss']:.3f}"
     )
     print(f"Everything is in {out.resolve()} (report: {report.name}). Re-run the same command to resume.")
@@ -97,8 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-dir", help="folder with the four Fashion-MNIST IDX files")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flops_fit.app.console import floats, guarded
+    from flops_fit.app.console import PROGRESS_LOGGING, configure_logging, floats, guarded
+
+    configure_logging(
+        logging.WARNING, library_level=logging.INFO, quiet=PROGRESS_LOGGING["quiet_loggers"]
+    )  # as flops-fit demo: progress lines, and warnings as clean log lines
 
     def call() -> int:
         budgets = floats(args.budgets, "--budgets") if args.budgets else None

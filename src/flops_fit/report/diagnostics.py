@@ -58,18 +58,35 @@ def compare_approaches(fits: Mapping[str, Fit], c: float) -> pd.DataFrame:
     with 95% bounds ``lo``/``hi`` (NaN when unknown); ``attrs["compute_budget"]`` is ``c``."""
     rows = []
     for name, fit in fits.items():
+        drawn = getattr(fit, "samples", None) is not None and len(fit.samples) > 0  # bootstrapped or drawn
         for q in ("a", "b"):
             lo, hi = exponent_ci(fit, q)
             rows.append(
-                {"quantity": q, "approach": name, "value": float(getattr(fit, q)), "lo": lo, "hi": hi}
+                {
+                    "quantity": q,
+                    "approach": name,
+                    "value": float(getattr(fit, q)),
+                    "lo": lo,
+                    "hi": hi,
+                    "drawn": drawn,
+                }
             )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             opt = fit.optimal(c)
         for q, key in (("N_opt", "optimal_params"), ("D_opt", "optimal_tokens"), ("L_opt", "optimal_loss")):
             lo, hi = ci_pair(opt.get(f"{key}_ci"))
-            rows.append({"quantity": q, "approach": name, "value": float(opt[key]), "lo": lo, "hi": hi})
-    out = pd.DataFrame(rows, columns=["quantity", "approach", "value", "lo", "hi"])
+            rows.append(
+                {
+                    "quantity": q,
+                    "approach": name,
+                    "value": float(opt[key]),
+                    "lo": lo,
+                    "hi": hi,
+                    "drawn": drawn,
+                }
+            )
+    out = pd.DataFrame(rows, columns=["quantity", "approach", "value", "lo", "hi", "drawn"])
     out.attrs["compute_budget"] = c
     return out
 
@@ -81,7 +98,7 @@ def agreement_notes(table: pd.DataFrame, names: list[str]) -> list[str]:
         return []
     c = table.attrs["compute_budget"]
     notes: list[str] = []
-    unjudged: set[str] = set()
+    unjudged: dict[str, list[str]] = {}  # approach -> the quantities it has no interval on
     quantities = (
         ("a", "the exponent a of N_opt ∝ C^a"),
         ("N_opt", f"N_opt at C = {c:.3g} FLOPs"),
@@ -93,7 +110,9 @@ def agreement_notes(table: pd.DataFrame, names: list[str]) -> list[str]:
             for second in names[i + 1 :]:
                 r1, r2 = rows.loc[first], rows.loc[second]
                 if not (np.isfinite([r1.lo, r1.hi, r2.lo, r2.hi]).all()):
-                    unjudged.update(n for n, r in ((first, r1), (second, r2)) if not np.isfinite(r.lo))
+                    for n, r in ((first, r1), (second, r2)):
+                        if not np.isfinite(r.lo) and q not in unjudged.setdefault(n, []):
+                            unjudged[n].append(q)
                     continue
                 if r1.hi < r2.lo or r2.hi < r1.lo:
                     notes.append(
@@ -102,12 +121,20 @@ def agreement_notes(table: pd.DataFrame, names: list[str]) -> list[str]:
                         "(95% intervals do not overlap); check the IsoFLOP and residual figures before "
                         "trusting either"
                     )
-    if unjudged:
-        listed = ", ".join(APPROACH_LABELS[n] for n in names if n in unjudged)
+    drawn = table.groupby("approach")["drawn"].first().to_dict() if "drawn" in table else {}
+    undrawn = [n for n in names if n in unjudged and not drawn.get(n, False)]
+    if undrawn:
         notes.append(
-            f"agreement between approaches not judged for {listed}: no 95% intervals (fit with "
-            "bootstrap=200 or so for intervals on every approach)"
+            f"agreement between approaches not judged for {', '.join(APPROACH_LABELS[n] for n in undrawn)}: "
+            "no 95% intervals (refit with 200 bootstrap resamples for intervals on every approach: "
+            "--bootstrap 200 on the command line, bootstrap=200 in Python)"
         )
+    for n in names:  # resampled, yet without an interval: the data give none (each fit says why)
+        if n in unjudged and drawn.get(n, False):
+            notes.append(
+                f"agreement with {APPROACH_LABELS[n]} not judged on {', '.join(unjudged[n])}: its fit has no "
+                "95% interval there (see its own warning for why)"
+            )
     return notes
 
 

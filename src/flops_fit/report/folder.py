@@ -92,6 +92,7 @@ def write_result(
         "version": RESULT_VERSION,
         "laws_sha256": sha256(laws),  # which scaling_laws.json these notes belong to
         "primary": result.primary,
+        "synthetic": result.synthetic_banner,  # mock runs: what every view says first (None: real training)
         "budget_rtol": result.budget_rtol,
         "skipped": dict(result.skipped),
         "fit_options": dict(result.fit_options),

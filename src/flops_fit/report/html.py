@@ -17,9 +17,8 @@ import io
 import logging
 import math
 import os
-import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,8 @@ main { max-width: 1100px; margin: 0 auto; padding: 24px 20px 60px; }
 h1 { font-size: 26px; margin: 0 0 4px; } h2 { font-size: 20px; margin: 36px 0 10px;
      border-bottom: 1px solid var(--line); padding-bottom: 4px; } h3 { font-size: 16px; margin: 18px 0 6px; }
 .meta, .note, figcaption { color: var(--muted); font-size: 13px; }
+.mock { background: var(--warnbg); color: var(--warn); border: 1px solid var(--warn); padding: 6px 10px;
+        font-weight: 600; }
 nav { margin: 12px 0 0; font-size: 14px; } nav a { margin-right: 14px; color: #0969da; text-decoration: none; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: right; white-space: nowrap; }
@@ -390,8 +391,10 @@ def render_report(
         ("backtest", "Back-test: predict later budgets from the smaller ones", backtest_html),
         ("figures", "Figures", figures_html),
     ]
+    banner = result.synthetic_banner
     body = [
         f"<header><h1>{_e(title)}</h1>",
+        *([f'<p class="mock">{_e(banner)}</p>'] if banner else []),
         f'<p class="meta">{_e(len(result.runs))} runs ({_e(done)}) at {_e(len(b))} compute budgets from '
         f"{_e(sci(b[0]))} to {_e(sci(b[-1]))} FLOPs · primary: {_e(label(result.primary))} · intervals: "
         + _e(f"{boot} bootstrap resamples" if boot else "regression-based (no bootstrap)")
@@ -503,21 +506,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     path = write_report(args.dir, args.output, backtest=not args.no_backtest, title=args.title)
     print(f"wrote {path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flops_fit.report.html DIR``: the ``report`` command on its own."""
-    parser = argparse.ArgumentParser(prog="flops-fit")
-    sub = parser.add_subparsers(dest="command")
-    add_report_parser(sub)
-    args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return cmd_report(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"flops-fit report: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -84,8 +84,10 @@ def result_html_fragment(result: ResultView) -> str:
         else "<p>No warnings.</p>"
     )
     b = result.budgets
+    banner = result.synthetic_banner
     head = (
-        f"<p><b>flops-fit Result</b>: {len(result.runs)} runs at {len(b)} budgets ({_e(sci(b[0]))} to "
+        (f"<p><b>{_e(banner)}</b></p>" if banner else "")
+        + f"<p><b>flops-fit Result</b>: {len(result.runs)} runs at {len(b)} budgets ({_e(sci(b[0]))} to "
         f"{_e(sci(b[-1]))} FLOPs)</p>"
     )
     return f'<div class="flops-fit-result">{head}<ul>{laws}</ul>{chinchilla_table_html(result.chinchilla_table())}{warn}</div>'

@@ -499,7 +499,8 @@ class Result:
         tables = [
             f"## {label(name)}\n\n{self.table_markdown(budgets, approach=name)}\n" for name in self.candidates
         ]
-        return "# Compute-optimal allocation (95% intervals)\n\n" + "\n".join(tables)
+        banner = f"**{self.synthetic_banner}**\n\n" if self.synthetic_banner else ""
+        return "# Compute-optimal allocation (95% intervals)\n\n" + banner + "\n".join(tables)
 
     def table_latex(self, budgets: Sequence[float] | None = None, approach: str | None = None) -> str:
         """:meth:`chinchilla_table` as a booktabs LaTeX table."""
@@ -621,7 +622,9 @@ class Result:
         b = self.budgets
         boot = int(self.fit_options.get("bootstrap", 0))
         assert self.selection is not None
-        lines = [
+        banner = self.synthetic_banner
+        lines = [*([banner, ""] if banner else [])]
+        lines += [
             f"flops-fit result: {len(runs)} runs ({done}) at {len(b)} compute budget(s), "
             f"{b[0]:.3g} to {b[-1]:.3g} FLOPs",
             f"Design: {self.layout.describe()}",
