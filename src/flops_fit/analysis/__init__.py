@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from flops_fit.analysis.annealing import AnnealingFit, LossCurve, fit_annealing
 from flops_fit.analysis.approaches import APPROACHES, fit_from_dict, resolve_approaches, run_approach
 from flops_fit.analysis.bucketing import bucket_budgets
 from flops_fit.analysis.envelope import EnvelopeFit, fit_envelope
@@ -22,13 +23,16 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "APPROACHES",
+    "AnnealingFit",
     "EnvelopeFit",
     "IsoFLOPFit",
+    "LossCurve",
     "ParametricFit",
     "PowerLawFit",
     "bucket_budgets",
     "chinchilla_table",
     "detect_outliers",
+    "fit_annealing",
     "fit_envelope",
     "fit_from_dict",
     "fit_isoflop",
