@@ -220,7 +220,7 @@ def call_find_optimal(tmp: Path, **kwargs: Any) -> Any:
 
     args = {
         "model_cls": Net,
-        "model_size_param": "width",
+        "size_param": "width",
         "dataset": Tokens(),
         "loss_fn": lm_loss,
         "compute_budgets": [1e9, 3e9, 1e10],
@@ -295,8 +295,8 @@ CASES = [
     find("budgets as a string", {"compute_budgets": "1e9,1e10"}, TypeError, "compute_budgets"),
     find("model_cls not callable", {"model_cls": 3}, TypeError, "model_cls"),
     find("a model instance", {"model_cls": Net(8)}, TypeError, "model_cls"),
-    find("size param the model lacks", {"model_size_param": "d_model"}, TypeError, "'d_model'"),
-    find("empty size param", {"model_size_param": ""}, TypeError, "model_size_param"),
+    find("size param the model lacks", {"size_param": "d_model"}, TypeError, "'d_model'"),
+    find("empty size param", {"size_param": ""}, TypeError, "size_param"),
     find("unknown model kwarg", {"model_kwargs": {"heads": 2}}, TypeError, "['heads']"),
     find("model_kwargs sets the size", {"model_kwargs": {"width": 4}}, TypeError, "'width'"),
     find("size does not change N", {"model_cls": FixedSize}, ValueError, "does not grow"),

@@ -82,7 +82,7 @@ def test_example_programs_refuse_bad_input_without_a_traceback(module, args, nee
     assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
-def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch):
+def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch, capsys):
     """--lr and --weight-decay reach the runner's TrainConfig (the u-muP GPT needs lr ~0.5, no decay)."""
     import flops_fit.app.stages as stages
 
@@ -91,7 +91,12 @@ def test_cli_train_passes_learning_rate_and_weight_decay(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20"]) == 0
     assert main(["train", str(out), "--mode", "local", "--lr", "0.5", "--weight-decay", "0"]) == 0
-    assert seen["lr"] == 0.5 and seen["weight_decay"] == 0.0
+    assert seen["lr"] == 0.5 and seen["weight_decay"] == 0.0 and seen["threads"] is None
+    assert main(["train", str(out), "--mode", "local", "--threads", "3"]) == 0
+    assert seen["threads"] == 3
+    with pytest.raises(SystemExit):
+        main(["train", str(out), "--threads", "none"])
+    assert "--threads: must be auto or a positive integer" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -7,17 +7,26 @@ that names the argument and the fix.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from flops_fit.app.console import PROGRESS_LOGGING, UsageError, configure_logging, floats, guarded
+from flops_fit.app.console import (
+    PROGRESS_LOGGING,
+    UsageError,
+    configure_logging,
+    escape_controls,
+    floats,
+    guarded,
+)
+from flops_fit.core.io import atomic_write_text
 from flops_fit.core.sweepdir import SweepDir
 
 logger = logging.getLogger("flops_fit")
@@ -80,9 +89,10 @@ def _check_bootstrap_arg(value: int) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    """Fit scaling laws to a results file and print them with a Chinchilla table."""
-    from flops_fit.analysis.approaches import resolve_approaches, run_approach
-    from flops_fit.analysis.table import chinchilla_table, to_markdown
+    """Fit scaling laws to a results file and print the summary every command prints (Result.summary), the
+    Chinchilla table at ``--budgets`` and, with ``--details``, each fit's own parameter block."""
+    from flops_fit.analysis.approaches import label, resolve_approaches
+    from flops_fit.report.result import Result
 
     approaches = resolve_approaches(args.approach)
     _check_bootstrap_arg(args.bootstrap)
@@ -93,39 +103,42 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise UsageError(f"--json {args.json!r} is a folder; give a file name, e.g. {args.json}/fits.json")
     path, runs = _load_results(args.file, _column_args(args))
     completed = runs[runs["status"] == "completed"]
-    print(f"{len(runs)} runs from {path.name} ({len(completed)} completed)")
-    if budgets is None:
-        top = float(completed["compute_budget"].max())
-        budgets = [top * 10**k for k in range(0, 4)]
-    fits: dict[str, Any] = {}
-    for name in approaches:
-        try:
-            fits[name] = run_approach(
-                name, runs, bootstrap=args.bootstrap, seed=args.seed, exclude=not args.keep_outliers
-            )
-        except ValueError as exc:
-            if len(approaches) == 1:
-                raise
-            print(f"\n{name}: not fitted: {exc}")
-    out: dict[str, Any] = {}
-    for name, fit in fits.items():
-        print()
-        print(fit.summary())
-        table = chinchilla_table(fit, budgets)
-        print()
-        print(to_markdown(table))
-        out[name] = fit.to_dict()
-    if fits:  # the checks a Result makes: budgets not on the 6ND scale, approaches that disagree, ...
-        from flops_fit.report.result import Result
-
-        notes = Result(runs, fits).warnings
-        if notes:
-            print("\nWarnings:")
-            print("\n".join(f"  - {note}" for note in notes))
+    print(f"{len(runs)} runs from {path.name} ({len(completed)} completed)\n")
+    with _working(f"fitting {', '.join(approaches)} to the runs of {path.name} ..."):
+        result = Result.from_runs(
+            runs,
+            approaches,
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            exclude_outliers=not args.keep_outliers,
+        )
+    print(escape_controls(result.summary()))
+    if budgets is not None:
+        print(f"\nChinchilla table at --budgets ({label(result.primary)}):")
+        print(result.table_markdown(budgets))
+    fits = {**result.fits, **result.variants}
+    if args.details:
+        for fit in fits.values():
+            print()
+            print(fit.summary())
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        out = {name: fit.to_dict() for name, fit in fits.items()}
+        atomic_write_text(Path(args.json).expanduser(), json.dumps(out, indent=2))  # no half file if killed
         print(f"\nwrote {args.json}")
-    return 0 if fits else 1
+    return 0
+
+
+def _threads(value: str) -> int | str:
+    """``--threads``: ``auto`` or a positive integer."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a positive integer, got {value!r}")
+    return count
 
 
 def _dir_arg(value: str, what: str, must_exist: bool = True) -> Path:
@@ -152,7 +165,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     overrides: dict[str, Any] = {"output.dir": str(_dir_arg(args.out, "--out", must_exist=False))}
     if args.budgets:
+        from flops_fit.plan.planner import MAX_COMPUTE_BUDGETS
+
         overrides["compute.budgets"] = floats(args.budgets, "--budgets")
+        if len(overrides["compute.budgets"]) > MAX_COMPUTE_BUDGETS:
+            raise UsageError(
+                f"--budgets has {len(overrides['compute.budgets'])} values, more than the limit of "
+                f"{MAX_COMPUTE_BUDGETS} budgets per sweep"
+            )
     else:
         overrides.update(
             {
@@ -221,6 +241,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 #: The planner's keyword names, as ``flops-fit plan`` spells them.
 _PLAN_FLAGS = {
     "num_compute_budgets": "--num-budgets",
+    "budgets:": "--budgets:",
+    "budgets[": "--budgets[",
     "num_model_sizes": "--sizes",
     "min_flops": "--min-flops",
     "max_flops": "--max-flops",
@@ -236,7 +258,8 @@ _PLAN_FLAGS = {
 def _flag_names(message: str) -> str:
     """``message`` with the planner's keyword names replaced by the flags that set them."""
     for name, flag in _PLAN_FLAGS.items():
-        message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w])", flag, message)
+        end = r"(?![\w])" if name[-1].isalnum() or name[-1] == "_" else ""
+        message = re.sub(rf"(?<![\w-]){re.escape(name)}{end}", flag, message)
     return message
 
 
@@ -302,6 +325,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides[key] = {"_target_": target, **({"_partial_": True} if key == "loss_fn" else {})}
     if args.train_fn:
         overrides["train_fn"] = args.train_fn
+    if args.trust_plan:
+        overrides["trust_plan"] = True
+    if args.model:
+        overrides["model"] = args.model
     if args.api_url:
         overrides["api_url"] = args.api_url
     if args.token_env:
@@ -312,10 +339,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["train.lr"] = args.lr
     if args.weight_decay is not None:
         overrides["train.weight_decay"] = args.weight_decay
+    if args.threads is not None:
+        overrides["train.threads"] = args.threads
     try:
         run_train(default_config("trainer", overrides))
     except WorkersLostError as exc:
-        print(f"flops-fit train: {exc}", file=sys.stderr)
+        print(f"flops-fit train: {escape_controls(str(exc))}", file=sys.stderr)
         return 1
     return 0
 
@@ -334,8 +363,22 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     }
     if args.budgets:
         overrides["table_budgets"] = floats(args.budgets, "--budgets")
-    run_analyze(default_config("analyzer", overrides))
+    with _working(f"fitting approaches ({args.approach}) to the runs of {out} ..."):
+        run_analyze(default_config("analyzer", overrides))
     return 0
+
+
+@contextlib.contextmanager
+def _working(message: str) -> Iterator[None]:
+    """Say that a slow step (fitting, drawing) is under way: a spinner on a terminal, else a log line."""
+    if not sys.stderr.isatty():
+        logger.info("%s", message)
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -346,7 +389,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not SweepDir(out).scaling_laws.is_file():
         raise UsageError(f"{SweepDir(out).scaling_laws} not found; run `flops-fit analyze {args.dir}` first")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    run_visualize(default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi}))
+    with _working(f"drawing figures ({', '.join(formats)}) into {out} ..."):
+        run_visualize(
+            default_config("visualizer", {"output.dir": str(out), "formats": formats, "dpi": args.dpi})
+        )
     return 0
 
 
@@ -457,14 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compute-optimal scaling laws for your own model and data (Chinchilla Approaches 1-3).",
         epilog=(
             "examples:\n"
-            "  flops-fit demo                      # the main job: a real GPT sweep on the bundled text\n"
-            "  flops-fit fit chinchilla            # fit the bundled Chinchilla points\n"
-            "  flops-fit plan --help               # each subcommand has its own examples"
+            "  flops-fit demo                                    # the main job: a real GPT sweep on the bundled text\n"
+            "  flops-fit fit chinchilla --approach parametric    # fit the bundled Chinchilla points\n"
+            "  flops-fit plan --help                             # each subcommand has its own examples"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubParser)
     sub.required = True
 
     _add_fit_parser(sub)
@@ -476,10 +522,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub_parser)
     _add_serve_parser(sub_parser)
     _add_analyze_and_plot_parsers(sub_parser)
+    sub.add_parser("report", help=REPORT_HELP, build=_report_parser)
+    return parser
+
+
+#: ``flops-fit report``'s line in ``flops-fit --help``; its parser lives with the report (pandas, matplotlib).
+REPORT_HELP = "write a self-contained HTML report of a saved result"
+
+
+def _report_parser(subparsers: Any) -> argparse.ArgumentParser:
     from flops_fit.report.html import add_report_parser
 
-    add_report_parser(sub)
-    return parser
+    return add_report_parser(subparsers)
+
+
+class _SubParser(argparse.ArgumentParser):
+    """A subcommand's parser; given ``build(subparsers) -> parser``, a stand-in that builds the real one on
+    first use, so that ``flops-fit --help`` imports none of the heavy modules that parser's module needs."""
+
+    def __init__(self, *args: Any, build: Callable[[Any], argparse.ArgumentParser] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self._build, self._built = build, None
+
+    def _real(self) -> argparse.ArgumentParser:
+        if self._build is None:
+            return self
+        if self._built is None:
+            holder = argparse.ArgumentParser(prog=self.prog.rsplit(" ", 1)[0]).add_subparsers()
+            self._built = self._build(holder)
+        return self._built
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        real = self._real()
+        if real is self:
+            return super().parse_known_args(args, namespace)
+        return real.parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        real = self._real()
+        return super().format_help() if real is self else real.format_help()
 
 
 def _sub_parser_factory(sub: Any) -> Callable[[str, str, str], argparse.ArgumentParser]:
@@ -507,7 +588,7 @@ def _add_fit_parser(sub: Any) -> None:
             "examples:\n"
             "  flops-fit fit chinchilla --approach parametric --bootstrap 200\n"
             "  flops-fit fit results.jsonl --approach all --budgets 1e21,1e22\n"
-            "  flops-fit fit theirs.csv --n-col 'Model Size' --c-col 'Training FLOP' --loss-col loss"
+            "  flops-fit fit theirs.csv --n-col 'Model Size' --c-col 'Training FLOP' --loss-col loss --approach parametric"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -519,7 +600,11 @@ def _add_fit_parser(sub: Any) -> None:
     fit.add_argument("--c-col", help="column holding the compute budget C in FLOPs (default: C = 6ND)")
     fit.add_argument("--loss-col", help="column holding the final loss")
     fit.add_argument("--status-col", help="column holding the run status (completed/failed/diverged)")
-    fit.add_argument("--approach", default="all", help="isoflop, parametric, envelope or all (default: all)")
+    fit.add_argument(
+        "--approach",
+        default="all",
+        help="isoflop, parametric, envelope, all (default), or a variant: isoflop:shared, parametric:alpha=beta",
+    )
     fit.add_argument(
         "--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals (default 0)"
     )
@@ -529,6 +614,11 @@ def _add_fit_parser(sub: Any) -> None:
     )
     fit.add_argument("--keep-outliers", action="store_true", help="do not exclude flagged runs from the fits")
     fit.add_argument("--json", help="also write the fits to this JSON file")
+    fit.add_argument(
+        "--details",
+        action="store_true",
+        help="also print each fit's own block (estimates, method, fragility)",
+    )
     fit.set_defaults(func=cmd_fit)
 
 
@@ -538,9 +628,10 @@ def _add_plan_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPars
         "plan",
         "plan an IsoFLOP sweep and write OUT/sweep.json",
         "  flops-fit plan --min-flops 1e17 --max-flops 1e19 --sizes 7 --out runs/a\n"
-        "  flops-fit plan --budgets 1e13,1e14 --model flops_fit.examples.gpt.GPT.from_config --size-param d_model \\\n"
-        '      --size-multiple 64 --model-kwargs \'{"vocab_size": 4096, "num_layers": 2, "max_seq_len": 128}\' \\\n'
-        "      --tokens-per-sample 128 --flops chinchilla --shape-fn flops_fit.examples.gpt.transformer_shape",
+        "  flops-fit plan --budgets 1e15,3e15,1e16 --model flops_fit.examples.gpt.GPT.from_config \\\n"
+        "      --size-param d_model --size-multiple 16 \\\n"
+        '      --model-kwargs \'{"vocab_size": 4096, "num_layers": 2, "max_seq_len": 128}\' --tokens-per-sample 128 \\\n'
+        "      --flops chinchilla --shape-fn flops_fit.examples.gpt.transformer_shape --out runs/gpt",
     )
     plan.add_argument("--out", default="outputs", help="output directory")
     plan.add_argument("--min-flops", type=float, default=1e17, help="smallest budget, FLOPs")
@@ -587,8 +678,10 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
         "train",
         "run or resume the sweep planned in DIR",
         "  flops-fit train runs/a --mode mock\n"
-        "  flops-fit train runs/a --mode local --dataset my_pkg.data.train_set --loss-fn my_pkg.losses.lm_loss\n"
-        "  flops-fit train runs/a --mode local --dataset ... --loss-fn ... --executor ray --ray-address auto \\\n"
+        "  flops-fit train runs/a --mode local --trust-plan --dataset my_pkg.data.train_set \\\n"
+        "      --loss-fn my_pkg.losses.lm_loss\n"
+        "  flops-fit train runs/a --mode local --model my_pkg.models.GPT --dataset ... --loss-fn ... \\\n"
+        "      --executor ray --ray-address auto \\\n"
         "      --checkpoint-dir /shared/ckpt/a --resources GPU=1,CPU=8",
     )
     train.add_argument("dir", help="the sweep's output directory (holds sweep.json)")
@@ -609,6 +702,16 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
     train.add_argument(
         "--train-fn", dest="train_fn", help="mode=function: import path of train_fn(experiment)"
     )
+    train.add_argument(
+        "--trust-plan", dest="trust_plan", action="store_true",
+        help="--mode local: import and call the model class named in DIR/sweep.json (check its 'model' "
+        "entry first: a plan from someone else can name any code)",
+    )  # fmt: skip
+    train.add_argument(
+        "--model",
+        help="--mode local: import path of your model class, used with the plan's size parameter and "
+        "keywords instead of the plan's model entry (which is then not imported; no --trust-plan needed)",
+    )
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     train.add_argument(
         "--lr",
@@ -621,6 +724,12 @@ def _add_train_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPar
         dest="weight_decay",
         type=float,
         help="--mode local: AdamW weight decay (default 0.1)",
+    )
+    train.add_argument(
+        "--threads",
+        type=_threads,
+        help="--mode local: torch CPU threads per run, an integer or auto (default: one thread for small "
+        "training steps, torch's default otherwise)",
     )
     train.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
     train.add_argument(
@@ -658,7 +767,11 @@ def _add_analyze_and_plot_parsers(sub_parser: Callable[[str, str, str], argparse
         "  flops-fit analyze runs/a\n  flops-fit analyze runs/a --approach parametric --bootstrap 1000",
     )
     analyze.add_argument("dir", help="the sweep's output directory (holds results.jsonl)")
-    analyze.add_argument("--approach", default="all", help="isoflop, parametric, envelope or all")
+    analyze.add_argument(
+        "--approach",
+        default="all",
+        help="isoflop, parametric, envelope, all, or a variant: isoflop:shared, parametric:alpha=beta",
+    )
     analyze.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
     analyze.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     analyze.add_argument("--budgets", help="FLOP budgets for the table, comma separated")

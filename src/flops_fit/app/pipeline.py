@@ -53,6 +53,10 @@ DEFAULT_OUTPUT_DIR = "flops_fit_out"
 
 
 def _check_budgets(compute_budgets: Any) -> list[float]:
+    if compute_budgets is None:
+        raise TypeError(
+            "find_optimal needs compute_budgets: the FLOP budgets to sweep, e.g. [1e15, 3e15, 1e16]"
+        )
     distinct = explicit_budgets(compute_budgets, "compute_budgets")
     if len(distinct) < 2:
         raise ValueError(
@@ -89,10 +93,10 @@ def _check_model_kwargs(model_cls: Any, size_param: str, model_kwargs: Mapping[s
 
 def find_optimal(
     model_cls: Callable[..., nn.Module],
-    model_size_param: str,
-    dataset: Any,
-    loss_fn: Callable[..., torch.Tensor] | None,
-    compute_budgets: Sequence[float],
+    size_param: str | None = None,
+    dataset: Any = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    compute_budgets: Sequence[float] | None = None,
     *,
     model_kwargs: Mapping[str, Any] | None = None,
     eval_dataset: Any = None,
@@ -103,7 +107,7 @@ def find_optimal(
     executor: str | RayOptions = "local",
     train_config: TrainConfig | None = None,
     approach: str | Sequence[str] = "all",
-    bootstrap: int = 0,
+    bootstrap: int = 200,
     output_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
     callbacks: Sequence[Any] = (),
@@ -117,19 +121,20 @@ def find_optimal(
     checkpoint_dir: str | os.PathLike[str] | None = None,
     api_url: str | None = None,
     token_env: str | None = None,
+    model_size_param: str | None = None,
     **planner_kwargs: Any,
 ) -> Any:
     """Find the compute-optimal model size, data and loss for your model and data.
 
     Plans an IsoFLOP sweep over ``compute_budgets`` (FLOPs) with ``num_model_sizes`` sizes of
-    ``model_cls(**{model_size_param: v}, **model_kwargs)`` per budget, trains every point (``mode="local"``,
+    ``model_cls(**{size_param: v}, **model_kwargs)`` per budget, trains every point (``mode="local"``,
     or ``"mock"`` for synthetic losses, or ``"function"`` with your ``train_fn(experiment) -> dict``), fits
     the scaling laws (``approach``: ``"all"``, ``"envelope"``, ``"isoflop"``, ``"parametric"``) and returns a
-    :class:`flops_fit.report.result.Result` (``bootstrap=B``: every approach refitted on B resamples, seeded
-    by ``seed``, for 95% intervals on all of them; 0: regression intervals where an approach has them).
-    With ``train=False`` (or no ``dataset``/``loss_fn`` in local mode) it returns the
-    :class:`~flops_fit.plan.sweep.SweepPlan` for inspection (``plan.summary()``, and ``plan.estimate_cost()``
-    for FLOPs and a calibrated wall-time estimate). ``executor`` is ``"local"`` (experiments one after
+    :class:`flops_fit.report.result.Result` (``bootstrap=B``, default 200: every approach refitted on B
+    resamples, seeded by ``seed``, for 95% intervals on all of them, in seconds; 0: regression intervals
+    where an approach has them).
+    With ``train=False`` it returns the :class:`~flops_fit.plan.sweep.SweepPlan` to inspect (``summary()``;
+    ``estimate_cost()``: FLOPs and a calibrated wall time). ``executor`` is ``"local"`` (experiments one after
     another on this machine; multi-GPU through ``accelerate launch``/``torchrun``) or ``"ray"`` (each
     experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see docs/cluster.md):
     ``ray_address`` names the cluster (default ``RAY_ADDRESS``, else a local one), ``resources`` what each
@@ -139,7 +144,8 @@ def find_optimal(
     multi-node cluster); ``executor=RayOptions(address=..., resources=..., max_retries=...)`` says the same.
     Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
     runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (warned).
-    Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec.
+    Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec
+    (``model_size_param``: the deprecated old name of ``size_param``).
     """
 
     request = _checked_request(
@@ -150,7 +156,8 @@ def find_optimal(
         _Execution(*executor_settings(executor, ray_address, resources, max_retries), checkpoint_dir),
         planner_kwargs,
     )  # fmt: skip
-    spec = _model_spec(model_cls, model_size_param, model_kwargs, loss_fn, planner_kwargs)
+    size_param = _size_param(size_param, model_size_param)
+    spec = _model_spec(model_cls, size_param, model_kwargs, loss_fn, planner_kwargs)
     sample = None
     if dataset is not None:  # its tokens per sample go to the planner in place of any given
         sample = Sample.read(dataset, planner_kwargs.pop("tokens_per_sample", None))
@@ -161,11 +168,16 @@ def find_optimal(
     planner = _planner(request, spec, sample, num_model_sizes, flops, tokens_per_param, planner_kwargs)
     plan = _plan(request, planner, spec, sample)
     if not request.train:
-        cost = dataclasses.replace(plan, model=None).estimate_cost()  # FLOPs only: nothing is trained here
-        logger.info("%s; plan.estimate_cost(device) times a few real steps for the wall time", cost)
-        return dataclasses.replace(plan, cost=cost)
+        return _with_cost(plan)
     runs = _train(request, plan)
     return _fit_and_save(request, plan, runs)
+
+
+def _with_cost(plan: SweepPlan) -> SweepPlan:
+    """``plan`` with its cost in FLOPs (nothing is trained here; ``estimate_cost(device)`` times real steps)."""
+    cost = dataclasses.replace(plan, model=None).estimate_cost()
+    logger.info("%s; plan.estimate_cost(device) times a few real steps for the wall time", cost)
+    return dataclasses.replace(plan, cost=cost)
 
 
 @dataclass(frozen=True)
@@ -236,6 +248,7 @@ def _checked_request(
     ex = execution
     _check_choice("executor", ex.executor, EXECUTORS)
     check_executor(ex.executor, ex.ray_address, ex.resources, ex.max_retries, training.device)
+    _check_data(training, train)
     if ex.executor == "local" and mode == "local" and train:
         resolve_device(training.device)  # a Ray sweep resolves it on its workers; planning and mock need none
     check_seed(seed)
@@ -255,7 +268,7 @@ def _checked_request(
         bootstrap=check_bootstrap(bootstrap),
         train_config=_check_training(training, train_config),
         out=_sweep_folder(output_dir, resume),
-        train=train and _can_train(training),
+        train=train,
         training=training,
         execution=execution,
     )
@@ -296,11 +309,36 @@ def _sweep_folder(output_dir: Any, resume: bool) -> SweepDir:
     return SweepDir(out)
 
 
-def _can_train(training: _Training) -> bool:
-    if training.needs_data() and not training.has_data():
-        logger.info("no dataset/loss_fn given: returning the plan without training")
-        return False
-    return True
+def _check_data(training: _Training, train: bool) -> None:
+    """Refuse to train in a mode that needs data (``local``) when ``dataset`` or ``loss_fn`` is missing."""
+    if not train or not training.needs_data() or training.has_data():
+        return
+    missing = [name for name in ("dataset", "loss_fn") if getattr(training, name) is None]
+    raise ValueError(
+        f"mode={training.mode!r} trains on your data, but {' and '.join(missing)} "
+        f"{'is' if len(missing) == 1 else 'are'} None; pass dataset=... and loss_fn=..., or mode='mock' for "
+        "synthetic losses, or train=False to only plan the sweep"
+    )
+
+
+def _size_param(size_param: str | None, model_size_param: str | None) -> Any:
+    """``size_param``, or its deprecated old name ``model_size_param`` (with a DeprecationWarning)."""
+    if model_size_param is None:
+        if size_param is None:
+            raise TypeError("find_optimal needs size_param: the keyword of model_cls that sets its size, e.g. "
+                            "size_param='d_model'")  # fmt: skip
+        return size_param
+    if size_param is not None:
+        raise TypeError(
+            "pass size_param only: model_size_param is its deprecated old name, and both were given "
+            f"({size_param!r} and {model_size_param!r})"
+        )
+    warnings.warn(
+        "find_optimal(model_size_param=...) is deprecated; call it size_param=...",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return model_size_param
 
 
 def _model_spec(
@@ -310,7 +348,9 @@ def _model_spec(
     if not callable(model_cls):
         raise TypeError(f"model_cls must be a class or factory building an nn.Module, got {model_cls!r}")
     if not isinstance(size_param, str) or not size_param:
-        raise TypeError(f"model_size_param must name the size keyword of model_cls, got {size_param!r}")
+        raise TypeError(
+            f"size_param must name the size keyword of model_cls, e.g. 'd_model'; got {size_param!r}"
+        )
     model_kwargs = dict(model_kwargs or {})
     _check_model_kwargs(model_cls, size_param, model_kwargs)
     spec_kwargs = {k: options.pop(k) for k in list(options) if k in _SPEC_KEYWORDS}
@@ -434,13 +474,14 @@ def _fit_and_save(request: _Request, plan: SweepPlan, runs: Any) -> Any:
 
     seed = request.training.seed
     logger.info(
-        "fitting %s%s", ", ".join(request.approaches),
+        "fitting approaches %s%s ...", ", ".join(request.approaches),
         f" with {request.bootstrap} bootstrap resamples each" if request.bootstrap else "",
     )  # fmt: skip
     result = Result.from_runs(
         runs, approach=request.approaches, bootstrap=request.bootstrap, seed=seed, plan=plan,
         output_dir=request.out.root,
     )  # fmt: skip
+    logger.info("drawing figures and saving the result into %s ...", request.out.root)
     result.save(request.out.root)
     return result
 

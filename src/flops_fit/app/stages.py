@@ -229,11 +229,18 @@ def run_train(data: Mapping[str, Any]) -> Any:
             "api_url",
             "token_env",
             "max_in_flight",
+            "trust_plan",
         )
     }
-    objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn")}
+    objects = {key: cfg.take(key) for key in ("dataset", "eval_dataset", "loss_fn", "train_fn", "model")}
     cfg.done()  # every key read before anything is built
-    readers = {"dataset": "local", "eval_dataset": "local", "loss_fn": "local", "train_fn": "function"}
+    readers = {
+        "dataset": "local",
+        "eval_dataset": "local",
+        "loss_fn": "local",
+        "train_fn": "function",
+        "model": "local",
+    }
     for key, mode in readers.items():
         if objects[key] is not None and options["mode"] != mode:
             raise ConfigError(f"{key} is read only by mode={mode} (mode={options['mode']} here); remove it")
@@ -244,6 +251,7 @@ def run_train(data: Mapping[str, Any]) -> Any:
         eval_dataset=_instantiate(objects["eval_dataset"], "eval_dataset"),
         loss_fn=_instantiate(objects["loss_fn"], "loss_fn"),
         train_fn=_import(objects["train_fn"], "train_fn"),
+        model=_named_model(objects["model"], out_dir / plan_file),
         train_config=train,
         executor=executor,
         **options,
@@ -254,15 +262,39 @@ def run_train(data: Mapping[str, Any]) -> Any:
     return runs
 
 
+def _named_model(path: Any, plan_path: Path) -> Any:
+    """The ``model`` key of ff-train (``flops-fit train --model``): the user's model class by import path,
+    built with the plan's size parameter and keywords; the plan's own class path is then never imported.
+    None when not given (the plan's model is trained, with ``trust_plan``)."""
+    from dataclasses import replace
+
+    from flops_fit.plan.sweep import SweepPlan
+
+    if path is None:
+        return None
+    if not isinstance(path, str):
+        raise ConfigError(f"model must be an import path such as my_pkg.models:GPT, got {path!r}")
+    plan = SweepPlan.load(plan_path) if plan_path.is_file() else None
+    if plan is None or plan.model is None:
+        raise ConfigError(
+            f"model={path} needs a plan planned with a model (its size parameter and keywords); "
+            f"{plan_path} has none"
+        )
+    return replace(plan.model, model_cls=_import(path, "model"), trusted=True)
+
+
 def _train_config(plan_path: Path, keys: Mapping[str, Any]) -> Any:
     """The TrainConfig ff-train runs: the plan's recorded ``train_config`` with the ``train.*`` keys set on
     the command line on top (None: nothing recorded or set, the runner's default)."""
     from flops_fit.core.train_config import FIELD_NAMES, config_from_mapping
     from flops_fit.plan.sweep import SweepPlan
+    from flops_fit.training.jobs import check_recorded_train_config
 
     plan = SweepPlan.load(plan_path) if plan_path.is_file() else None  # missing: the runner says so
     recorded = (plan.config.get("train_config") if plan is not None else None) or {}
-    merged = {**{k: v for k, v in recorded.items() if k in FIELD_NAMES}, **keys}
+    from_plan = {k: v for k, v in recorded.items() if k in FIELD_NAMES and k not in keys}
+    check_recorded_train_config(from_plan)  # a plan may come from someone else: bound what it asks for
+    merged = {**from_plan, **keys}
     if not merged:
         return None
     if plan is not None and plan.experiments:  # the batch size every experiment gets (for micro-batching)
@@ -285,8 +317,9 @@ def _plan_path(plan: Any, out_dir: Path, results: Any) -> Path | None:
 
 
 def run_analyze(data: Mapping[str, Any]) -> Any:
+    from flops_fit.analysis.approaches import label
     from flops_fit.core.io import atomic_write_text
-    from flops_fit.core.sweepdir import TABLE_FILE
+    from flops_fit.core.sweepdir import RESULT_FILE, TABLE_FILE
     from flops_fit.report.analyzer import ScalingLawAnalyzer
 
     cfg = _Config(data)
@@ -316,11 +349,15 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
             raise ConfigError(f"table_budgets: {exc}") from None
     analysis = analyzer.analyze()
     result = analyzer.result_  # the Result the analysis was fitted as
-    atomic_write_text(out_dir / TABLE_FILE, result.tables_markdown(budgets))  # as Result.save writes it
-    print(analysis.summary())
-    print()
-    print(result.table_markdown(budgets))
-    print(f"\nwrote {analyzer.scaling_laws_path} and {out_dir / TABLE_FILE}")
+    # one record of how the laws were fitted (result.json beside scaling_laws.json), read by report and plot
+    result.save(out_dir, plots=False)
+    if budgets is not None:
+        atomic_write_text(out_dir / TABLE_FILE, result.tables_markdown(budgets))  # as Result.save writes it
+    print(result.summary())  # the summary every command prints
+    if budgets is not None:
+        print(f"\nChinchilla table at table_budgets ({label(result.primary)}):")
+        print(result.table_markdown(budgets))
+    print(f"\nwrote {analyzer.scaling_laws_path}, {out_dir / RESULT_FILE} and {out_dir / TABLE_FILE}")
     return analysis
 
 
@@ -372,15 +409,24 @@ def check_overrides(name: str, argv: list[str]) -> None:
             if not isinstance(node, DictConfig):
                 break  # below a leaf or a null section: Hydra and the stage's own checks decide
             if part not in node:
-                where = ".".join(key.split(".")[:depth])
-                known = sorted(f"{where}.{k}" if where else str(k) for k in node.keys() if k != "hydra")
-                print(
-                    f"error: unknown config key {key!r}; the keys here are {known}. Check the spelling, or "
-                    f"add a key the file does not list with +{arg}",
-                    file=sys.stderr,
-                )
+                print(f"error: {_unknown_key_hint(key, depth, node)}", file=sys.stderr)
                 raise SystemExit(2)
             node = node[part]
+
+
+def _unknown_key_hint(key: str, depth: int, node: DictConfig) -> str:
+    """The message for an override ``key`` whose part at ``depth`` is not a key of ``node``: the closest real
+    key(s) at that level (a typo is the usual cause), then every key there."""
+    import difflib
+
+    parts = key.split(".")
+    where = ".".join(parts[:depth])
+    names = [str(k) for k in node.keys() if k != "hydra"]
+    full = [f"{where}.{k}" if where else k for k in sorted(names)]
+    close = difflib.get_close_matches(parts[depth], names, n=3, cutoff=0.6)
+    guess = ".".join([*parts[:depth], close[0], *parts[depth + 1 :]]) if close else None
+    hint = f"; did you mean {guess}?" if guess else ""
+    return f"unknown config key {key!r}{hint} (the keys here are {full})"
 
 
 def _entry(name: str, main: Any) -> Any:

@@ -47,6 +47,13 @@ def fmt(x: float, digits: int = 4) -> str:
     return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
 
 
+def fmt_exponent(value: float, lo: float, hi: float) -> str:
+    """An exponent with its 95% interval; one a constraint fixes (interval of zero width) says so."""
+    if lo == hi == value:
+        return f"{fmt(value)} (fixed by the constraint)"
+    return fmt_ci(value, lo, hi)
+
+
 def fmt_ci(value: float, lo: float, hi: float, digits: int = 4) -> str:
     if math.isfinite(lo) and math.isfinite(hi):
         return f"{fmt(value, digits)} [{fmt(lo, digits)}, {fmt(hi, digits)}]"

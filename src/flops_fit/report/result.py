@@ -66,7 +66,7 @@ from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report import backtest as _backtest
 from flops_fit.report import diagnostics
 from flops_fit.report.backtest import Selection, choose_primary
-from flops_fit.report.diagnostics import SIX_ND_RTOL, ci_pair, exponent_ci, fmt, fmt_ci
+from flops_fit.report.diagnostics import SIX_ND_RTOL, ci_pair, exponent_ci, fmt, fmt_ci, fmt_exponent
 from flops_fit.report.folder import RESULT_VERSION, SavedResult, read_result, runs_to_records, write_result
 from flops_fit.report.html_parts import result_html_fragment
 from flops_fit.report.laws import MALFORMED, ScalingAnalysis, laws_of, prediction
@@ -589,9 +589,9 @@ class Result:
                 f"B = {terms['B']}, alpha = {terms['alpha']}, beta = {terms['beta']}"
             )
         n_law, d_law, l_law = laws_of(fit)
-        lines.append(f"N_opt = {fmt(n_law.k)} C^a, a = {_exponent(fit.a, a_lo, a_hi)}")
-        lines.append(f"D_opt = {fmt(d_law.k)} C^b, b = {_exponent(fit.b, b_lo, b_hi)}")
-        c = _exponent(l_law.a, *ci_pair(l_law.a_ci))
+        lines.append(f"N_opt = {fmt(n_law.k)} C^a, a = {fmt_exponent(fit.a, a_lo, a_hi)}")
+        lines.append(f"D_opt = {fmt(d_law.k)} C^b, b = {fmt_exponent(fit.b, b_lo, b_hi)}")
+        c = fmt_exponent(l_law.a, *ci_pair(l_law.a_ci))
         e_lo, e_hi = ci_pair(l_law.offset_ci)
         if l_law.offset or math.isfinite(e_lo):  # a law with an irreducible loss E (it may be fitted as 0)
             lines.append(f"L_opt = E + {fmt(l_law.k)} C^c, E = {fmt_ci(l_law.offset, e_lo, e_hi)}, c = {c}")
@@ -793,10 +793,3 @@ class Result:
 def _rebuild(cls: type[Result], values: dict[str, Any]) -> Result:
     """A Result from its field values (:meth:`Result.__reduce__`)."""
     return cls(**values)
-
-
-def _exponent(value: float, lo: float, hi: float) -> str:
-    """An exponent with its 95% interval; one a constraint fixes (interval of zero width) says so."""
-    if lo == hi == value:
-        return f"{fmt(value)} (fixed by the constraint)"
-    return fmt_ci(value, lo, hi)

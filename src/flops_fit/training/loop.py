@@ -56,6 +56,11 @@ from flops_fit.training.schedule import lr_multiplier
 logger = logging.getLogger(__name__)
 
 AUTO_EVALS = 16
+#: ``TrainConfig(threads="auto")``: a run whose training step (``6 N`` FLOPs per token, or the given
+#: ``flops_per_token``, times the tokens of one step on a process) is below this trains on one CPU thread.
+#: On a busy 2-core machine one thread beat torch's default of two at every size measured (18-24x for GPTs of
+#: 1e8-3e8 FLOPs per step, 1.8x at 2e11, 1.2x at 5e11: the crossing is near 1e12); docs/training.md.
+SMALL_STEP_FLOPS = 1e12
 """Evaluations spread over a run when ``TrainConfig.eval_every`` is ``None``."""
 
 _NUM_TOKENS = Real(0, lo_open=True, range_label="a positive finite number of training tokens")
@@ -205,7 +210,7 @@ def train(
     procs = make_processes(distributed, device)
     precision = resolve_precision(config.precision, procs.device)
     prepared = _prepare(dataset, eval_dataset, num_tokens, config, procs)
-    with cpu_threads(procs.device, procs.local_world_size):
+    with _threads_of_run(model, config, procs, flops_per_token, prepared[0]):
         return _Run(
             model,
             loss_fn,
@@ -219,6 +224,54 @@ def train(
             callbacks=[*user_callbacks, ProgressCallback()] if progress else user_callbacks,
             keep_checkpoint=bool(keep_checkpoint),
         ).run()
+
+
+def _step_flops(model: nn.Module, flops_per_token: float | None, tokens_per_step: float) -> float:
+    """Training FLOPs of one step on one process: FLOPs per token (default ``6 N``) times its tokens."""
+    per_token = (
+        flops_per_token
+        if flops_per_token is not None
+        else FLOPS_PER_PARAM_TOKEN * count_params(model, "non_embedding")
+    )
+    return float(per_token) * tokens_per_step
+
+
+@contextlib.contextmanager
+def _threads_of_run(
+    model: nn.Module, config: TrainConfig, procs: SingleProcess, flops_per_token: float | None, data: DataPlan
+) -> Iterator[None]:
+    """The CPU threads of one run: capped per process on a node, then ``config.threads`` (:func:`run_threads`)."""
+    step_flops = _step_flops(model, flops_per_token, data.tokens_per_step / procs.world_size)
+    with (
+        cpu_threads(procs.device, procs.local_world_size),
+        run_threads(config.threads, procs.device, step_flops),
+    ):
+        yield
+
+
+@contextlib.contextmanager
+def run_threads(threads: int | str, device: torch.device, step_flops: float) -> Iterator[int]:
+    """torch's intra-op CPU threads while one run trains (process-global: restored afterwards); yields them.
+
+    ``threads`` is ``TrainConfig.threads``: an int sets exactly that many; ``"auto"`` sets one on the CPU
+    when a step is below :data:`SMALL_STEP_FLOPS` (FLOPs) and ``OMP_NUM_THREADS`` is unset, else keeps
+    torch's setting."""
+    previous = torch.get_num_threads()
+    if threads != "auto":
+        wanted = int(threads)
+    elif device.type == "cpu" and step_flops < SMALL_STEP_FLOPS and not os.environ.get("OMP_NUM_THREADS"):
+        wanted = 1
+    else:
+        wanted = previous
+    if wanted == previous:
+        yield previous
+        return
+    logger.debug("training on %d CPU thread(s) (was %d; %.3g FLOPs per step)", wanted, previous, step_flops)
+    torch.set_num_threads(wanted)
+    try:
+        yield wanted
+    finally:
+        torch.set_num_threads(previous)
 
 
 class _Run:
