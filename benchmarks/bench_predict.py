@@ -2,11 +2,13 @@
 
 The library's core promise, measured end to end on real training in one run:
 
-1. **Fit.** A real IsoFLOP sweep of the example GPT (:mod:`flops_fit.examples.gpt_text`: u-μP, 2 layers,
-   swept over ``d_model`` in multiples of 8, vocabulary 512, sequence 64, its ``TRAIN_CONFIG``) on the
-   bundled State of the Union corpus at the lower budgets (default 3e10, 8e10, 2e11 FLOPs, 5 sizes each
-   over the example's span N*/4 .. 4 N*), through :func:`flops_fit.find_optimal`. All three approaches
-   are then refitted with ``--bootstrap`` resamples (default 200, seeded) so each has 95% intervals.
+1. **Fit.** A real IsoFLOP sweep of the demo's GPT (:mod:`flops_fit.examples.gpt_text`: u-μP, 2 layers,
+   one attention head, swept over ``d_model`` in multiples of 4 (``DEMO_MODEL_KWARGS``, ``SIZE_MULTIPLE``),
+   vocabulary 512, sequence 64, its ``TRAIN_CONFIG``) on the bundled State of the Union corpus at the lower
+   budgets (default 3e10, 5e10, 8e10, 1.2e11, 2e11 FLOPs: five, so the rolling back-test has origins; 5
+   sizes each over the example's span N*/4 .. 4 N*), through :func:`flops_fit.find_optimal`. All three
+   approaches are then refitted with ``--bootstrap`` resamples (default 200, seeded) so each has 95%
+   intervals.
 2. **Predict.** At C* = ``--factor`` (10) x the largest fitted budget, 2e12 FLOPs by default, every
    approach predicts N_opt and L_opt with intervals; :meth:`Result.closest_size` names the ``d_model``
    nearest each N_opt.
@@ -37,7 +39,7 @@ nothing, and the printed times count only this call. The numbers also go to ``OU
 Torch runs one thread by default: on a shared 2-core machine two threads ran the small models up to 20x
 slower (thread contention).
 
-Run (about 12 minutes on a shared 2-core CPU; ``--quick``, about 3.5 minutes, is a smoke run at tiny
+Run (about 35 minutes on a shared 2-core CPU; ``--quick``, about 3.5 minutes, is a smoke run at tiny
 budgets with a 2x extrapolation whose numbers mean nothing)::
 
     python benchmarks/bench_predict.py
@@ -73,8 +75,9 @@ import flops_fit
 from flops_fit.analysis.isoflop import fit_profile
 from flops_fit.examples.gpt import GPT, lm_loss
 from flops_fit.examples.gpt_text import (
-    MODEL_KWARGS,
+    DEMO_MODEL_KWARGS,
     NUM_MODEL_SIZES,
+    SIZE_MULTIPLE,
     SIZE_SPAN,
     TRAIN_CONFIG,
     VOCAB_SIZE,
@@ -88,7 +91,7 @@ from flops_fit.training.runner import TrainingRunner
 #: Profile around the primary prediction at C*: N_opt times these factors.
 PROFILE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 FULL = {
-    "budgets": (3e10, 8e10, 2e11),
+    "budgets": (3e10, 5e10, 8e10, 1.2e11, 2e11),
     "factor": 10.0,
     "sizes": NUM_MODEL_SIZES,
     "span": SIZE_SPAN,
@@ -193,12 +196,12 @@ def fit_stage(
             train,
             lm_loss,
             list(budgets),
-            model_kwargs={"vocab_size": VOCAB_SIZE, **MODEL_KWARGS},
+            model_kwargs={"vocab_size": VOCAB_SIZE, **DEMO_MODEL_KWARGS},
             eval_dataset=val,
             num_model_sizes=sizes,
             train_config=TRAIN_CONFIG,
             output_dir=out,
-            size_multiple=8,
+            size_multiple=SIZE_MULTIPLE,
             size_span=span,
             device=device,
         )
@@ -540,7 +543,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run at tiny budgets (numbers mean nothing)"
     )
-    parser.add_argument("--budgets", help="fit budgets in FLOPs, comma separated (default 3e10,8e10,2e11)")
+    parser.add_argument(
+        "--budgets", help="fit budgets in FLOPs, comma separated (default 3e10,5e10,8e10,1.2e11,2e11)"
+    )
     parser.add_argument("--factor", type=float, help="C* = factor x the largest fit budget (default 10)")
     parser.add_argument("--bootstrap", type=int, help="resamples for the 95%% intervals (default 200)")
     parser.add_argument(
