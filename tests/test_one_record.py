@@ -12,7 +12,9 @@ from flops_fit.app.cli import main
 
 def test_analyze_then_report_keeps_the_bootstrap_and_the_labels(tmp_path, capsys, caplog):
     out = tmp_path / "sweep"
-    assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "7"]) == 0
+    assert (
+        main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "7"]) == 0
+    )
     assert main(["train", str(out), "--mode", "mock", "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["analyze", str(out), "--bootstrap", "50"]) == 0

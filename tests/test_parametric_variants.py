@@ -7,12 +7,14 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import optimize
 
 from flops_fit.analysis import parametric_bootstrap, parametric_search
 from flops_fit.analysis.huber import HuberLogObjective
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
+from flops_fit.core.runs import runs_from_arrays
 from synth import isoflop_sweep
 
 TIED = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.3, "beta": 0.3}
@@ -232,20 +234,9 @@ def test_resample_option_is_recorded_and_checked(tied_fit):
 # --- forcing a variant -------------------------------------------------------------------------------------
 
 
-def _runs_table() -> "pd.DataFrame":
-    import pandas as pd
-
+def _runs_table() -> pd.DataFrame:
     n, d, l, c = isoflop_sweep(budgets=(1e17, 3e17, 1e18, 3e18), sizes=5, noise=0.005, seed=2)
-    return pd.DataFrame(
-        {
-            "experiment_id": [f"r{i}" for i in range(n.size)],
-            "status": "completed",
-            "num_params": n,
-            "num_tokens": d,
-            "final_loss": l,
-            "compute_budget": c,
-        }
-    )
+    return runs_from_arrays(n, d, l, c)
 
 
 def test_a_variant_asked_for_alone_is_fitted_and_primary():
@@ -292,7 +283,9 @@ def test_cli_analyze_makes_a_named_variant_primary(tmp_path, capsys):
     from flops_fit.app.cli import main
 
     out = tmp_path / "sweep"
-    assert main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "7"]) == 0
+    assert (
+        main(["plan", "--out", str(out), "--min-flops", "1e18", "--max-flops", "1e20", "--sizes", "7"]) == 0
+    )
     assert main(["train", str(out), "--mode", "mock", "--no-progress"]) == 0
     assert main(["analyze", str(out), "--approach", "parametric:alpha=beta"]) == 0
     laws = json.loads((out / "scaling_laws.json").read_text())

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from flops_fit.analysis import chinchilla_table, fit_isoflop, fit_parametric, to_markdown
+from flops_fit.core.runs import runs_from_arrays
 from flops_fit.report.result import Result
 from synth import isoflop_sweep
 
@@ -64,16 +64,7 @@ def test_parametric_loss_exponent_interval_from_draws(fits):
 
 def test_summary_law_lines_carry_every_interval(sweep):
     n, d, l, c = sweep
-    runs = pd.DataFrame(
-        {
-            "experiment_id": [f"r{i}" for i in range(n.size)],
-            "status": "completed",
-            "num_params": n,
-            "num_tokens": d,
-            "final_loss": l,
-            "compute_budget": c,
-        }
-    )
+    runs = runs_from_arrays(n, d, l, c)
     result = Result.from_runs(runs, approach=["isoflop", "parametric"], bootstrap=30, seed=0)
     lines = result.law_lines("parametric")
     l_line = next(x for x in lines if x.startswith("L_opt"))

@@ -483,17 +483,7 @@ def test_only_mock_runs_carry_the_synthetic_banner():
     from synth import isoflop_sweep
 
     n, d, l, c = isoflop_sweep(budgets=(1e17, 1e18, 1e19), sizes=5, seed=0)
-    runs = pd.DataFrame(
-        {
-            "experiment_id": [f"r{i}" for i in range(n.size)],
-            "status": "completed",
-            "num_params": n,
-            "num_tokens": d,
-            "final_loss": l,
-            "compute_budget": c,
-            "mode": "local",
-        }
-    )
+    runs = runs_from_arrays(n, d, l, c).assign(mode="local")
     real = Result.from_runs(runs, approach="isoflop")
     assert real.synthetic_banner is None and "MOCK" not in real.summary()
     mixed = Result.from_runs(runs.assign(mode=["mock"] * 3 + ["local"] * (len(runs) - 3)), approach="isoflop")

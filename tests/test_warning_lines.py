@@ -6,23 +6,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pandas as pd
-
+from flops_fit.core.runs import runs_from_arrays
 from synth import isoflop_sweep
 
 
 def _runs_csv(path, budgets):
     n, d, l, c = isoflop_sweep(budgets=budgets, sizes=5, noise=0.003, seed=0)
-    pd.DataFrame(
-        {
-            "experiment_id": [f"r{i}" for i in range(n.size)],
-            "status": "completed",
-            "num_params": n,
-            "num_tokens": d,
-            "final_loss": l,
-            "compute_budget": c,
-        }
-    ).to_csv(path, index=False)
+    runs_from_arrays(n, d, l, c).to_csv(path, index=False)
     return path
 
 
@@ -44,7 +34,9 @@ def test_the_bootstrap_advice_names_the_flag(tmp_path):
     proc = _fit(str(_runs_csv(tmp_path / "runs.csv", (1e17, 1e18, 1e19))), "--approach", "all")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "agreement between approaches not judged" in proc.stdout and "--bootstrap 200" in proc.stdout
-    rerun = _fit(str(tmp_path / "runs.csv"), "--approach", "all", "--bootstrap", "200")  # the advice, followed
+    rerun = _fit(
+        str(tmp_path / "runs.csv"), "--approach", "all", "--bootstrap", "200"
+    )  # the advice, followed
     assert rerun.returncode == 0 and "--bootstrap 200" not in rerun.stdout
     # what resampling cannot give (L_opt of 3 budgets) is said without advising a bootstrap again
     assert "agreement with Approach 2 (IsoFLOP) not judged on L_opt" in rerun.stdout
