@@ -96,3 +96,17 @@ def _refuse_sampling(search):
         return search(starts, evaluate, scale, grid_objective)
 
     return guarded
+
+
+def test_bootstrap_resampling_of_many_distinct_points_needs_no_square_matrix():
+    """1e5 distinct N and D: resampling once built a 1e5 x 1e5 one-hot map (75 GiB); now a min/max check."""
+    import numpy as np
+
+    from flops_fit.analysis.parametric_bootstrap import resample_counts
+
+    values = np.arange(100_000, dtype=float)
+    counts = resample_counts(np.ones(values.size), 3, values, values, np.random.default_rng(0))
+    assert counts.shape == (3, values.size) and np.all(counts.sum(axis=1) == values.size)
+    # a design with one distinct D cannot be bootstrapped: said, not attempted
+    with pytest.raises(ValueError, match="single N or D"):
+        resample_counts(np.ones(6), 2, np.arange(6.0), np.zeros(6), np.random.default_rng(0))

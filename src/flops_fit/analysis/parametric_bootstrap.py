@@ -79,6 +79,10 @@ def collapsed(params: np.ndarray, n_max: float, d_max: float) -> np.ndarray:
 # Resampling and refitting
 
 
+#: Resamples x points above which the bootstrap announces itself (1e5 points x 200 resamples: about 80 s).
+LONG_BOOTSTRAP = 1_000_000
+
+
 def resample_counts(
     w: np.ndarray,
     n_boot: int,
@@ -97,10 +101,9 @@ def resample_counts(
     n_used = int(used.sum())
     probs = used / n_used
     groups = [] if strata is None else [np.flatnonzero(used & (strata == s)) for s in np.unique(strata[used])]
-    # One-hot maps from points to their distinct N and D values, to count distinct values per resample.
-    one_hot = [
-        np.eye(inv.max() + 1)[inv] for inv in (np.unique(v, return_inverse=True)[1] for v in (log_n, log_d))
-    ]
+    # Each point's index among the distinct N and D values: a resample has two or more distinct values when
+    # the smallest and largest index of its points differ (no n x n one-hot map: 1e5 points would need 75 GiB).
+    codes = [np.unique(v, return_inverse=True)[1].reshape(-1) for v in (log_n, log_d)]
 
     def draw(size: int) -> np.ndarray:
         if strata is None:
@@ -113,8 +116,9 @@ def resample_counts(
     def unusable(counts: np.ndarray) -> np.ndarray:
         present = counts > 0
         bad = present.sum(axis=1) < MIN_POINTS
-        for hot in one_hot:
-            bad |= ((present @ hot) > 0).sum(axis=1) < 2
+        for code in codes:
+            lowest = np.where(present, code, np.iinfo(np.int64).max).min(axis=1)
+            bad |= lowest == np.where(present, code, -1).max(axis=1)
         return bad
 
     counts = draw(n_boot).astype(float)
@@ -191,5 +195,11 @@ def bootstrap_refits(
     """Refit ``n_boot`` resamples of the points (seeded; within each stratum when ``strata`` is given) from
     each warm start (free coordinates); return the best full (e, a, b, alpha, beta) of each. ``logs``: log N
     and log D per point."""
+    if w.size * n_boot > LONG_BOOTSTRAP:  # long by nature: say so before it starts
+        logger.info(
+            "Approach 3 bootstrap: %d resamples of %d points (about 40 s per 1e7 point-resamples on one CPU core) ...",
+            n_boot,
+            w.size,
+        )
     counts = resample_counts(w, n_boot, *logs, np.random.default_rng(seed), strata)
     return refit_resamples(objective, counts * w, warm, constraint, huber_delta)
