@@ -307,3 +307,18 @@ def _dead_pid() -> int:
         except PermissionError:
             pass
         pid += 1
+
+
+def test_stage_commands_escape_control_characters_in_error_lines(capsys):
+    """ff-* stages print a failing stage's error as one line: text from a file cannot carry an escape."""
+    from omegaconf import OmegaConf
+
+    from flops_fit.app.stages import _run
+
+    def stage(_data):
+        raise ValueError("bad id run\x1b]52;c;aGk=\x07")
+
+    with pytest.raises(SystemExit):
+        _run(stage, OmegaConf.create({}))
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\\x1b]52" in err

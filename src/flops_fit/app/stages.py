@@ -17,6 +17,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from flops_fit.app.console import escape_controls
+
 logger = logging.getLogger("flops_fit")
 
 CONF_DIR = "conf"
@@ -174,7 +176,7 @@ def run_plan(data: Mapping[str, Any]) -> Any:
     """Plan and save (``ff-plan`` / ``flops-fit plan``); returns the plan."""
     plan, path = plan_from_config(data)
     plan.save(path)
-    print(plan.summary())
+    print(escape_controls(plan.summary()))
     print(f"\nwrote {path} ({len(plan.experiments)} experiments)")
     return plan
 
@@ -187,7 +189,7 @@ def _run(stage: Any, cfg: DictConfig) -> None:
     try:
         stage(_container(cfg))
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {escape_controls(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -353,7 +355,7 @@ def run_analyze(data: Mapping[str, Any]) -> Any:
     result.save(out_dir, plots=False)
     if budgets is not None:
         atomic_write_text(out_dir / TABLE_FILE, result.tables_markdown(budgets))  # as Result.save writes it
-    print(result.summary())  # the summary every command prints
+    print(escape_controls(result.summary()))  # the summary every command prints; ids from files escaped
     if budgets is not None:
         print(f"\nChinchilla table at table_budgets ({label(result.primary)}):")
         print(result.table_markdown(budgets))
