@@ -40,3 +40,25 @@ def test_the_bootstrap_advice_names_the_flag(tmp_path):
     assert rerun.returncode == 0 and "--bootstrap 200" not in rerun.stdout
     # what resampling cannot give (L_opt of 3 budgets) is said without advising a bootstrap again
     assert "agreement with Approach 2 (IsoFLOP) not judged on L_opt" in rerun.stdout
+
+
+def test_advice_in_errors_names_the_command_line_flag_too():
+    """Advice printed on the command line must be doable there: the flag beside the Python keyword."""
+    import pytest
+
+    from flops_fit.training.jobs import LocalJob
+
+    with pytest.raises(ValueError, match=r"dataset= \(--dataset on the command line.*--mode mock"):
+        LocalJob(model=None, dataset=None)
+
+
+def test_few_steps_warning_names_the_budget_flags():
+    import warnings
+
+    from flops_fit.plan.planner import SweepPlanner
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SweepPlanner(1e12, 1e14, 3, 5, batch_size=256, tokens_per_sample=512).plan()
+    texts = [str(w.message) for w in caught if "optimiser steps" in str(w.message)]
+    assert texts and all("--min-flops or the smallest of --budgets" in t for t in texts)

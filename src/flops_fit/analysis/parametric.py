@@ -555,7 +555,8 @@ def _fragility(fit: ParametricFit, axes: Mapping[str, np.ndarray]) -> tuple[str,
         notes.append(
             f"E collapsed to about 0 in {share:.1%} of the bootstrap refits (more than the {TAIL_SHARE:.1%} a 95% "
             "interval leaves in each tail): the data do not pin the loss floor, so the intervals of E, the "
-            "exponents and L_opt reach refits without one; add runs at larger N and D, or fix E"
+            "exponents and L_opt reach refits without one; add runs at larger N and D (in Python, "
+            "fit_parametric(..., fixed_E=...) shows the fit with E fixed)"
         )
     return tuple(notes + _edge_notes(fit, axes))
 

@@ -136,7 +136,8 @@ def load_fashion_mnist(
         raise DataNotFoundError(
             f"Fashion-MNIST {split} files ({images_stem}[.gz], {labels_stem}[.gz]) not found in {folder}. "
             "On Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist; elsewhere put the four IDX "
-            "files from https://github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir="
+            "files from https://github.com/zalandoresearch/fashion-mnist in a folder and pass data_dir=<that folder> "
+            "(--data-dir on the command line)"
         )
     images = read_idx(images_path)
     labels = read_idx(labels_path)
@@ -210,7 +211,7 @@ def load_cifar10(
     _check_split(split)
     how = (
         "download and extract the CIFAR-10 python version (cifar-10-python.tar.gz from "
-        "https://www.cs.toronto.edu/~kriz/cifar.html) and pass data_dir=<the cifar-10-batches-py folder>"
+        "https://www.cs.toronto.edu/~kriz/cifar.html) and pass data_dir=<the cifar-10-batches-py folder> (--data-dir on the command line)"
     )
     if data_dir is None:
         raise DataNotFoundError(f"CIFAR-10 is not bundled: {how}")

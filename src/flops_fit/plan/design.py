@@ -193,7 +193,8 @@ class IsoFLOPDesign:
                 "budget too small for one optimiser step: "
                 + "; ".join(too_small[:5])
                 + ("; ..." if len(too_small) > 5 else "")
-                + ". Raise min_flops, lower batch_size / tokens_per_sample, or narrow size_span"
+                + ". Raise min_flops (--min-flops, or the smallest of --budgets), lower batch_size / tokens_per_sample, "
+                "or narrow size_span"
             )
         return DesignedSweep(tuple(out), tuple((c, centre) for c, centre, _ in groups))
 

@@ -505,7 +505,8 @@ class SweepPlanner:
             warnings.warn(
                 f"{len(few)} experiment(s) get fewer than {FEW_STEPS} optimiser steps (as few as "
                 f"{min(e.num_steps for e in few)}); their losses will be noisy and warmup/decay barely fit. "
-                "Raise the smallest budget (min_flops) or lower batch_size",
+                "Raise the smallest budget (min_flops: --min-flops or the smallest of --budgets on the command line) or "
+                "lower batch_size",
                 UserWarning,
                 stacklevel=3,
             )

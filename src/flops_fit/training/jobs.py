@@ -382,8 +382,8 @@ class LocalJob(_JobBase):
     def __post_init__(self) -> None:
         if self.dataset is None:
             raise ValueError(
-                "mode='local' needs dataset= (items (inputs, targets)); use mode='mock' to try the "
-                "pipeline without data"
+                "mode='local' needs dataset= (--dataset on the command line; items (inputs, targets)); use "
+                "mode='mock' (--mode mock) to try the pipeline without data"
             )
         _check_model(self.model)
         if self.loss_fn is not None:
