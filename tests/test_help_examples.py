@@ -133,7 +133,7 @@ def _fits_every_approach(folder: str, cwd: Path, where: str) -> None:
     """Train the sweep planned in ``folder`` (mock) and fit it: every approach fitted, nothing skipped."""
     _run(["flops-fit", "train", folder, "--mode", "mock", "--no-progress"], cwd, where)
     out = _run(["flops-fit", "analyze", folder], cwd, where)
-    for heading in ("Approach 1", "Approach 2", "Parametric scaling law"):
+    for heading in ("Approach 1 (envelope)", "Approach 2 (IsoFLOP)", "Approach 3 (parametric)"):
         assert heading in out, f"{where}: the sweep in {folder} was not fitted by {heading}:\n{out[-2000:]}"
 
 

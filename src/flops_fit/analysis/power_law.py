@@ -92,6 +92,8 @@ class PowerLawFit:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PowerLawFit:
         cov = d.get("cov")
+        if cov is not None and not (len(cov) in (2, 3) and all(len(row) == len(cov) for row in cov)):
+            raise ValueError(f"cov must be a 2 x 2 or 3 x 3 table (ln k, a[, offset]), got {cov!r:.60}")
         return cls(
             k=float(d["k"]),
             a=float(d["a"]),

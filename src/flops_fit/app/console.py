@@ -8,11 +8,12 @@ an escape sequence in a file cannot move the cursor, rewrite the screen or set t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 #: The format of every log line a command writes: ``WARNING flops_fit: message``.
@@ -128,3 +129,16 @@ def configure_logging(
             for name in quiet:
                 logging.getLogger(name).setLevel(level)
     warnings_as_log_lines()
+
+
+@contextlib.contextmanager
+def working(message: str) -> Iterator[None]:
+    """Say that a slow step (fitting, drawing) is under way: a spinner on a terminal, else a log line."""
+    if not sys.stderr.isatty():
+        logging.getLogger("flops_fit").info("%s", message)
+        yield
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status(message):
+        yield

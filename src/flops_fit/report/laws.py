@@ -311,9 +311,10 @@ def check_uniform(value: Any, where: str) -> None:
         stack.extend((v, f"{at}/{k}") for k, v in children if isinstance(v, (list, Mapping)))
 
 
-def check_laws(data: Any, path: str | os.PathLike[str]) -> None:
+def check_laws(data: Any, path: str | os.PathLike[str], *, primary_laws: bool = True) -> None:
     """The shape of a ``scaling_laws.json``, before anything is converted; a ValueError naming ``path`` and
-    the first entry that is wrong."""
+    the first entry that is wrong. ``primary_laws=False``: the top-level N_opt, D_opt, L_opt laws may be
+    missing (a file of ``fits`` only, as the figures read)."""
     where = os.fspath(path)
     if not isinstance(data, Mapping):
         raise ValueError(f"{where} must hold a JSON object (the fitted laws), got {type(data).__name__}")
@@ -321,7 +322,8 @@ def check_laws(data: Any, path: str | os.PathLike[str]) -> None:
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{where}: 'version' must be an integer, got {version!r:.40}")
     for key in ("n_opt_fit", "d_opt_fit", "l_opt_fit"):
-        _check_law(data.get(key), f"{where}: {key}")
+        if primary_laws or data.get(key) is not None:
+            _check_law(data.get(key), f"{where}: {key}")
     fits = data.get("fits")
     if fits is not None and (
         not isinstance(fits, Mapping) or not all(isinstance(f, Mapping) for f in fits.values())

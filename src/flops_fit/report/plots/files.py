@@ -58,7 +58,7 @@ def _read_laws(path: Path) -> dict[str, Any]:
             f"scaling laws file {str(path)!r} does not exist; run ScalingLawAnalyzer(...).analyze() first"
         )
     data = read_json(path)
-    check_laws(data, path)
+    check_laws(data, path, primary_laws=False)  # the figures read the fits only
     fit_dicts = data.get("fits")
     if not isinstance(fit_dicts, Mapping) or not fit_dicts:
         raise ValueError(
