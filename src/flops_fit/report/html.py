@@ -40,6 +40,7 @@ from flops_fit.report.html_parts import (
     _table,
     _with_ci,
     chinchilla_table_html,
+    provenance_lines,
 )
 from flops_fit.report.result import Result
 
@@ -400,6 +401,7 @@ def render_report(
         + _e(f"{boot} bootstrap resamples" if boot else "regression-based (no bootstrap)")
         + f" · flops-fit {_e(_version())} · {_e(stamp)}</p>",
         f'<p class="meta">Design: {_e(result.layout.describe())}</p>',
+        *(f'<p class="meta">{_e(line)}</p>' for line in provenance_lines(result.plan)),
         "<nav>"
         + "".join(f'<a href="#{k}">{_e(t.split(" (")[0])}</a>' for k, t, _ in sections)
         + '<a href="#excluded">Excluded runs</a><a href="#runs">Runs</a></nav></header>',

@@ -91,3 +91,33 @@ def result_html_fragment(result: ResultView) -> str:
         f"{_e(sci(b[-1]))} FLOPs)</p>"
     )
     return f'<div class="flops-fit-result">{head}<ul>{laws}</ul>{chinchilla_table_html(result.chinchilla_table())}{warn}</div>'
+
+
+#: The training settings the report names (the rest are in sweep.json).
+_SETTINGS = ("lr", "batch_size", "schedule", "warmup_frac", "weight_decay", "precision", "max_epochs", "seed")
+
+
+def provenance_lines(plan: Any) -> list[str]:
+    """What a result came from, one line per item: the model and its size parameter, how N is counted,
+    the data, the FLOP convention and the training settings, read from the sweep's plan (``None``: a
+    results table without one)."""
+    if plan is None:
+        return ["Runs from a results table without a plan: model, data and training settings not recorded."]
+    config = dict(plan.config)
+    lines = []
+    if plan.model is not None:
+        kwargs = ", ".join(f"{k}={v}" for k, v in dict(plan.model.model_kwargs).items())
+        lines.append(
+            f"Model: {plan.model.model_path}({kwargs}), size parameter {plan.model.size_param} swept"
+        )
+    lines.append(
+        f"N counts {plan.param_count.replace('_', '-')} parameters; FLOPs: the {plan.flops} convention"
+    )
+    if config.get("data_id"):
+        lines.append(f"Data: {config['data_id']}")
+    train = dict(config.get("train_config") or {})
+    if train:
+        lines.append(
+            "Training: " + ", ".join(f"{k} {train[k]}" for k in _SETTINGS if train.get(k) is not None)
+        )
+    return lines
