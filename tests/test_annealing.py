@@ -89,3 +89,28 @@ def test_too_few_points_and_wrong_types_are_refused():
         fit_annealing(LossCurve(np.ones(10), [10], [3.0]))
     with pytest.raises(ValueError, match="decay"):
         annealing_areas(np.ones(3), decay=1.0)
+
+
+def _record(total: int, kind: str, seed: int) -> dict:
+    """A ledger record as local training writes it: loss measured every 1/16 of the run, in tokens."""
+    curve = synthetic(total, kind, seed=seed, points=16)
+    tokens_per_step = 1024
+    return {
+        "experiment_id": f"{kind}-{total}",
+        "steps": total,
+        "num_tokens": total * tokens_per_step,
+        "train_config": {"schedule": kind, "warmup_frac": 0.02, "min_lr_ratio": 0.1, "decay_frac": 0.2},
+        "curve": [[int(s) * tokens_per_step, float(x)] for s, x in zip(curve.steps, curve.loss, strict=True)],
+    }
+
+
+def test_curves_from_ledger_records_rebuild_the_schedule():
+    record = _record(2000, "wsd", seed=4)
+    curve = LossCurve.from_record(record)
+    lr, warm = schedule(2000, "wsd")
+    assert np.allclose(curve.lr, lr) and curve.warmup == warm and curve.steps[-1] == 2000
+    fit = fit_annealing([LossCurve.from_record(_record(1000, "cosine", 5)), LossCurve.from_record(record)])
+    held_out = LossCurve.from_record(_record(1500, "cosine", 6))
+    assert fit.final_loss(held_out.lr, warmup=held_out.warmup) == pytest.approx(held_out.loss[-1], rel=0.01)
+    with pytest.raises(ValueError, match="no usable loss curve"):
+        LossCurve.from_record({"experiment_id": "mock-1", "final_loss": 3.0})

@@ -23,12 +23,15 @@ bounded scalar search around the best grid point.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, signal
+
+from flops_fit.training.schedule import lr_multiplier, warmup_steps
 
 #: Momentum of the annealing area (Tissue et al. 2024 use 0.999 for runs of thousands of steps).
 DEFAULT_DECAY = 0.999
@@ -76,6 +79,26 @@ class LossCurve:
         object.__setattr__(self, "lr", lr)
         object.__setattr__(self, "steps", steps.astype(int))
         object.__setattr__(self, "loss", loss)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> LossCurve:
+        """The curve of one finished run of a sweep's ledger: its learning-rate multipliers rebuilt from the
+        recorded ``train_config`` (schedule, warm-up, decay) and ``steps``, its measurements from ``curve``
+        (``[tokens, loss]`` pairs, tokens turned into steps by the run's tokens per step)."""
+        try:
+            steps, tokens, config = int(record["steps"]), float(record["num_tokens"]), record["train_config"]
+            points = np.asarray(record["curve"], dtype=float).reshape(-1, 2)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"record {record.get('experiment_id', '?')!r} has no usable loss curve (needs steps, num_tokens, "
+                f"train_config and curve: a run trained by flops-fit in local mode): {exc}"
+            ) from None
+        shape = {k: config[k] for k in ("schedule", "min_lr_ratio", "decay_frac") if k in config}
+        lr = [
+            lr_multiplier(s, steps, warmup_frac=config.get("warmup_frac", 0.0), **shape) for s in range(steps)
+        ]
+        at = np.clip(np.round(points[:, 0] / (tokens / steps)), 1, steps)
+        return cls(np.array(lr), at, points[:, 1], warmup=warmup_steps(steps, config.get("warmup_frac", 0.0)))
 
     def areas(self, decay: float) -> tuple[np.ndarray, np.ndarray]:
         """(S1, S2) at the measured steps."""
