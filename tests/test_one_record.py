@@ -35,10 +35,9 @@ def test_the_report_says_what_the_result_came_from(tmp_path):
     """Model and size parameter, how N is counted, the FLOP convention, data and training settings from
     the plan; a table without a plan says those are unknown (issue 20, item 1)."""
     import flops_fit
+    from flops_fit.examples.gpt import GPT
     from flops_fit.report.html import render_report
     from flops_fit.report.result import Result
-
-    from flops_fit.examples.gpt import GPT
 
     result = flops_fit.find_optimal(
         GPT.from_config, "d_model", None, None, [1e17, 1e18, 1e19],
@@ -46,7 +45,10 @@ def test_the_report_says_what_the_result_came_from(tmp_path):
         bootstrap=0, num_model_sizes=5, size_multiple=4,
     )  # fmt: skip
     html = render_report(result)
-    assert "Model: flops_fit.examples.gpt:GPT.from_config(vocab_size=512, num_heads=1), size parameter d_model swept" in html
+    assert (
+        "Model: flops_fit.examples.gpt:GPT.from_config(vocab_size=512, num_heads=1), size parameter d_model swept"
+        in html
+    )
     assert "N counts non-embedding parameters; FLOPs: the 6nd convention" in html and "Training: lr " in html
     bare = Result.from_runs(result.runs, approach="isoflop")
     assert "without a plan: model, data and training settings not recorded" in render_report(bare)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flops_fit.app.cli import main
-from flops_fit.app.console import configure_logging, escape_controls, guarded
+from flops_fit.app.console import PROGRESS_LOGGING, configure_logging, escape_controls, guarded
 from flops_fit.core.io import (
     MAX_INT_DIGITS,
     UnsafeFileError,
@@ -28,7 +28,6 @@ from flops_fit.core.io import (
     remove_temporaries,
 )
 from flops_fit.core.ledger import append_record, exclusive_folder, load_results, read_records
-from flops_fit.plan.sweep import SweepPlan
 from flops_fit.plan.sweep import SweepPlan
 from flops_fit.report.laws import read_laws
 from flops_fit.report.result import Result
@@ -223,7 +222,8 @@ def own_console_logging():
         root.removeHandler(handler)
     root.handlers.extend(handlers)
     root.setLevel(level)
-    logging.getLogger("flops_fit").setLevel(logging.NOTSET)
+    for name in ("flops_fit", *PROGRESS_LOGGING["quiet_loggers"]):  # the levels a command sets
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_control_characters_from_a_training_error_never_reach_the_terminal(
