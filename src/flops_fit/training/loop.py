@@ -56,12 +56,12 @@ from flops_fit.training.schedule import lr_multiplier
 logger = logging.getLogger(__name__)
 
 AUTO_EVALS = 16
+"""Evaluations spread over a run when ``TrainConfig.eval_every`` is ``None``."""
 #: ``TrainConfig(threads="auto")``: a run whose training step (``6 N`` FLOPs per token, or the given
 #: ``flops_per_token``, times the tokens of one step on a process) is below this trains on one CPU thread.
 #: On a busy 2-core machine one thread beat torch's default of two at every size measured (18-24x for GPTs of
 #: 1e8-3e8 FLOPs per step, 1.8x at 2e11, 1.2x at 5e11: the crossing is near 1e12); docs/training.md.
 SMALL_STEP_FLOPS = 1e12
-"""Evaluations spread over a run when ``TrainConfig.eval_every`` is ``None``."""
 
 _NUM_TOKENS = Real(0, lo_open=True, range_label="a positive finite number of training tokens")
 _FLOPS_PER_TOKEN = Nullable(POSITIVE)
