@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flops_fit.analysis.annealing import AnnealingFit, LossCurve, annealing_areas, fit_annealing
-from flops_fit.training.schedule import lr_multiplier, warmup_steps
+from flops_fit.core.schedule import lr_multiplier, warmup_steps
 
 TRUE = {"L0": 3.0, "A": 6.0, "alpha": 0.45, "C": 4e-4}
 

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import optimize, signal
 
-from flops_fit.training.schedule import lr_multiplier, warmup_steps
+from flops_fit.core.schedule import lr_multiplier, warmup_steps
 
 #: Momentum of the annealing area (Tissue et al. 2024 use 0.999 for runs of thousands of steps).
 DEFAULT_DECAY = 0.999

@@ -26,6 +26,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "flops_fit.analysis._validate": ("flops_fit.core.validate",),
     "flops_fit.training.config": ("flops_fit.core.train_config",),
     "flops_fit.training.outcome": ("flops_fit.core.outcome",),
+    "flops_fit.training.schedule": ("flops_fit.core.schedule",),
     "flops_fit.flops": ("flops_fit.plan.flops",),
     "flops_fit.planning": (
         "flops_fit.plan.planner",

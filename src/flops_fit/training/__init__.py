@@ -18,7 +18,7 @@ from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
 from flops_fit.training.ray_executor import RayOptions
 from flops_fit.training.runner import TrainingRunner
-from flops_fit.training.schedule import lr_multiplier
+from flops_fit.core.schedule import lr_multiplier
 
 __all__ = [
     "HOLDOUT_SEED",

@@ -51,7 +51,7 @@ from flops_fit.training.device import autocast_dtype, cpu_threads, resolve_compi
 from flops_fit.training.distributed import SingleProcess, make_processes
 from flops_fit.training.interrupt import InterruptGuard
 from flops_fit.training.optim import build_optimizer
-from flops_fit.training.schedule import lr_multiplier
+from flops_fit.core.schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
