@@ -7,6 +7,7 @@ training under ``torchrun``/``accelerate launch``. See docs/training.md.
 
 from flops_fit.core.ledger import latest_records, load_results
 from flops_fit.core.outcome import RunInfo, TrainOutcome
+from flops_fit.core.schedule import lr_multiplier
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import load_checkpoint, save_checkpoint
@@ -18,7 +19,6 @@ from flops_fit.training.mock import MockLaw
 from flops_fit.training.optim import default_param_groups
 from flops_fit.training.ray_executor import RayOptions
 from flops_fit.training.runner import TrainingRunner
-from flops_fit.core.schedule import lr_multiplier
 
 __all__ = [
     "HOLDOUT_SEED",

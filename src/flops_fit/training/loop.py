@@ -22,6 +22,7 @@ from torch import nn
 
 from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
+from flops_fit.core.schedule import lr_multiplier
 from flops_fit.core.train_config import TRAJECTORY_FIELDS, TrainConfig
 from flops_fit.core.validate import POSITIVE, Instance, Nullable, Real, check
 from flops_fit.plan.flops import count_params
@@ -51,7 +52,6 @@ from flops_fit.training.device import autocast_dtype, cpu_threads, resolve_compi
 from flops_fit.training.distributed import SingleProcess, make_processes
 from flops_fit.training.interrupt import InterruptGuard
 from flops_fit.training.optim import build_optimizer
-from flops_fit.core.schedule import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
