@@ -6,7 +6,8 @@ The library's core promise, measured end to end on real training in one run:
    one attention head, swept over ``d_model`` in multiples of 4 (``DEMO_MODEL_KWARGS``, ``SIZE_MULTIPLE``),
    vocabulary 512, sequence 64, its ``TRAIN_CONFIG``) on the bundled State of the Union corpus at the lower
    budgets (default 3e10, 5e10, 8e10, 1.2e11, 2e11 FLOPs: five, so the rolling back-test has origins; 5
-   sizes each over the example's span N*/4 .. 4 N*), through :func:`flops_fit.find_optimal`. All three
+   sizes each over the example's span N*/4 .. 4 N*), through the demo's own call
+   (:func:`flops_fit.examples.gpt_text.demo_sweep`). All three
    approaches are then refitted with ``--bootstrap`` resamples (default 200, seeded) so each has 95%
    intervals.
 2. **Predict.** At C* = ``--factor`` (10) x the largest fitted budget, 2e12 FLOPs by default, every
@@ -73,14 +74,12 @@ import torch
 
 import flops_fit
 from flops_fit.analysis.isoflop import fit_profile
-from flops_fit.examples.gpt import GPT, lm_loss
+from flops_fit.examples.gpt import lm_loss
 from flops_fit.examples.gpt_text import (
-    DEMO_MODEL_KWARGS,
     NUM_MODEL_SIZES,
-    SIZE_MULTIPLE,
     SIZE_SPAN,
     TRAIN_CONFIG,
-    VOCAB_SIZE,
+    demo_sweep,
     text_datasets,
 )
 from flops_fit.plan.planner import SweepPlanner
@@ -190,20 +189,14 @@ def fit_stage(
     """Run (or resume) the example's sweep at ``budgets`` and refit all approaches with ``bootstrap``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = flops_fit.find_optimal(
-            GPT.from_config,
-            "d_model",
-            train,
-            lm_loss,
-            list(budgets),
-            model_kwargs={"vocab_size": VOCAB_SIZE, **DEMO_MODEL_KWARGS},
-            eval_dataset=val,
+        first = demo_sweep(  # the demo's sweep at these budgets; bootstrapped once, below, on its own runs
+            budgets,
+            out,
+            datasets=(train, val),
             num_model_sizes=sizes,
-            train_config=TRAIN_CONFIG,
-            output_dir=out,
-            size_multiple=SIZE_MULTIPLE,
             size_span=span,
             device=device,
+            bootstrap=0,
         )
     for w in caught:
         print(f"  warning (fit stage): {w.message}")

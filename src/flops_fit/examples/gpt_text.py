@@ -94,13 +94,25 @@ def one_cpu_thread(active: bool = True) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def demo_sweep(budgets: Sequence[float], out: str | os.PathLike[str], **options: Any) -> Any:
+def demo_sweep(
+    budgets: Sequence[float],
+    out: str | os.PathLike[str],
+    *,
+    datasets: tuple[Any, Any] | None = None,
+    **options: Any,
+) -> Any:
     """:func:`~flops_fit.app.pipeline.find_optimal` with the demo's model, corpus, sizes, training settings and
-    bootstrap over ``budgets`` (FLOPs) into ``out``; ``options`` go on to it (``mode``, ``device``,
-    ``executor``, ``num_model_sizes``, ``train=False`` for the plan alone, ...)."""
+    bootstrap over ``budgets`` (FLOPs) into ``out``; ``options`` go on to it and override the demo's
+    (``mode``, ``device``, ``executor``, ``num_model_sizes``, ``size_span``, ``bootstrap``, ``train=False``
+    for the plan alone, ...). ``datasets``: the (train, validation) pair when already loaded."""
     from flops_fit.app.pipeline import find_optimal
 
-    train, val = text_datasets()
+    train, val = datasets or text_datasets()
+    demo = {
+        "num_model_sizes": NUM_MODEL_SIZES,
+        "size_span": SIZE_SPAN,
+        "bootstrap": BOOTSTRAP,  # seeded by find_optimal's seed (0)
+    }
     return find_optimal(
         GPT.from_config,
         "d_model",
@@ -110,11 +122,9 @@ def demo_sweep(budgets: Sequence[float], out: str | os.PathLike[str], **options:
         model_kwargs={"vocab_size": VOCAB_SIZE, **DEMO_MODEL_KWARGS},
         eval_dataset=val,
         train_config=TRAIN_CONFIG,
-        bootstrap=BOOTSTRAP,  # seeded by find_optimal's seed (0)
         output_dir=out,
         size_multiple=SIZE_MULTIPLE,
-        size_span=SIZE_SPAN,
-        **{"num_model_sizes": NUM_MODEL_SIZES, **options},
+        **{**demo, **options},
     )
 
 
