@@ -93,12 +93,14 @@ class LossCurve:
                 f"record {record.get('experiment_id', '?')!r} has no usable loss curve (needs steps, num_tokens, "
                 f"train_config and curve: a run trained by flops-fit in local mode): {exc}"
             ) from None
-        shape = {k: config[k] for k in ("schedule", "min_lr_ratio", "decay_frac") if k in config}
+        keys = ("schedule", "min_lr_ratio", "decay_frac", "warmup_steps", "decay_steps", "decay_shape")
+        shape = {k: config[k] for k in keys if k in config}
         lr = [
             lr_multiplier(s, steps, warmup_frac=config.get("warmup_frac", 0.0), **shape) for s in range(steps)
         ]
         at = np.clip(np.round(points[:, 0] / (tokens / steps)), 1, steps)
-        return cls(np.array(lr), at, points[:, 1], warmup=warmup_steps(steps, config.get("warmup_frac", 0.0)))
+        warm = warmup_steps(steps, config.get("warmup_frac", 0.0), fixed=config.get("warmup_steps"))
+        return cls(np.array(lr), at, points[:, 1], warmup=warm)
 
     def areas(self, decay: float) -> tuple[np.ndarray, np.ndarray]:
         """(S1, S2) at the measured steps."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flops_fit.core.train_config import RESULT_FIELDS
+from flops_fit.core.train_config import result_settings
 from flops_fit.core.validate import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
@@ -59,7 +59,7 @@ def result_config(train_config: Mapping[str, Any] | None) -> dict[str, Any] | No
     """The fields of a recorded train_config that enter experiment ids: those changing a run's result."""
     if train_config is None:
         return None
-    return {k: v for k, v in train_config.items() if k in RESULT_FIELDS}
+    return result_settings(train_config)
 
 
 def plain_json(value: Any, name: str) -> Any:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from flops_fit.core.schedule import DECAY_SHAPES
 from flops_fit.core.validate import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
@@ -18,6 +19,7 @@ from flops_fit.core.validate import (
 )
 
 Schedule = Literal["cosine", "wsd", "constant"]
+DecayShape = Literal["linear", "1-sqrt"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 SCHEDULES: tuple[str, ...] = ("cosine", "wsd", "constant")
@@ -42,6 +44,9 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
     "eval_batches",
     "seed",
     "divergence_factor",
+    "warmup_steps",
+    "decay_steps",
+    "decay_shape",
 )
 
 
@@ -50,6 +55,19 @@ TRAJECTORY_FIELDS: tuple[str, ...] = (
 #: Micro-batching and compilation change the result only by float reassociation (~1e-7), so changing
 #: them to fit memory or speed keeps a sweep's ids.
 RESULT_FIELDS: tuple[str, ...] = (*TRAJECTORY_FIELDS, "precision")
+
+#: Fields added after release 0.1.0, with the value that behaves as before they existed: they are recorded
+#: (in experiment ids, ledgers and checkpoint fingerprints) only when set otherwise, so the sweeps and
+#: checkpoints of earlier releases keep their ids.
+LATER_FIELDS: dict[str, Any] = {"warmup_steps": None, "decay_steps": None, "decay_shape": "linear"}
+
+
+def result_settings(config: Mapping[str, Any], names: tuple[str, ...] = RESULT_FIELDS) -> dict[str, Any]:
+    """The entries of ``config`` (a :meth:`TrainConfig.to_dict`, or part of one) named in ``names`` (default:
+    those changing a run's result), less the :data:`LATER_FIELDS` left at their default."""
+    return {
+        k: v for k, v in config.items() if k in names and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+    }
 
 
 def _number(lo: float, hi: float | None = None, *, lo_open: bool = False) -> Real:
@@ -145,6 +163,9 @@ FIELD_RULES: dict[str, Constraint] = {
     "checkpoint_every_steps": Nullable(POSITIVE_INT),
     "divergence_factor": _number(1, lo_open=True),
     "threads": _Threads(),
+    "warmup_steps": Nullable(NON_NEGATIVE_INT),
+    "decay_steps": Nullable(POSITIVE_INT),
+    "decay_shape": Options(DECAY_SHAPES),
 }
 
 #: How to fix a bad value, where the rule alone does not say.
@@ -166,11 +187,19 @@ class TrainConfig:
         weight_decay: decoupled AdamW weight decay, applied to the parameters with two or more dimensions.
         betas, eps: AdamW moment coefficients and epsilon.
         warmup_frac: fraction of the run's steps with a linear warm-up from ``lr / warmup_steps`` to ``lr``.
+        warmup_steps: the warm-up's length in optimiser steps, instead of ``warmup_frac``; ``None`` uses
+            ``warmup_frac``. Unlike a fraction it does not depend on the run's length, so runs of different
+            lengths share their schedule up to their cooldowns (what WSD branches from one trunk need).
         schedule: ``"cosine"`` decays to ``min_lr_ratio * lr`` at exactly the last step of this run (the
             horizon matches the run, as Chinchilla requires); ``"wsd"`` holds ``lr`` then decays linearly to
             ``min_lr_ratio * lr`` over the last ``decay_frac`` of the steps; ``"constant"`` holds ``lr``.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine and wsd).
         decay_frac: fraction of the steps spent in the final decay of ``"wsd"``.
+        decay_steps: the final decay of ``"wsd"`` in optimiser steps, instead of ``decay_frac`` (at most the
+            steps after warm-up); ``None`` uses ``decay_frac``. A cooldown branch from step ``b`` of a trunk
+            of a run of ``S`` steps uses ``decay_steps = S - b``.
+        decay_shape: how ``"wsd"`` decays: ``"linear"`` in the step, or ``"1-sqrt"`` (``r + (1 - r) (1 -
+            sqrt(p))`` at progress ``p`` through the decay, Hägele et al. 2024).
         grad_clip: clip the global gradient L2 norm to this value; ``None`` disables clipping.
         precision: ``"auto"`` (bf16 autocast on CUDA devices that support it, else fp32), ``"fp32"``,
             ``"bf16"`` (autocast), or ``"fp16"`` (CUDA autocast with a gradient scaler).
@@ -224,6 +253,10 @@ class TrainConfig:
     checkpoint_every_steps: int | None = None
     divergence_factor: float = 3.0
     threads: int | Literal["auto"] = "auto"
+    # fields added after release 0.1.0 (LATER_FIELDS): last, so positional construction keeps its meaning
+    warmup_steps: int | None = None
+    decay_steps: int | None = None
+    decay_shape: DecayShape = "linear"
 
     def __post_init__(self) -> None:
         for name, rule in FIELD_RULES.items():

@@ -37,7 +37,13 @@ from torch import nn
 from flops_fit.core.experiment import Experiment, experiment_id
 from flops_fit.core.ledger import encode_record
 from flops_fit.core.outcome import STATUSES, RunInfo, TrainOutcome
-from flops_fit.core.train_config import FIELD_NAMES, RESULT_FIELDS, TrainConfig, config_from_mapping
+from flops_fit.core.train_config import (
+    FIELD_NAMES,
+    RESULT_FIELDS,
+    TrainConfig,
+    config_from_mapping,
+    result_settings,
+)
 from flops_fit.core.validate import Instance, Real, check, check_seed
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.plan.sweep import SweepPlan
@@ -657,7 +663,7 @@ def _experiment_configs(base: TrainConfig, plan: SweepPlan) -> dict[str, TrainCo
 
 def _result_settings(config: TrainConfig) -> dict[str, Any]:
     """The fields of ``config`` that change a run's result (recorded with each trained run)."""
-    return {k: v for k, v in config.to_dict().items() if k in RESULT_FIELDS}
+    return result_settings(config.to_dict())
 
 
 def _is_map_dataset(dataset: Any) -> bool:

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,20 +23,24 @@ from torch import nn
 from flops_fit.core.outcome import RunInfo, TrainOutcome
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
 from flops_fit.core.schedule import lr_multiplier
-from flops_fit.core.train_config import TRAJECTORY_FIELDS, TrainConfig
+from flops_fit.core.train_config import TrainConfig
 from flops_fit.core.validate import POSITIVE, Instance, Nullable, Real, check
 from flops_fit.plan.flops import count_params
+from flops_fit.training.branching import (
+    check_branch_points,
+    check_branch_steps,
+    load_trunk,
+    matching_checkpoint,
+    restore_run,
+    run_fingerprint,
+    write_branch_point,
+)
 from flops_fit.training.callbacks import Callback, ProgressCallback
 from flops_fit.training.checkpoint import (
     CHECKPOINT_FORMAT,
     LoopState,
     capture_rng,
     discard_checkpoint,
-    fingerprint,
-    fingerprint_mismatch,
-    load_checkpoint,
-    model_signature,
-    restore_rng,
     save_checkpoint,
 )
 from flops_fit.training.data import (
@@ -161,6 +165,8 @@ def train(
     progress: bool = True,
     distributed: bool | None = None,
     keep_checkpoint: bool = False,
+    branch_points: Mapping[int, str | os.PathLike[str]] | None = None,
+    init_checkpoint: str | os.PathLike[str] | None = None,
 ) -> TrainOutcome:
     """Train ``model`` on ``num_tokens`` tokens of ``dataset`` and report the validation loss.
 
@@ -190,6 +196,10 @@ def train(
         keep_checkpoint: keep the checkpoint of a completed or diverged run too; the caller deletes it once
             the result is safely recorded (the sweep runner does, after its ledger append, so a crash in
             between costs at most one checkpoint interval of recomputation, not the whole run).
+        branch_points: ``{step: path}``: after optimiser step ``step`` (1 to the last) also write a full,
+            kept checkpoint to ``path`` (one of that step and run is left alone): a WSD trunk's branch points.
+        init_checkpoint: a trunk's branch point to continue when ``checkpoint_path`` holds none of this run:
+            the same run but for horizon and cooldown, with its learning rate before it (:mod:`~.branching`).
 
     The model is trained in place (on return it holds the trained weights). Torch's global RNG is seeded
     with ``config.seed`` (plus the process rank) before training, so dropout and the like are reproducible.
@@ -204,9 +214,12 @@ def train(
         KeyboardInterrupt: on Ctrl-C, after finishing the current step and writing a checkpoint (when
             ``checkpoint_path`` is set); calling ``train`` again with the same arguments resumes.
     """
+    # long: the docstring documents every argument of the public entry point; the code is 25 lines
     user_callbacks = _check_args(
         model, loss_fn, num_tokens, config, flops_per_token, callbacks, checkpoint_path
     )
+    check("init_checkpoint", init_checkpoint, _PATH)
+    points = check_branch_points(branch_points, checkpoint_path)
     procs = make_processes(distributed, device)
     precision = resolve_precision(config.precision, procs.device)
     prepared = _prepare(dataset, eval_dataset, num_tokens, config, procs)
@@ -223,6 +236,8 @@ def train(
             flops_per_token=flops_per_token,
             callbacks=[*user_callbacks, ProgressCallback()] if progress else user_callbacks,
             keep_checkpoint=bool(keep_checkpoint),
+            branch_points=points,
+            init_checkpoint=None if init_checkpoint is None else Path(init_checkpoint),
         ).run()
 
 
@@ -291,8 +306,11 @@ class _Run:
         flops_per_token: float | None,
         callbacks: list[Callback],
         keep_checkpoint: bool = False,
+        branch_points: Mapping[int, Path] | None = None,
+        init_checkpoint: Path | None = None,
     ):
         self.keep_checkpoint = keep_checkpoint
+        self.branch_points, self.init_checkpoint = dict(branch_points or {}), init_checkpoint
         self.model = model
         self.loss_fn = loss_fn
         self.config = config
@@ -304,6 +322,7 @@ class _Run:
         self.checkpoint_path = checkpoint_path
         self.callbacks = callbacks if procs.is_main else []
         self.total_steps = self.plan.total_steps
+        check_branch_steps(self.branch_points, self.total_steps)
         if config.eval_every is None:
             self.eval_every = max(1, math.ceil(self.total_steps / AUTO_EVALS))
         else:
@@ -359,6 +378,8 @@ class _Run:
             agreed = self._log(step) if self._log_due(step) else None
             if self._eval_due(step):
                 self._record_eval(step)
+            if step in self.branch_points:
+                self._write_branch_point(step)
             if agreed is not None:
                 self._checkpoint_or_stop(step, agreed)
         return self._record_eval(self.total_steps)
@@ -368,6 +389,8 @@ class _Run:
         self._emit("on_train_start", self._info())
         if self._evaluation_missed():
             self._record_eval(self.state.step)
+        if self.state.step in self.branch_points and not self.from_trunk:
+            self._write_branch_point(self.state.step)  # a Ctrl-C saved the step before its branch point
         self.stream = self.train_data.steps(self.state.step, self.total_steps)
         self.window: list[torch.Tensor] = []  # the losses (on the device) since the last log
         self.window_start = self.state.step
@@ -383,6 +406,9 @@ class _Run:
             warmup_frac=self.config.warmup_frac,
             min_lr_ratio=self.config.min_lr_ratio,
             decay_frac=self.config.decay_frac,
+            warmup_steps=self.config.warmup_steps,
+            decay_steps=self.config.decay_steps,
+            decay_shape=self.config.decay_shape,
         )
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * multiplier
@@ -455,32 +481,29 @@ class _Run:
         self.fingerprint = self._fingerprint()
         self.state = LoopState()
         self.resumed_from: int | None = None
-        saved = self._matching_checkpoint()
+        self.from_trunk = False
+        saved = matching_checkpoint(self.checkpoint_path, self.fingerprint, self.procs.is_main)
         if saved is not None:
-            self._restore(saved)
+            self._restore(saved, self.checkpoint_path, "resuming %s at step %d of %d")
+        elif self.init_checkpoint is not None:
+            trunk = load_trunk(self.init_checkpoint, self.fingerprint, self.total_steps)
+            self._restore(trunk, self.init_checkpoint, "starting from trunk checkpoint %s at step %d of %d")
+            self.from_trunk = True
         self._wrap()
 
     def _fingerprint(self) -> dict[str, Any]:
         """What this run is (tokens, steps, trajectory config, model and optimiser shapes, data sizes)."""
-        return fingerprint(
-            format=CHECKPOINT_FORMAT,
+        plan = self.plan
+        return run_fingerprint(
+            self.model,
+            self.optimizer,
+            self.config,
+            [plan.kind, plan.tokens_per_sample, plan.train_samples, plan.eval_samples],
             num_tokens=self.num_tokens,
             total_steps=self.total_steps,
-            tokens_per_step=self.plan.tokens_per_step,
-            config={k: v for k, v in self.config.to_dict().items() if k in TRAJECTORY_FIELDS},
+            tokens_per_step=plan.tokens_per_step,
             eval_every=self.eval_every,
             precision=self.precision,
-            model=model_signature(self.model),
-            optimizer=[
-                type(self.optimizer).__name__,
-                [len(g["params"]) for g in self.optimizer.param_groups],
-            ],
-            data=[
-                self.plan.kind,
-                self.plan.tokens_per_sample,
-                self.plan.train_samples,
-                self.plan.eval_samples,
-            ],
         )
 
     def _wrap(self) -> None:
@@ -497,47 +520,12 @@ class _Run:
         else:
             self.eval_model = torch.compile(self.model) if self.compiled else self.model
 
-    def _matching_checkpoint(self) -> dict[str, Any] | None:
-        """The checkpoint at ``checkpoint_path`` if it is this run's (same fingerprint), else None."""
-        if self.checkpoint_path is None:
-            return None
-        saved = load_checkpoint(self.checkpoint_path, discard_corrupt=self.procs.is_main)
-        if saved is None:
-            return None
-        differing = fingerprint_mismatch(saved["fingerprint"], self.fingerprint)
-        if differing:
-            logger.warning(
-                "checkpoint %s belongs to a different run (differs in %s); ignoring it and starting from scratch",
-                self.checkpoint_path,
-                ", ".join(differing),
-            )
-            return None
-        return saved
-
-    def _restore(self, saved: dict[str, Any]) -> None:
-        """Load the model, optimiser, scaler, random streams and counters of a matching checkpoint."""
-        try:
-            self.model.load_state_dict(saved["model"])
-            self.optimizer.load_state_dict(saved["optimizer"])
-            if self.scaler is not None and saved.get("scaler") is not None:
-                self.scaler.load_state_dict(saved["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise RuntimeError(
-                f"checkpoint {self.checkpoint_path} matches this run's fingerprint but could not be loaded ({exc}); "
-                "delete it to start the experiment from scratch"
-            ) from exc
-        rng = saved["rng"]
-        if len(rng) == self.procs.world_size:
-            restore_rng(rng[self.procs.rank])
-        else:
-            logger.warning(
-                "checkpoint was written by %d process(es), now %d: random streams (dropout) restart from the seed",
-                len(rng),
-                self.procs.world_size,
-            )
-        self.state = LoopState.from_state(saved["step"], saved["loop"])
+    def _restore(self, saved: dict[str, Any], path: Path, message: str) -> None:
+        """Load the model, optimiser, scaler, random streams and counters of a checkpoint (this run's, or
+        its trunk's); ``message`` logs it (path, step, total steps)."""
+        self.state = restore_run(saved, path, self.model, self.optimizer, self.scaler, self.procs)
         self.resumed_from = self.state.step
-        logger.info("resuming %s at step %d of %d", self.checkpoint_path, self.state.step, self.total_steps)
+        logger.info(message, path, self.state.step, self.total_steps)
 
     def _info(self) -> RunInfo:
         return RunInfo(
@@ -642,6 +630,7 @@ class _Run:
         step, curve = self.state.step, self.state.curve
         return (
             self.resumed_from is not None
+            and not self.from_trunk
             and bool(self.eval_every)
             and 0 < step < self.total_steps
             and step % self.eval_every == 0
@@ -683,7 +672,29 @@ class _Run:
         rng = self.procs.gather(capture_rng())
         if not self.procs.is_main or self.checkpoint_path is None:
             return
-        state = {
+        start = time.perf_counter()
+        try:
+            save_checkpoint(self.checkpoint_path, self._checkpoint_state(step, rng))
+        except OSError as exc:
+            logger.warning(
+                "could not write checkpoint %s (%s); training continues", self.checkpoint_path, exc
+            )
+            return
+        self.checkpoint_s += time.perf_counter() - start
+        self._emit("on_checkpoint", step, self.checkpoint_path)
+
+    def _write_branch_point(self, step: int) -> None:
+        """Write the trunk checkpoint of branch point ``step`` (every process gives its RNG state; the main
+        one writes, unless the file holds it already). A failed write fails the run: its branches need it."""
+        rng = self.procs.gather(capture_rng())
+        if self.procs.is_main:
+            start = time.perf_counter()
+            write_branch_point(self.branch_points[step], self._checkpoint_state(step, rng))
+            self.checkpoint_s += time.perf_counter() - start
+
+    def _checkpoint_state(self, step: int, rng: list[Any]) -> dict[str, Any]:
+        """A checkpoint of the state after ``step`` steps (``rng``: every process's random streams)."""
+        return {
             "format": CHECKPOINT_FORMAT,
             "fingerprint": self.fingerprint,
             "step": step,
@@ -694,16 +705,6 @@ class _Run:
             "data": self.train_data.position(step),
             "loop": {**self.state.to_state(), "elapsed_s": self._elapsed()},
         }
-        start = time.perf_counter()
-        try:
-            save_checkpoint(self.checkpoint_path, state)
-        except OSError as exc:
-            logger.warning(
-                "could not write checkpoint %s (%s); training continues", self.checkpoint_path, exc
-            )
-            return
-        self.checkpoint_s += time.perf_counter() - start
-        self._emit("on_checkpoint", step, self.checkpoint_path)
 
     def _elapsed(self) -> float:
         return self.state.elapsed_s + (time.perf_counter() - self._segment_start)
