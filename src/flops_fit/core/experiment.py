@@ -48,6 +48,11 @@ _EXPERIMENT_FIELD_RULES: dict[str, Constraint] = {
     "flops": Instance(str),
     "seed": NON_NEGATIVE_INT,
 }
+#: Optional fields of a run that branches off a shared trunk (WSD design); absent from plan files otherwise.
+_BRANCH_FIELD_RULES: dict[str, Constraint] = {
+    "trunk_id": Nullable(Instance(str)),
+    "branch_step": Nullable(POSITIVE_INT),
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +146,8 @@ class Experiment:
     num_steps: int
     flops: str
     seed: int
+    trunk_id: str | None = None
+    branch_step: int | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -162,8 +169,18 @@ class Experiment:
         """True when the run needs more than one pass over the dataset."""
         return self.epochs is not None and self.epochs > 1.0
 
+    @property
+    def is_branch(self) -> bool:
+        """True for a cooldown branch of a trunk (WSD design)."""
+        return self.trunk_id is not None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; the branch fields only for a branch (so plan files of other designs keep their form)."""
+        out = asdict(self)
+        if not self.is_branch:
+            for name in _BRANCH_FIELD_RULES:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Experiment:
@@ -171,7 +188,7 @@ class Experiment:
         if not isinstance(d, Mapping):
             raise ValueError(f"an experiment record must be a JSON object, got {type(d).__name__}")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [n for n in names if n not in d and n not in _BRANCH_FIELD_RULES]
         if missing:
             raise ValueError(f"experiment record is missing field(s) {missing}")
         unknown = sorted(set(d) - set(names))
@@ -183,9 +200,21 @@ class Experiment:
                 f"experiment_id {eid!r} is not a safe file name (letters, digits, '.', '_', '-', at most 128, "
                 "not starting with '.'); ids name checkpoint files, so a plan file must not carry path parts"
             )
-        for name, rule in _EXPERIMENT_FIELD_RULES.items():
+        for name, rule in {**_EXPERIMENT_FIELD_RULES, **_BRANCH_FIELD_RULES}.items():
             try:
-                check(f"experiment {eid}: field {name!r}", d[name], rule)
+                check(f"experiment {eid}: field {name!r}", d.get(name), rule)
             except (TypeError, ValueError, OverflowError) as exc:  # a bad record in a file: a ValueError
                 raise ValueError(str(exc)) from None
-        return cls(**{n: d[n] for n in names})
+        trunk = d.get("trunk_id")
+        if trunk is not None and not SAFE_EXPERIMENT_ID.fullmatch(trunk):
+            raise ValueError(
+                f"experiment {eid}: trunk_id {trunk!r} is not a safe file name (it names checkpoints)"
+            )
+        if (trunk is None) != (d.get("branch_step") is None):
+            raise ValueError(f"experiment {eid}: a branch needs both trunk_id and branch_step, or neither")
+        if d.get("branch_step") is not None and d["branch_step"] >= d["num_steps"]:
+            raise ValueError(
+                f"experiment {eid}: branch_step {d['branch_step']} must be below num_steps {d['num_steps']} "
+                "(the cooldown needs at least one step)"
+            )
+        return cls(**{n: d[n] for n in names if n in d})

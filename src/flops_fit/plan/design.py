@@ -8,7 +8,7 @@ planner's batch, learning rate, data and id. The design decides the sizes and st
 run shares with the others stays in the planner.
 
 :class:`IsoFLOPDesign` is today's design (Hoffmann et al. 2022, approach 2). A new design, e.g. WSD trunks
-with cooldown branches, is a new class here, not a branch in the planner.
+with cooldown branches (:class:`~flops_fit.plan.wsd.WSDDesign`), is a new class, not a branch in the planner.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from flops_fit.core.experiment import Experiment, experiment_id
+from flops_fit.core.trunk import Trunk
 from flops_fit.core.validate import POSITIVE, Integer, check
 from flops_fit.plan.search import Size, SizeSearch
 
@@ -107,20 +108,24 @@ class DesignContext:
     ``budgets``: the compute budgets (FLOPs), ascending. ``sizes``: the size search. ``expected_optimum``:
     N* (parameters) expected at a budget (the tokens-per-parameter rule or the prior). ``experiment``:
     the factory of runs (budget, :class:`~flops_fit.plan.search.Size`, optimiser steps).
+    ``train_config``: the TrainConfig fields the planner records (the user's, possibly empty).
     """
 
     budgets: tuple[float, ...]
     sizes: SizeSearch
     expected_optimum: Callable[[float], float]
     experiment: ExperimentFactory
+    train_config: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class DesignedSweep:
-    """A design's answer: the experiments in plan order and the ``(budget, N*)`` pairs it centred on."""
+    """A design's answer: the experiments in plan order, the ``(budget, N*)`` pairs it centred on, and the
+    trunks its branches start from (none for runs trained from scratch)."""
 
     experiments: tuple[Experiment, ...]
     expected_optimum: tuple[tuple[float, float], ...] = ()
+    trunks: tuple[Trunk, ...] = ()
 
 
 @runtime_checkable

@@ -48,6 +48,7 @@ from flops_fit.plan.flops import FlopsFn, convention_name, split_sample
 from flops_fit.plan.search import ParameterSpace, SizeGrid, SizeProber, SizeSearch
 from flops_fit.plan.spec import ModelSpec, as_lr_rule
 from flops_fit.plan.sweep import SweepPlan
+from flops_fit.plan.wsd import WSDDesign, design_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +283,11 @@ class SweepPlanner:
         return k
 
     def _design(self, design: Any, num_model_sizes: Any, size_span: Any) -> SweepDesign:
-        """The given design, else the IsoFLOP design of ``num_model_sizes`` and ``size_span``."""
-        if check("design", design, _DESIGN, "e.g. IsoFLOPDesign(num_model_sizes=7)") is None:
-            return IsoFLOPDesign(num_model_sizes, size_span)
+        """The given design; a named one (``"isoflop"``, ``"wsd"``, or a mapping with ``kind``) of
+        ``num_model_sizes`` and ``size_span``; else the IsoFLOP design of those."""
+        if design is None or isinstance(design, (str, Mapping)):
+            return design_from_config(design, num_model_sizes, size_span)
+        check("design", design, _DESIGN, "e.g. IsoFLOPDesign(num_model_sizes=7), or 'wsd'")
         default_span = size_span is None or (isinstance(size_span, float) and size_span == DEFAULT_SIZE_SPAN)
         if num_model_sizes is not None or not default_span:
             raise ValueError(
@@ -335,8 +338,17 @@ class SweepPlanner:
             "prior": None if self.prior is None else _describe(self.prior),
             "seed": self.seed,
             "budgets": self.budgets,
-            "design": None if isinstance(self.design, IsoFLOPDesign) else _describe(self.design),
+            "design": self._design_record(),
         }
+
+    def _design_record(self) -> Any:
+        """The design in :meth:`config`: None for the IsoFLOP grid, a mapping for a named design (its sizes
+        and span are the ``num_model_sizes``/``size_span`` keys), else a description."""
+        if type(self.design) is IsoFLOPDesign:
+            return None
+        if isinstance(self.design, WSDDesign):
+            return self.design.config()
+        return _describe(self.design)
 
     @classmethod
     def from_budgets(
@@ -358,7 +370,7 @@ class SweepPlanner:
         if unknown:
             raise ValueError(f"unknown planner config key(s) {unknown}; allowed: {list(cls.CONFIG_KEYS)}")
         required = ["min_flops", "max_flops", "num_compute_budgets"]
-        if merged.get("design") is None:  # the IsoFLOP design of num_model_sizes
+        if merged.get("design") is None or isinstance(merged["design"], (str, Mapping)):  # a named design
             required.append("num_model_sizes")
         missing = [k for k in required if k not in merged]
         if missing:
@@ -373,7 +385,7 @@ class SweepPlanner:
                     f"{key} was recorded as {value!r}; pass the function itself: from_config(..., {key}=fn)"
                 )
         for key in ("prior", "design"):
-            if isinstance(merged.get(key), str):
+            if isinstance(merged.get(key), str) and merged[key] not in ("isoflop", "wsd"):
                 raise ValueError(
                     f"{key} was recorded as {merged[key]!r}; pass the object: from_config(..., {key}=...)"
                 )
@@ -471,7 +483,13 @@ class SweepPlanner:
                 return _prior_optimum(self.prior, budget)
             return search.optimum(budget, self.tokens_per_param)
 
-        return DesignContext(tuple(budgets), search, expected_optimum, self._factory(tokens_per_sample))
+        return DesignContext(
+            tuple(budgets),
+            search,
+            expected_optimum,
+            self._factory(tokens_per_sample),
+            dict(self.train_config or {}),
+        )
 
     def plan(self) -> SweepPlan:
         """Choose sizes and tokens for every budget; raises ValueError before anything is trained."""
@@ -486,6 +504,7 @@ class SweepPlanner:
             model=self.model,
             config={**self.config(), "tokens_per_sample": context.experiment.tokens_per_sample},
             expected_optimum=tuple(designed.expected_optimum),
+            trunks=tuple(designed.trunks),
         )
         logger.info(
             "planned %d experiments over %d budgets, %.3g FLOPs",

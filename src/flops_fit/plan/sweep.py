@@ -18,6 +18,7 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.io import atomic_write_json, read_json
 from flops_fit.core.runs import load_runs
 from flops_fit.core.sweepdir import PLAN_FILE
+from flops_fit.core.trunk import Trunk, training_flops
 from flops_fit.core.validate import Real
 from flops_fit.plan.cost import CostEstimate, estimate_cost
 from flops_fit.plan.spec import LossFn, ModelSpec, SampleFn
@@ -92,8 +93,21 @@ class SweepPlan:
     """The planned IsoFLOP sweep: experiments, the FLOP convention and the planner settings that made it.
 
     ``config`` holds the planner's inputs (accepted by :meth:`SweepPlanner.from_config`);
-    ``expected_optimum`` the ``(compute_budget, N*)`` pairs the sizes were centred on.
+    ``expected_optimum`` the ``(compute_budget, N*)`` pairs the sizes were centred on; ``trunks`` the
+    constant-learning-rate runs the branches of a WSD design start from (empty otherwise).
     """
+
+    def __post_init__(self) -> None:
+        by_id = {t.trunk_id: t for t in self.trunks}
+        for e in self.experiments:
+            if e.trunk_id is None:
+                continue
+            trunk = by_id.get(e.trunk_id)
+            if trunk is None or e.branch_step not in trunk.branch_steps:
+                raise ValueError(
+                    f"experiment {e.experiment_id} branches off trunk {e.trunk_id} at step {e.branch_step}, "
+                    "which the plan's trunks do not hold; re-plan the sweep"
+                )
 
     experiments: tuple[Experiment, ...]
     flops: str
@@ -101,6 +115,7 @@ class SweepPlan:
     model: ModelSpec | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     expected_optimum: tuple[tuple[float, float], ...] = ()
+    trunks: tuple[Trunk, ...] = ()
     version: int = PLAN_VERSION
     #: The cost :func:`flops_fit.find_optimal` estimated for ``train=False`` (not saved with the plan).
     cost: CostEstimate | None = field(default=None, compare=False, repr=False)
@@ -118,8 +133,25 @@ class SweepPlan:
 
     @property
     def total_flops(self) -> float:
-        """FLOPs the whole sweep will spend."""
+        """FLOPs the whole sweep will spend (a WSD design: its trunks and cooldowns)."""
+        return math.fsum(self.training_flops.values())
+
+    @property
+    def equivalent_flops(self) -> float:
+        """FLOPs of training every run from scratch (the IsoFLOP grid of the same points)."""
         return math.fsum(e.planned_flops for e in self.experiments)
+
+    @property
+    def training_flops(self) -> dict[str, float]:
+        """FLOPs each experiment costs to train, by id (a branch: its cooldown and its stretch of trunk)."""
+        return training_flops(self.experiments, self.trunks)
+
+    def trunk(self, trunk_id: str) -> Trunk:
+        """The trunk with this id (KeyError if none)."""
+        for t in self.trunks:
+            if t.trunk_id == trunk_id:
+                return t
+        raise KeyError(f"no trunk {trunk_id!r} in this plan")
 
     def get(self, experiment_id: str) -> Experiment:
         """The experiment with this id (KeyError if none)."""
@@ -151,7 +183,7 @@ class SweepPlan:
         return runs.loc[~outside].reset_index(drop=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": self.version,
             "flops": self.flops,
             "param_count": self.param_count,
@@ -160,6 +192,9 @@ class SweepPlan:
             "expected_optimum": [list(p) for p in self.expected_optimum],
             "experiments": [e.to_dict() for e in self.experiments],
         }
+        if self.trunks:  # only a WSD plan: other plans are written as release 0.1.0 wrote them
+            out["trunks"] = [t.to_dict() for t in self.trunks]
+        return out
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the plan as versioned JSON (atomically: a crash never leaves half a file)."""
@@ -181,7 +216,9 @@ class SweepPlan:
         The model class stays an import path: nothing is imported until :meth:`ModelSpec.resolve`.
         """
         _check_plan_fields(d)
-        model = d.get("model")
+        model, trunks = d.get("model"), d.get("trunks", [])
+        if not isinstance(trunks, list):
+            raise ValueError(f"plan 'trunks' must be a list, got {type(trunks).__name__}")
         return cls(
             experiments=tuple(Experiment.from_dict(e) for e in d["experiments"]),
             flops=d["flops"],
@@ -189,6 +226,7 @@ class SweepPlan:
             model=None if model is None else ModelSpec.from_dict(model),
             config={"design": None, **(d.get("config") or {})},
             expected_optimum=tuple((float(c), float(n)) for c, n in d.get("expected_optimum") or []),
+            trunks=tuple(Trunk.from_dict(t) for t in trunks),
             version=int(d["version"]),
         )
 
@@ -207,14 +245,22 @@ class SweepPlan:
             {**e.to_dict(), "planned_flops": e.planned_flops, "tokens_per_param": e.tokens_per_param}
             for e in self
         ]
-        cols = [f.name for f in fields(Experiment)] + ["planned_flops", "tokens_per_param"]
+        names = [f.name for f in fields(Experiment)]
+        if not self.trunks:
+            names = [n for n in names if n not in ("trunk_id", "branch_step")]
+        cols = [*names, "planned_flops", "tokens_per_param"]
         return pd.DataFrame(rows, columns=cols)
 
     def summary(self) -> str:
         """A readable table of the sweep, grouped by budget."""
         n_b = len(self.compute_budgets)
+        kind = (
+            f"WSD sweep ({len(self.trunks)} trunks, a cooldown branch per point)"
+            if self.trunks
+            else "IsoFLOP sweep"
+        )
         lines = [
-            f"IsoFLOP sweep: {len(self)} experiments over {n_b} compute budget(s); FLOP convention {self.flops!r}, "
+            f"{kind}: {len(self)} experiments over {n_b} compute budget(s); FLOP convention {self.flops!r}, "
             f"N = {self.param_count.replace('_', '-')} parameters",
         ]
         if self.model is not None:
@@ -224,6 +270,11 @@ class SweepPlan:
             lines.append(
                 f"batch: {e0.batch_size} x {e0.tokens_per_sample} tokens per step; seed {e0.seed}; "
                 f"total {self.total_flops:.3g} FLOPs"
+            )
+        if self.trunks and self.equivalent_flops > 0:
+            lines.append(
+                f"training every point from scratch (the IsoFLOP grid of the same runs) would cost "
+                f"{self.equivalent_flops:.3g} FLOPs: this design needs {self.total_flops / self.equivalent_flops:.0%} of it"
             )
         centres = dict(self.expected_optimum)
         table = [_summary_row(e, centres) for e in self]
