@@ -5,6 +5,7 @@ A sweep folder holds each thing once::
     sweep.json           the plan (experiments, model spec, train config)          written by planning
     results.jsonl        the append-only ledger, one JSON record per finished run   written by training
     checkpoints/<id>.pt  in-flight checkpoints, removed when a run finishes          written by training
+    checkpoints/<trunk>.b<step>.pt  a WSD trunk's state at a branch point, removed with its trunk's last branch
     scaling_laws.json    the fitted laws and the run ids they read                  written by the report
     result.json          the primary approach, back-test and options of a Result    written by the report
     chinchilla_table.md  the Chinchilla table of every fitted approach              written by the report
@@ -142,3 +143,16 @@ def checkpoint_file(checkpoint_dir: str | os.PathLike[str], experiment_id: str) 
     """The checkpoint of ``experiment_id`` in ``checkpoint_dir`` (the sweep's ``checkpoints/`` or a folder
     the user named, e.g. shared storage for a cluster)."""
     return Path(checkpoint_dir) / f"{experiment_id}{CHECKPOINT_SUFFIX}"
+
+
+def branch_point_file(checkpoint_dir: str | os.PathLike[str], trunk_id: str, step: int) -> Path:
+    """The checkpoint of trunk ``trunk_id`` after ``step`` optimiser steps, where a cooldown branch starts."""
+    return Path(checkpoint_dir) / f"{trunk_id}.b{int(step)}{CHECKPOINT_SUFFIX}"
+
+
+def trunk_files(checkpoint_dir: str | os.PathLike[str], trunk_id: str) -> list[Path]:
+    """Every checkpoint file of trunk ``trunk_id``: its own (in flight) and its branch points."""
+    folder = Path(checkpoint_dir)
+    own = checkpoint_file(folder, trunk_id)
+    points = sorted(folder.glob(f"{trunk_id}.b*{CHECKPOINT_SUFFIX}")) if folder.is_dir() else []
+    return [own, *(p for p in points if p.name[len(trunk_id) + 2 : -len(CHECKPOINT_SUFFIX)].isdigit())]

@@ -53,6 +53,7 @@ from flops_fit.training.device import resolve_device
 from flops_fit.training.distributed import SingleProcess, launched_world_size, make_processes
 from flops_fit.training.loop import train
 from flops_fit.training.mock import MockLaw, mock_generator
+from flops_fit.training.trunks import TrunkTrainer, branch_config
 
 if TYPE_CHECKING:
     from flops_fit.training.progress import SweepProgress
@@ -167,6 +168,7 @@ class _JobBase:
             "flops_per_token": e.flops_per_token,
             "flops_convention": e.flops,
             "seed": e.seed,
+            **({"trunk_id": e.trunk_id, "branch_step": e.branch_step} if e.is_branch else {}),
             "mode": self.mode,
         }
 
@@ -384,6 +386,7 @@ class LocalJob(_JobBase):
     eval_dataset: Any = None
     device: str | torch.device = "auto"
     configs: Mapping[str, TrainConfig] = dataclasses.field(default_factory=dict, repr=False)
+    trunks: TrunkTrainer | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.dataset is None:
@@ -424,7 +427,16 @@ class LocalJob(_JobBase):
         configs = _experiment_configs(base, plan)
         if launched_world_size() <= 1 and executor == "local":
             resolve_device(self.device)  # raises for a bad or unavailable device (workers resolve their own)
-        return dataclasses.replace(self, model=model, loss_fn=loss_fn, train_config=base, configs=configs)
+        shared = {
+            "dataset": self.dataset,
+            "loss_fn": loss_fn,
+            "eval_dataset": self.eval_dataset,
+            "device": self.device,
+        }
+        trunks = TrunkTrainer({t.trunk_id: t for t in plan.trunks}, shared) if plan.trunks else None
+        return dataclasses.replace(
+            self, model=model, loss_fn=loss_fn, train_config=base, configs=configs, trunks=trunks
+        )
 
     def check_pending(self, todo: Sequence[Experiment]) -> None:
         """Check a map-style dataset against the largest pending run before anything trains."""
@@ -484,8 +496,28 @@ class LocalJob(_JobBase):
             logger.exception("building the model of experiment %s failed", e.experiment_id)
             outcome = _untrained_failure(e, f"building the model failed: {type(exc).__name__}: {exc}")
             return self._record(e, config, outcome, stamp, procs), 0.0
-        outcome, trained = self._train(e, model, config, checkpoint_path, callbacks)
-        return self._record(e, config, outcome, stamp, procs), trained
+        start, spent = None, 0.0
+        if e.is_branch:
+            start, spent, error = self._branch_start(e, config, checkpoint_path, procs)
+            if error is not None:
+                return self._record(e, config, _untrained_failure(e, error), stamp, procs), spent
+        outcome, trained = self._train(e, model, config, checkpoint_path, callbacks, start)
+        return self._record(e, config, outcome, stamp, procs), trained + spent
+
+    def _branch_start(
+        self, e: Experiment, config: TrainConfig, path: Path, procs: SingleProcess
+    ) -> tuple[Path | None, float, str | None]:
+        """A branch's trunk checkpoint (trained up to its branch point first where missing), the FLOPs that
+        took, and the trunk's failure; a branch with its own checkpoint resumes from that instead."""
+        assert self.trunks is not None, "a branch needs the plan's trunks: call prepare(plan, executor) first"
+
+        def build() -> nn.Module:
+            torch.manual_seed(e.seed)  # the trunk starts where the branch would: same seed, same size
+            return self.build(e, procs.device)
+
+        if path.exists():
+            return None, 0.0, None
+        return self.trunks.start(e, config, path.parent, build)
 
     def build(self, e: Experiment, dev: torch.device) -> nn.Module:
         """A fresh model for ``e`` on ``dev``."""
@@ -499,9 +531,16 @@ class LocalJob(_JobBase):
         return model
 
     def _train(
-        self, e: Experiment, model: nn.Module, config: TrainConfig, path: Path, callbacks: Sequence[Callback]
+        self,
+        e: Experiment,
+        model: nn.Module,
+        config: TrainConfig,
+        path: Path,
+        callbacks: Sequence[Callback],
+        start: Path | None = None,
     ) -> tuple[TrainOutcome, float]:
-        """Train ``model`` for ``e``; the outcome and the FLOPs trained in this call (not before a resume)."""
+        """Train ``model`` for ``e`` (a branch from its trunk checkpoint ``start``); the outcome and the FLOPs
+        trained in this call (not before a resume)."""
         assert self.loss_fn is not None
         meter = _ResumeMeter()
         try:
@@ -515,6 +554,7 @@ class LocalJob(_JobBase):
                 device=self.device,
                 callbacks=[*callbacks, meter],
                 checkpoint_path=path,
+                init_checkpoint=start,
                 flops_per_token=e.flops_per_token,
                 progress=False,
                 keep_checkpoint=True,  # deleted by the ledger writer once the record is appended
@@ -648,16 +688,20 @@ def _base_config(train_config: TrainConfig | None, plan: SweepPlan) -> TrainConf
 
 
 def _experiment_configs(base: TrainConfig, plan: SweepPlan) -> dict[str, TrainConfig]:
-    """The TrainConfig of each experiment: ``base`` with its batch size, seed and learning rate put in."""
+    """The TrainConfig of each experiment: ``base`` with its batch size, seed and learning rate put in (a
+    branch: also its trunk's warm-up and its cooldown)."""
     configs = {}
     for e in plan:
         changes: dict[str, Any] = {"batch_size": e.batch_size, "seed": e.seed}
         if e.learning_rate is not None:
             changes["lr"] = e.learning_rate
         try:
-            configs[e.experiment_id] = dataclasses.replace(base, **changes)
+            config = dataclasses.replace(base, **changes)
+            if e.trunk_id is not None:
+                config = branch_config(config, e, plan.trunk(e.trunk_id))
         except ValueError as exc:
             raise ValueError(f"train_config does not fit experiment {e.experiment_id}: {exc}") from exc
+        configs[e.experiment_id] = config
     return configs
 
 

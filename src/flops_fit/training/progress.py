@@ -69,9 +69,10 @@ class SweepProgress:
 
     def __init__(self, plan: SweepPlan, done_ids: set[str], bars: bool, verbose: bool = True):
         self.total = len(plan)
-        self.total_flops = plan.total_flops
+        self.cost = plan.training_flops  # what each experiment costs to train (a WSD branch: its share)
+        self.total_flops = math.fsum(self.cost.values())
         self.done = sum(e.experiment_id in done_ids for e in plan)
-        self.done_flops = math.fsum(e.planned_flops for e in plan if e.experiment_id in done_ids)
+        self.done_flops = math.fsum(self.cost[e.experiment_id] for e in plan if e.experiment_id in done_ids)
         self.bars = bars
         self.verbose = verbose
         self.live: Any = None
@@ -232,7 +233,9 @@ class SweepProgress:
         """Experiment ``e`` has seen ``tokens`` tokens, ``new_tokens`` of them in this session."""
         previous = self._flight.get(e.experiment_id, (0.0, 0.0))[1]
         new = max(e.flops_per_token * max(new_tokens, 0), previous)  # a retried run does not undo work
-        self._flight[e.experiment_id] = (min(e.flops_per_token * tokens, e.planned_flops), new)
+        cost = self.cost.get(e.experiment_id, e.planned_flops)
+        own = tokens - (e.branch_step or 0) * e.tokens_per_step  # a branch counts its cooldown here
+        self._flight[e.experiment_id] = (min(e.flops_per_token * max(own, 0), cost), new)
         self._refresh()
 
     def remote_progress(
@@ -264,7 +267,7 @@ class SweepProgress:
     def finish(self, e: Experiment, record: Mapping[str, Any], trained_flops: float) -> None:
         """Experiment ``e`` ended with ``record``, ``trained_flops`` FLOPs of it trained in this session."""
         self.done += 1
-        self.done_flops += e.planned_flops
+        self.done_flops += self.cost.get(e.experiment_id, e.planned_flops)
         flight = self._flight.pop(e.experiment_id, (0.0, 0.0))[1]
         self._session_flops += max(trained_flops, flight)
         self._remote_t0.pop(e.experiment_id, None)

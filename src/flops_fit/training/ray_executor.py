@@ -166,8 +166,23 @@ def fresh_process(mode: str | Job, resources: Mapping[str, float]) -> bool:
 
 
 def submission_order(experiments: Iterable[Experiment]) -> list[Experiment]:
-    """Largest planned FLOPs first (the longest runs start first: a shorter makespan); ties by id."""
-    return sorted(experiments, key=lambda e: (-e.planned_flops, e.experiment_id))
+    """Largest planned FLOPs first (the longest runs start first: a shorter makespan); ties by id. The
+    branches of one trunk (WSD design) go in the order they leave it (branch points ascending), after
+    their trunk's longest run would have gone, since each waits for the one before (see :func:`_submit`)."""
+    runs = list(experiments)
+    chains: dict[str, list[Experiment]] = {}
+    for e in runs:
+        if e.trunk_id is not None:
+            chains.setdefault(e.trunk_id, []).append(e)
+    lead = {tid: max(c, key=lambda e: e.planned_flops).planned_flops for tid, c in chains.items()}
+    return sorted(
+        runs,
+        key=lambda e: (
+            (-lead[e.trunk_id], e.trunk_id, e.branch_step, e.experiment_id)
+            if e.trunk_id is not None
+            else (-e.planned_flops, "", 0, e.experiment_id)
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,9 +236,11 @@ class _Work:
 
 
 def _execute(
-    work: _Work, e: Experiment, checkpoint_path: str | None, board: Any, log_level: int
+    work: _Work, e: Experiment, checkpoint_path: str | None, board: Any, log_level: int, after: Any = None
 ) -> dict[str, Any]:
-    """The Ray task of one experiment: run it on this worker and return its record (never the ledger)."""
+    """The Ray task of one experiment: run it on this worker and return its record (never the ledger).
+    ``after``: the result of the task it waited for (a WSD branch waits for the branch before it on its
+    trunk, which advanced the trunk to where this one starts); unused."""
     import ray
 
     _worker_logging(log_level)
@@ -664,11 +681,15 @@ def _submit(
     task = {"max_retries": options.max_retries, "retry_exceptions": False, **task_options(request)}
     level = logging.getLogger("flops_fit").getEffectiveLevel()
     order = submission_order(todo)
+    last_on_trunk: dict[str, Any] = {}  # a branch's task waits for the previous branch of its trunk
     for e in order:
         path = str(checkpoint_path(e.experiment_id)) if job.trains else None
+        after = last_on_trunk.get(e.trunk_id) if e.trunk_id is not None else None
         ref = remote.options(name=f"flops-fit:{e.experiment_id}", **task).remote(
-            work_ref, e, path, driver.board, level
+            work_ref, e, path, driver.board, level, after
         )
+        if e.trunk_id is not None:
+            last_on_trunk[e.trunk_id] = ref
         driver.pending[ref] = e
     logger.info(
         "submitted %d experiment(s), largest first (%s .. %s FLOPs)",

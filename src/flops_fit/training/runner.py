@@ -47,7 +47,7 @@ from flops_fit.core.experiment import SAFE_EXPERIMENT_ID, Experiment
 from flops_fit.core.io import remove_temporaries
 from flops_fit.core.ledger import append_record, exclusive_folder, latest_records, load_results
 from flops_fit.core.runs import list_ids, runs_from_records
-from flops_fit.core.sweepdir import PLAN_FILE, SweepDir, checkpoint_file
+from flops_fit.core.sweepdir import CHECKPOINT_SUFFIX, PLAN_FILE, SweepDir, checkpoint_file, trunk_files
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.core.validate import NON_NEGATIVE_INT, Instance, check, check_flag
 from flops_fit.plan.spec import ModelSpec
@@ -60,6 +60,9 @@ from flops_fit.training.kinds import MODES, check_mode, job_for_mode
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.progress import SweepProgress
 from flops_fit.training.ray_executor import RayOptions
+
+#: Modes that train a WSD plan's branches from their trunks (a mock job only draws their losses).
+BRANCHING_MODES = ("local", "mock")
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +320,12 @@ class TrainingRunner:
         self.callbacks = _check_callbacks(callbacks)
         if job is None:
             job = job_for_mode(mode, seed=seed, device=device, **keywords)
+        if self.plan.trunks and job.mode not in BRANCHING_MODES:
+            raise ValueError(
+                f"mode={job.mode!r} trains each run from scratch, but this plan's runs are cooldown branches of "
+                f"shared trunks (the WSD design); train it with mode='local' (or 'mock' to try it), or re-plan "
+                "with the IsoFLOP design (design='isoflop')"
+            )
         self.job: Job = job.prepare(self.plan, executor)
         _make_folder("output_dir", self.output_dir)
         _make_folder("checkpoint_dir", self._checkpoint_root)
@@ -474,6 +483,22 @@ class TrainingRunner:
             if path.exists():
                 logger.info("removing the leftover checkpoint of finished experiment %s", eid)
                 discard_checkpoint(path)
+        for trunk in self.plan.trunks:
+            self._tidy_trunk(trunk.trunk_id, finished)
+
+    def _tidy_trunk(self, trunk_id: str, finished: set[str]) -> None:
+        """Drop the branch points of a WSD trunk no unfinished branch needs: all of them once every branch
+        finished, else those of finished branches except the latest (where the trunk goes on from)."""
+        branches = [e for e in self.plan if e.trunk_id == trunk_id]
+        pending = {e.branch_step for e in branches if e.experiment_id not in finished}
+        files = trunk_files(self.checkpoint_dir, trunk_id)
+        points = {int(p.name[len(trunk_id) + 2 : -len(CHECKPOINT_SUFFIX)]): p for p in files[1:]}
+        keep = set() if not pending else pending | {max(points, default=0)}
+        for step, path in points.items():
+            if step not in keep:
+                discard_checkpoint(path)
+        if not pending and files[0].exists():
+            discard_checkpoint(files[0])
 
     # -- running ---------------------------------------------------------------------------------------
 
@@ -604,6 +629,13 @@ class TrainingRunner:
             if record["status"] != "failed" or not self.retry_failed:
                 discard_checkpoint(self._checkpoint_path(e.experiment_id))
         records.append(record)
+        if is_main and e.trunk_id is not None:  # every record of this run was made by this job
+            ended = {
+                str(r["experiment_id"])
+                for r in latest_records(records)
+                if r.get("status", "completed") != "failed" or not self.retry_failed
+            }
+            self._tidy_trunk(e.trunk_id, ended)
         display.finish(e, record, trained_flops)
 
     def _interrupt_message(self, e: Experiment, display: SweepProgress) -> str:

@@ -1,0 +1,173 @@
+"""WSD sweeps trained for real (issue 19): branches start from their trunk's checkpoint, survive crashes
+anywhere, are recorded one per endpoint, and fail with their trunk's reason."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+import flops_fit.training.trunks as trunks_mod
+from flops_fit import SweepPlanner
+from flops_fit.core.ledger import read_records
+from flops_fit.core.outcome import TrainOutcome
+from flops_fit.plan.spec import ModelSpec
+from flops_fit.training import Callback, TrainConfig, TrainingRunner
+
+VOCAB, SEQ, BATCH = 11, 16, 8
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
+
+
+class CountingLM(Dataset):
+    """Windows of a counting sequence modulo VOCAB."""
+
+    def __init__(self, n: int = 2048):
+        start = torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(0))
+        windows = (start[:, None] + torch.arange(SEQ + 1)) % VOCAB
+        self.x, self.y = windows[:, :-1], windows[:, 1:]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+class TinyLM(nn.Module):
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, width)
+        self.body = nn.Sequential(
+            nn.Linear(width, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, VOCAB)
+        )
+
+    def forward(self, x):
+        return self.body(self.emb(x))
+
+
+def lm_loss(logits, y):
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+CFG = TrainConfig(
+    lr=3e-2, eval_batches=2, log_every=2, eval_every=8, checkpoint_every_s=None, checkpoint_every_steps=4
+)
+
+
+def wsd_plan():
+    spec = ModelSpec(TinyLM, "width", size_values=[4, 6, 8, 12, 16, 24, 32, 48])
+    planner = SweepPlanner.from_budgets(
+        [3e6, 6e6, 1.2e7], 3, model=spec, batch_size=BATCH, tokens_per_sample=SEQ, size_span=2.0, design="wsd"
+    )
+    with pytest.warns(UserWarning):  # few optimiser steps: a test, not a study
+        return planner.plan()
+
+
+def run(out, **kw):
+    runner = TrainingRunner(
+        "local", plan=wsd_plan(), output_dir=out, dataset=CountingLM(), loss_fn=lm_loss, train_config=CFG,
+        device="cpu", progress=False, **kw,
+    )  # fmt: skip
+    return runner, runner.run_sweep()
+
+
+def losses(out) -> dict[str, float]:
+    return {r["experiment_id"]: r["final_loss"] for r in read_records(out / "results.jsonl")}
+
+
+def test_branches_start_from_their_trunk_and_the_folder_is_tidied(tmp_path) -> None:
+    runner, _runs = run(tmp_path)
+    plan = runner.plan
+    assert len(plan.trunks) < len(plan)
+    records = read_records(tmp_path / "results.jsonl")
+    assert len(records) == len(plan)
+    for r in records:
+        e = plan.get(r["experiment_id"])
+        assert r["status"] == "completed" and math.isfinite(r["final_loss"])
+        assert r["resumed_from_step"] == e.branch_step and r["trunk_id"] == e.trunk_id
+        assert r["train_config"]["schedule"] == "wsd"
+        assert r["train_config"]["decay_steps"] == e.num_steps - e.branch_step
+        assert r["curve"][0][0] < e.branch_step * e.tokens_per_step  # the trunk's evaluations are in it
+    assert not list((tmp_path / "checkpoints").glob("*.pt"))
+
+
+def test_crash_in_a_trunk_or_a_branch_resumes_to_the_same_losses(tmp_path, monkeypatch) -> None:
+    _, _ = run(tmp_path / "clean")
+    calls = {"n": 0}
+    real = trunks_mod.train
+
+    class Crash(BaseException):
+        pass
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third trunk segment dies half-way (after a checkpoint)
+            kwargs = {**kwargs, "callbacks": [_Raise(Crash, step=4)]}
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trunks_mod, "train", crashing)
+    with pytest.raises(Crash):
+        run(tmp_path / "crashed")
+    assert list((tmp_path / "crashed" / "checkpoints").glob("*.pt"))  # trunk state kept for the resume
+    monkeypatch.setattr(trunks_mod, "train", real)
+    with pytest.raises(Crash):  # a branch dies in its cooldown
+        run(tmp_path / "crashed", callbacks=[_Raise(Crash, step=None)])
+    run(tmp_path / "crashed")
+    assert losses(tmp_path / "crashed") == losses(tmp_path / "clean")
+
+
+class _Raise(Callback):
+    """Raise ``exc`` at ``step`` (None: at the first log of a run that started from a trunk checkpoint)."""
+
+    def __init__(self, exc: type[BaseException], step: int | None):
+        self.exc, self.step, self.start = exc, step, 0
+
+    def on_train_start(self, info):
+        self.start = getattr(info, "start_step", 0)
+
+    def on_log(self, step, tokens, train_loss, lr):
+        if (self.step is not None and step == self.step) or (
+            self.step is None and self.start and step > self.start
+        ):
+            raise self.exc(f"injected at step {step}")
+
+
+def test_a_failed_trunk_fails_its_branches_with_its_reason_once(tmp_path, monkeypatch) -> None:
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(kwargs["checkpoint_path"])
+        return TrainOutcome(
+            status="failed", final_loss=math.nan, train_loss=math.nan, tokens_seen=0, steps=0, flops=0.0,
+            wall_time_s=0.0, tokens_per_s=math.nan, error="out of memory (injected)", flops_per_token=1.0,
+        )  # fmt: skip
+
+    monkeypatch.setattr(trunks_mod, "train", failing)
+    runner, _ = run(tmp_path)
+    records = read_records(tmp_path / "results.jsonl")
+    assert {r["status"] for r in records} == {"failed"}
+    assert all("trunk" in r["error"] and "out of memory (injected)" in r["error"] for r in records)
+    assert len(calls) == len(runner.plan.trunks)  # each trunk tried once, not once per branch
+
+
+def test_modes_that_train_from_scratch_refuse_a_wsd_plan(tmp_path) -> None:
+    with pytest.raises(ValueError, match="cooldown branches of shared trunks"):
+        TrainingRunner(
+            "function", plan=wsd_plan(), output_dir=tmp_path, train_fn=lambda e: {"final_loss": 1.0}
+        )
+
+
+def test_mock_wsd_sweep_fits(tmp_path) -> None:
+    from flops_fit import find_optimal
+
+    with pytest.warns(UserWarning):
+        result = find_optimal(
+            TinyLM, "width", None, None, [1e9, 3e9, 1e10, 3e10], mode="mock", design="wsd", num_model_sizes=5,
+            size_values=list(range(4, 400, 4)), tokens_per_sample=SEQ, output_dir=tmp_path, bootstrap=0,
+        )  # fmt: skip
+    assert result.plan.trunks and result.plan.total_flops < result.plan.equivalent_flops
+    assert math.isfinite(result.predict(1e11)["optimal_params"])
