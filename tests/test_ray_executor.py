@@ -640,3 +640,44 @@ def test_demo_flags_reach_find_optimal(monkeypatch, tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--mock", "--executor", "ray", "--ray-address", "auto"]) == 0
     assert seen["executor"] == "ray" and seen["ray_address"] == "auto"
     assert main(["demo", "--out", str(tmp_path), "--ray-address", "auto"]) == 2
+
+
+# --- WSD sweeps (issue 19) ----------------------------------------------------------------------------
+
+
+def test_branches_of_a_trunk_are_submitted_together_in_branch_order():
+    from test_wsd_training import wsd_plan
+
+    plan = wsd_plan()
+    order = rx.submission_order(reversed(plan.experiments))
+    for trunk in plan.trunks:
+        at = [i for i, e in enumerate(order) if e.trunk_id == trunk.trunk_id]
+        assert at == list(range(at[0], at[0] + len(at)))  # one chain, not interleaved
+        assert [order[i].branch_step for i in at] == sorted(order[i].branch_step for i in at)
+
+
+@pytest.mark.slow
+def test_wsd_sweep_on_ray_matches_local_and_runs_each_trunk_in_order(tmp_path, cluster):
+    from test_wsd_training import CFG as WSD_CFG
+    from test_wsd_training import CountingLM as WSDData
+    from test_wsd_training import lm_loss as wsd_loss
+    from test_wsd_training import wsd_plan
+
+    def runner(out, **kw):
+        return TrainingRunner(
+            "local", plan=wsd_plan(), output_dir=out, dataset=WSDData(), loss_fn=wsd_loss,
+            train_config=WSD_CFG, device="cpu", progress=False, **kw,
+        )  # fmt: skip
+
+    local = runner(tmp_path / "local")
+    local.run_sweep()
+    remote = runner(tmp_path / "ray", executor="ray")
+    remote.run_sweep()
+    here, there = by_id(local.results_path), by_id(remote.results_path)
+    assert {k: r["final_loss"] for k, r in there.items()} == {k: r["final_loss"] for k, r in here.items()}
+    for trunk in remote.plan.trunks:
+        chain = sorted(
+            (r for r in there.values() if r["trunk_id"] == trunk.trunk_id), key=lambda r: r["branch_step"]
+        )
+        assert [r["timestamp"] for r in chain] == sorted(r["timestamp"] for r in chain)  # one after another
+    assert list(remote.checkpoint_dir.iterdir()) == []
