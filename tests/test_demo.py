@@ -14,13 +14,14 @@ from flops_fit.examples import gpt_text
 LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: \S")
 
 
-def test_the_default_sweep_gives_no_planner_warning(tmp_path):
+@pytest.mark.parametrize("design", ["isoflop", "wsd"])
+def test_the_default_sweep_gives_no_planner_warning(tmp_path, design):
     """Every planned size distinct after snapping to d_model multiples, every run >= 100 optimiser steps."""
     from flops_fit.plan.planner import FEW_STEPS
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        plan = gpt_text.demo_sweep(gpt_text.DEFAULT_BUDGETS, tmp_path / "demo", train=False)
+        plan = gpt_text.demo_sweep(gpt_text.DEFAULT_BUDGETS, tmp_path / "demo", train=False, design=design)
     assert [str(w.message) for w in caught] == []
     assert min(e.num_steps for e in plan) >= FEW_STEPS
     for c in gpt_text.DEFAULT_BUDGETS:
@@ -65,3 +66,27 @@ def test_mock_demo_output_reads_clean(tmp_path):
         "MOCK (synthetic losses, nothing trained): Prediction for C = 4.8e+12 FLOPs (10x the largest budget)"
     )
     assert all(re.search(r"= \S+ \[\S+, \S+\]", x) for x in tail[1:]), tail
+
+
+@pytest.mark.slow  # a mock WSD sweep, its fits and report: ~20-90 s
+def test_mock_demo_with_the_wsd_design_says_what_it_saved(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flops_fit.app.cli",
+            "demo",
+            "--mock",
+            "--design",
+            "wsd",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert all(LOG_LINE.match(line) for line in r.stderr.splitlines()), r.stderr
+    (line,) = [x for x in r.stdout.splitlines() if x.startswith("WSD design:")]
+    assert re.search(r"20 cooldown branches of \d+ trunks trained for \S+ FLOPs, \d+% of the", line), line

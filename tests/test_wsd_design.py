@@ -144,3 +144,37 @@ def test_trunk_records_are_checked_when_read() -> None:
         Trunk.from_dict({**t, "branch_steps": [*list(reversed(t["branch_steps"])), t["num_steps"] + 1]})
     with pytest.raises(ValueError, match="safe file name"):
         Trunk.from_dict({**t, "trunk_id": "a/b"})
+
+
+def test_plan_command_and_ff_plan_config_take_the_design(tmp_path, capsys) -> None:
+    from flops_fit.app.cli import main
+    from flops_fit.app.stages import default_config, run_plan
+
+    args = [
+        "plan",
+        "--budgets",
+        "1e15,2e15,4e15",
+        "--sizes",
+        "5",
+        "--batch-size",
+        "8",
+        "--tokens-per-sample",
+        "128",
+    ]
+    assert main([*args, "--design", "wsd", "--cooldown", "0.1", "--out", str(tmp_path / "cli")]) == 0
+    plan = SweepPlan.load(tmp_path / "cli" / "sweep.json")
+    assert plan.trunks and plan.config["design"]["cooldown"] == 0.1
+    assert "this design needs" in capsys.readouterr().out
+    assert main([*args, "--cooldown", "0.1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--cooldown is read only by --design wsd" in capsys.readouterr().err
+    config = default_config(
+        "planner",
+        {
+            "compute.budgets": BUDGETS,
+            "sweep.num_model_sizes": 5,
+            "sweep.design": "wsd",
+            "output.dir": str(tmp_path / "ff"),
+        },
+    )
+    run_plan(config)
+    assert SweepPlan.load(tmp_path / "ff" / "sweep.json").trunks

@@ -66,6 +66,15 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
+def _design(args: argparse.Namespace) -> Any:
+    """The ``sweep.design`` of ``--design`` and ``--cooldown``."""
+    if args.cooldown is None:
+        return args.design
+    if args.design != "wsd":
+        raise UsageError("--cooldown is read only by --design wsd (the cooldown of each branch)")
+    return {"kind": "wsd", "cooldown": args.cooldown}
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     """Plan an IsoFLOP sweep and write DIR/sweep.json."""
     from flops_fit.app.stages import default_config, run_plan
@@ -91,6 +100,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     overrides.update(
         {
             "sweep.num_model_sizes": args.sizes,
+            "sweep.design": _design(args),
             "sweep.batch_size": args.batch_size,
             "sweep.tokens_per_sample": args.tokens_per_sample,
             "sweep.flops": args.flops,
@@ -472,6 +482,22 @@ def _sub_parser_factory(sub: Any) -> Callable[[str, str, str], argparse.Argument
     return sub_parser
 
 
+def _add_design_options(parser: argparse.ArgumentParser) -> None:
+    """``--design`` and ``--cooldown`` (plan and demo)."""
+    parser.add_argument(
+        "--design",
+        choices=("isoflop", "wsd"),
+        default="isoflop",
+        help="isoflop: every run from scratch; wsd: one constant-learning-rate trunk per size and a cooldown "
+        "branch per run (a fraction of the FLOPs)",
+    )
+    parser.add_argument(
+        "--cooldown",
+        type=float,
+        help="--design wsd: fraction of a branch's steps in its cooldown (default 0.2)",
+    )
+
+
 def _add_plan_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
     """``flops-fit plan``."""
     plan = sub_parser(
@@ -489,6 +515,7 @@ def _add_plan_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPars
     plan.add_argument("--num-budgets", type=int, default=3, help="budgets log-spaced from min to max")
     plan.add_argument("--budgets", help="explicit FLOP budgets, comma separated (overrides the range)")
     plan.add_argument("--sizes", type=int, default=7, help="model sizes per budget (>= 3)")
+    _add_design_options(plan)
     plan.add_argument("--flops", default="6nd", help="FLOP convention: 6nd, chinchilla or measured")
     plan.add_argument("--batch-size", type=int, default=32, help="samples per optimiser step")
     plan.add_argument(

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 #: Keywords of find_optimal that go on to ModelSpec, and (with these) to SweepPlanner.
 _SPEC_KEYWORDS = frozenset({"size_values", "size_multiple", "param_count", "shape_fn", "sample_fn"})
 _PLANNER_KEYWORDS = _SPEC_KEYWORDS | {
+    "design",
     "size_span",
     "lr_rule",
     "prior",
@@ -144,8 +145,8 @@ def find_optimal(
     multi-node cluster); ``executor=RayOptions(address=..., resources=..., max_retries=...)`` says the same.
     Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
     runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (warned).
-    Extra keywords (e.g. ``size_span``, ``lr_rule``, ``size_values``) go to the planner / model spec
-    (``model_size_param``: the deprecated old name of ``size_param``).
+    Extra keywords (``size_span``, ``lr_rule``, ``size_values``, ``design="wsd"``: :mod:`flops_fit.plan.wsd`)
+    go to the planner / model spec (``model_size_param``: the deprecated old name of ``size_param``).
     """
 
     request = _checked_request(

@@ -128,6 +128,7 @@ def plan_from_config(data: Mapping[str, Any]) -> tuple[Any, Path]:
         "flops": sweep.take("flops"),
         "tokens_per_param": sweep.take("tokens_per_param"),
         "size_span": sweep.take("size_span"),
+        "design": sweep.take("design"),
         "batch_size": sweep.take("batch_size"),
         "tokens_per_sample": sweep.take("tokens_per_sample"),
         "dataset_tokens": sweep.take("dataset_tokens"),

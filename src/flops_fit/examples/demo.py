@@ -15,6 +15,7 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
         "demo",
         "run the main job: a real GPT sweep on the bundled text, fitted and reported",
         "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock\n"
+        "  flops-fit demo --design wsd   # cooldown branches of shared trunks\n"
         "  flops-fit demo --api-url http://127.0.0.1:8765   # through `flops-fit serve --port 8765 --demo`",
     )
     demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
@@ -25,6 +26,12 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
+    demo.add_argument(
+        "--design",
+        choices=("isoflop", "wsd"),
+        default="isoflop",
+        help="wsd: one constant-learning-rate trunk per size, a cooldown branch per run (fewer FLOPs)",
+    )
     demo.add_argument(
         "--api-url", dest="api_url", help="train through a service (flops-fit serve --demo) at this URL"
     )
@@ -45,6 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--api-url trains on the service: drop --mock and --executor")
     if args.token_env and not args.api_url:
         raise UsageError("--token-env needs --api-url")
+    if args.design == "wsd" and args.api_url:
+        raise UsageError("--design wsd trains its branches from shared trunks here; drop --api-url")
     run_demo(
         out=args.out,
         budgets=budgets,
@@ -54,5 +63,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         api_url=args.api_url,
         token_env=args.token_env,
+        design=args.design,
     )
     return 0
