@@ -114,3 +114,28 @@ def test_curves_from_ledger_records_rebuild_the_schedule():
     assert fit.final_loss(held_out.lr, warmup=held_out.warmup) == pytest.approx(held_out.loss[-1], rel=0.01)
     with pytest.raises(ValueError, match="no usable loss curve"):
         LossCurve.from_record({"experiment_id": "mock-1", "final_loss": 3.0})
+
+
+def _branch_record(law: AnnealingFit, steps: int, start: int, warm: int, tps: int = 64) -> dict:
+    """A ledger record of a WSD branch whose losses follow ``law`` exactly (evaluated every 25 steps)."""
+    config = {"schedule": "wsd", "warmup_steps": warm, "decay_steps": steps - start, "min_lr_ratio": 0.1}
+    lr = [lr_multiplier(s, steps, **config) for s in range(steps)]
+    loss = law.loss_along(lr, warmup=warm)
+    at = [*range(25, steps, 25), steps]
+    return {
+        "experiment_id": f"b{steps}", "trunk_id": "t1", "status": "completed", "steps": steps,
+        "num_tokens": steps * tps, "train_config": config, "final_loss": float(loss[-1]),
+        "curve": [[s * tps, float(loss[s - 1])] for s in at],
+    }  # fmt: skip
+
+
+def test_held_out_branch_endpoints_of_a_known_law_are_predicted():
+    from flops_fit.analysis.annealing import held_out_branches
+
+    law = AnnealingFit(L0=2.0, A=3.0, alpha=0.4, C=0.002, decay=0.999, rms=0.0, n_points=0, n_curves=0)
+    records = [_branch_record(law, s, s - max(1, round(0.2 * s)), warm=10) for s in (200, 400, 800, 1600)]
+    records.append({**records[0], "trunk_id": float("nan"), "experiment_id": "scratch"})  # not a branch
+    rows = held_out_branches(records)
+    assert [r["experiment_id"] for r in rows] == ["b400", "b800"]  # fitted on the shortest and longest
+    assert all(abs(r["rel_error"]) < 1e-3 for r in rows), rows
+    assert held_out_branches(records[:2]) == []  # two branches: nothing held out

@@ -4,6 +4,7 @@ anywhere, are recorded one per endpoint, and fail with their trunk's reason."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from flops_fit import SweepPlanner
 from flops_fit.core.ledger import read_records
 from flops_fit.core.outcome import TrainOutcome
 from flops_fit.plan.spec import ModelSpec
+from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig, TrainingRunner
 
 VOCAB, SEQ, BATCH = 11, 16, 8
@@ -93,6 +95,13 @@ def test_branches_start_from_their_trunk_and_the_folder_is_tidied(tmp_path) -> N
         assert r["train_config"]["decay_steps"] == e.num_steps - e.branch_step
         assert r["curve"][0][0] < e.branch_step * e.tokens_per_step  # the trunk's evaluations are in it
     assert not list((tmp_path / "checkpoints").glob("*.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # three budgets of a tiny model: fragile fits, warned
+        summary = Result.from_runs(_runs, plan=plan, bootstrap=0).summary()
+    assert (
+        f"WSD design: {len(plan)} cooldown branches of {len(plan.trunks)} constant-learning-rate trunks"
+        in summary
+    )
 
 
 def test_crash_in_a_trunk_or_a_branch_resumes_to_the_same_losses(tmp_path, monkeypatch) -> None:

@@ -190,3 +190,45 @@ def _rates(lr: ArrayLike, what: str) -> np.ndarray:
             f"{what} must be a non-empty sequence of non-negative finite learning-rate multipliers"
         )
     return eta
+
+
+def held_out_branches(
+    records: Sequence[Mapping[str, Any]], *, decay: float = DEFAULT_DECAY
+) -> list[dict[str, Any]]:
+    """How well the law predicts a WSD sweep's branch endpoints it was not fitted on.
+
+    Per trunk with at least three completed branches (ledger records with ``trunk_id``), the law is fitted
+    on two of them: the longest (its curve holds the trunk's evaluations up to its branch point, then its
+    cooldown) and the shortest; each other branch's final loss is then predicted from its own schedule.
+    One row per predicted branch: ``trunk_id``, ``experiment_id``, ``num_tokens``, ``measured``,
+    ``predicted`` and ``rel_error`` (predicted / measured - 1), plus the fit's relative RMS ``fit_rms``.
+    """
+    by_trunk: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        done = r.get("status", "completed") == "completed" and isinstance(r.get("curve"), list)
+        if isinstance(r.get("trunk_id"), str) and done:
+            by_trunk.setdefault(str(r["trunk_id"]), []).append(r)
+    rows = []
+    for tid, branches in by_trunk.items():
+        if len(branches) < 3:
+            continue
+        branches = sorted(branches, key=lambda r: int(r["steps"]))
+        fit = fit_annealing(
+            [LossCurve.from_record(branches[-1]), LossCurve.from_record(branches[0])], decay=decay
+        )
+        for r in branches[1:-1]:
+            curve = LossCurve.from_record(r)
+            predicted = fit.final_loss(curve.lr, warmup=curve.warmup)
+            measured = float(r["final_loss"])
+            rows.append(
+                {
+                    "trunk_id": tid,
+                    "experiment_id": r["experiment_id"],
+                    "num_tokens": int(r["num_tokens"]),
+                    "measured": measured,
+                    "predicted": predicted,
+                    "rel_error": predicted / measured - 1.0,
+                    "fit_rms": fit.rms,
+                }
+            )
+    return rows

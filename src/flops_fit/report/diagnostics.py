@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from flops_fit.analysis.annealing import held_out_branches
 from flops_fit.analysis.approaches import APPROACH_LABELS, Fit, label
 from flops_fit.analysis.isoflop import MIN_POINTS_PER_BUDGET, IsoFLOPFit, describe_flagged
 from flops_fit.analysis.layout import DESIGN_LABELS
@@ -242,3 +243,29 @@ def excluded_runs(usable: pd.DataFrame, fits: Mapping[str, Fit]) -> pd.DataFrame
         for i, e in sorted(hits.items())
     ]
     return pd.DataFrame(rows, columns=cols)
+
+
+def wsd_lines(plan: Any, runs: pd.DataFrame) -> list[str]:
+    """What a WSD sweep (a plan with trunks) trained against the same runs from scratch, and how well the
+    annealing law (Tissue et al. 2024) fitted on two branches of each trunk predicts its other branches'
+    final losses; nothing for other designs."""
+    if plan is None or not getattr(plan, "trunks", ()):
+        return []
+    lines = [
+        f"WSD design: {len(plan)} cooldown branches of {len(plan.trunks)} constant-learning-rate trunks, "
+        f"{plan.total_flops:.3g} FLOPs trained ({plan.total_flops / plan.equivalent_flops:.0%} of the "
+        f"{plan.equivalent_flops:.3g} the same runs cost from scratch)"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            held = held_out_branches(runs.to_dict("records"))
+        except ValueError:  # a record without a usable curve (e.g. a mock sweep's)
+            held = []
+    if held:
+        err = np.abs([r["rel_error"] for r in held])
+        lines.append(
+            f"  annealing law on each trunk's longest and shortest branch predicts its {len(held)} other branch "
+            f"endpoint(s) within {err.mean():.2%} on average (largest {err.max():.2%})"
+        )
+    return lines

@@ -628,6 +628,7 @@ class Result:
             f"flops-fit result: {len(runs)} runs ({done}) at {len(b)} compute budget(s), "
             f"{b[0]:.3g} to {b[-1]:.3g} FLOPs",
             f"Design: {self.layout.describe()}",
+            *diagnostics.wsd_lines(self.plan, runs),
             f"Primary approach: {label(self.primary)}. Intervals: 95%, "
             + (f"{boot} bootstrap resamples" if boot else "regression-based where available (no bootstrap)"),
             f"  chosen {_backtest.RULE_WORDS.get(self.selection.rule, '')}: {self.selection.reason}",
