@@ -166,7 +166,7 @@ def test_plan_command_and_ff_plan_config_take_the_design(tmp_path, capsys) -> No
     assert plan.trunks and plan.config["design"]["cooldown"] == 0.1
     assert "this design needs" in capsys.readouterr().out
     assert main([*args, "--cooldown", "0.1", "--out", str(tmp_path / "bad")]) == 2
-    assert "--cooldown is read only by --design wsd" in capsys.readouterr().err
+    assert "--cooldown: only with --design wsd" in capsys.readouterr().err
     config = default_config(
         "planner",
         {
@@ -178,3 +178,26 @@ def test_plan_command_and_ff_plan_config_take_the_design(tmp_path, capsys) -> No
     )
     run_plan(config)
     assert SweepPlan.load(tmp_path / "ff" / "sweep.json").trunks
+
+
+def test_validation_runs_retrain_the_branch_nearest_the_optimum_of_the_largest_budgets() -> None:
+    plan = _plan(design={"kind": "wsd", "validate": 2})
+    checks = [e for e in plan if e.validates is not None]
+    centres = dict(plan.expected_optimum)
+    assert sorted(e.compute_budget for e in checks) == BUDGETS[-2:]
+    for e in checks:
+        branch = plan.get(e.validates)
+        assert e.trunk_id is None and branch.is_branch
+        assert (e.num_params, e.num_tokens, e.compute_budget) == (
+            branch.num_params,
+            branch.num_tokens,
+            branch.compute_budget,
+        )
+        slice_ = [b for b in plan if b.is_branch and b.compute_budget == e.compute_budget]
+        assert branch == min(slice_, key=lambda b: abs(math.log(b.num_params / centres[e.compute_budget])))
+    assert plan.config["design"]["validate"] == 2
+    assert SweepPlan.from_dict(json.loads(json.dumps(plan.to_dict()))).experiments == plan.experiments
+    with pytest.raises(ValueError, match="more validation runs than the 4 budgets"):
+        _plan(design={"kind": "wsd", "validate": 5})
+    with pytest.raises(ValueError, match="not a branch of this plan"):
+        SweepPlan(experiments=checks, flops=plan.flops, param_count=plan.param_count)

@@ -60,18 +60,25 @@ CFG = TrainConfig(
 )
 
 
-def wsd_plan():
+def wsd_plan(validate: int = 0):
     spec = ModelSpec(TinyLM, "width", size_values=[4, 6, 8, 12, 16, 24, 32, 48])
+    design = {"kind": "wsd", "validate": validate} if validate else "wsd"
     planner = SweepPlanner.from_budgets(
-        [3e6, 6e6, 1.2e7], 3, model=spec, batch_size=BATCH, tokens_per_sample=SEQ, size_span=2.0, design="wsd"
+        [3e6, 6e6, 1.2e7],
+        3,
+        model=spec,
+        batch_size=BATCH,
+        tokens_per_sample=SEQ,
+        size_span=2.0,
+        design=design,
     )
     with pytest.warns(UserWarning):  # few optimiser steps: a test, not a study
         return planner.plan()
 
 
-def run(out, **kw):
+def run(out, plan=None, **kw):
     runner = TrainingRunner(
-        "local", plan=wsd_plan(), output_dir=out, dataset=CountingLM(), loss_fn=lm_loss, train_config=CFG,
+        "local", plan=plan or wsd_plan(), output_dir=out, dataset=CountingLM(), loss_fn=lm_loss, train_config=CFG,
         device="cpu", progress=False, **kw,
     )  # fmt: skip
     return runner, runner.run_sweep()
@@ -180,3 +187,22 @@ def test_mock_wsd_sweep_fits(tmp_path) -> None:
         )  # fmt: skip
     assert result.plan.trunks and result.plan.total_flops < result.plan.equivalent_flops
     assert math.isfinite(result.predict(1e11)["optimal_params"])
+
+
+def test_validation_runs_train_from_scratch_are_not_fitted_and_are_reported(tmp_path) -> None:
+    plan = wsd_plan(validate=1)
+    (check,) = [e for e in plan if e.validates is not None]
+    assert check.trunk_id is None and plan.get(check.validates).num_params == check.num_params
+    _, runs = run(tmp_path, plan=plan)
+    records = {r["experiment_id"]: r for r in read_records(tmp_path / "results.jsonl")}
+    mine = records[check.experiment_id]
+    assert mine["validates"] == check.validates and mine["resumed_from_step"] is None
+    assert mine["train_config"]["schedule"] == "cosine"  # the train_config's own schedule, from scratch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = Result.from_runs(runs, plan=plan, bootstrap=0)
+    assert check.experiment_id not in set(result.usable_runs["experiment_id"])
+    assert len(result.usable_runs) == len(plan) - 1
+    (line,) = [x for x in result.summary().splitlines() if "validation at C" in x]
+    assert f"{mine['final_loss']:.4f} vs branch {records[check.validates]['final_loss']:.4f}" in line
+    assert "IsoFLOP minimum moves" in line

@@ -66,13 +66,14 @@ def _json_object(text: str | None, option: str) -> dict[str, Any]:
     return value
 
 
-def _design(args: argparse.Namespace) -> Any:
-    """The ``sweep.design`` of ``--design`` and ``--cooldown``."""
-    if args.cooldown is None:
+def design_option(args: argparse.Namespace) -> Any:
+    """The design of ``--design``, ``--cooldown`` and ``--validate`` (a name, or a WSD mapping)."""
+    given = {k: v for k, v in (("cooldown", args.cooldown), ("validate", args.validate)) if v is not None}
+    if not given:
         return args.design
     if args.design != "wsd":
-        raise UsageError("--cooldown is read only by --design wsd (the cooldown of each branch)")
-    return {"kind": "wsd", "cooldown": args.cooldown}
+        raise UsageError(f"--{' and --'.join(given)}: only with --design wsd (options of the WSD design)")
+    return {"kind": "wsd", **given}
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -100,7 +101,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     overrides.update(
         {
             "sweep.num_model_sizes": args.sizes,
-            "sweep.design": _design(args),
+            "sweep.design": design_option(args),
             "sweep.batch_size": args.batch_size,
             "sweep.tokens_per_sample": args.tokens_per_sample,
             "sweep.flops": args.flops,
@@ -482,8 +483,8 @@ def _sub_parser_factory(sub: Any) -> Callable[[str, str, str], argparse.Argument
     return sub_parser
 
 
-def _add_design_options(parser: argparse.ArgumentParser) -> None:
-    """``--design`` and ``--cooldown`` (plan and demo)."""
+def add_design_options(parser: argparse.ArgumentParser) -> None:
+    """``--design``, ``--cooldown`` and ``--validate`` (plan and demo)."""
     parser.add_argument(
         "--design",
         choices=("isoflop", "wsd"),
@@ -495,6 +496,11 @@ def _add_design_options(parser: argparse.ArgumentParser) -> None:
         "--cooldown",
         type=float,
         help="--design wsd: fraction of a branch's steps in its cooldown (default 0.2)",
+    )
+    parser.add_argument(
+        "--validate",
+        type=int,
+        help="--design wsd: also train K runs from scratch at branches' (N, D) and report the difference",
     )
 
 
@@ -515,7 +521,7 @@ def _add_plan_parser(sub_parser: Callable[[str, str, str], argparse.ArgumentPars
     plan.add_argument("--num-budgets", type=int, default=3, help="budgets log-spaced from min to max")
     plan.add_argument("--budgets", help="explicit FLOP budgets, comma separated (overrides the range)")
     plan.add_argument("--sizes", type=int, default=7, help="model sizes per budget (>= 3)")
-    _add_design_options(plan)
+    add_design_options(plan)
     plan.add_argument("--flops", default="6nd", help="FLOP convention: 6nd, chinchilla or measured")
     plan.add_argument("--batch-size", type=int, default=32, help="samples per optimiser step")
     plan.add_argument(

@@ -48,10 +48,12 @@ _EXPERIMENT_FIELD_RULES: dict[str, Constraint] = {
     "flops": Instance(str),
     "seed": NON_NEGATIVE_INT,
 }
-#: Optional fields of a run that branches off a shared trunk (WSD design); absent from plan files otherwise.
+#: Optional fields of a WSD sweep's runs (a branch's trunk and branch point, a validation run's branch); absent
+#: from plan files where unset.
 _BRANCH_FIELD_RULES: dict[str, Constraint] = {
     "trunk_id": Nullable(Instance(str)),
     "branch_step": Nullable(POSITIVE_INT),
+    "validates": Nullable(Instance(str)),
 }
 
 
@@ -131,6 +133,11 @@ class Experiment:
     model's size argument, None in parameter space) for ``num_tokens`` tokens = ``num_steps`` optimiser
     steps of ``batch_size`` samples x ``tokens_per_sample`` tokens, at ``learning_rate`` (None: the
     runner's default). ``epochs`` is num_tokens / dataset tokens (None when the dataset size is unknown).
+
+    A cooldown branch of the WSD design (:class:`~flops_fit.core.trunk.Trunk`) also names its trunk
+    (``trunk_id``) and the optimiser step it leaves the trunk at (``branch_step``, where its cooldown
+    begins); a run trained from scratch has None for both. A WSD sweep's validation run names the branch it
+    retrains from scratch at the same (N, D) (``validates``); it is compared with it, never fitted.
     """
 
     experiment_id: str
@@ -148,6 +155,7 @@ class Experiment:
     seed: int
     trunk_id: str | None = None
     branch_step: int | None = None
+    validates: str | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -175,10 +183,10 @@ class Experiment:
         return self.trunk_id is not None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; the branch fields only for a branch (so plan files of other designs keep their form)."""
+        """Every field; the optional WSD fields only where set (so plan files of other designs keep their form)."""
         out = asdict(self)
-        if not self.is_branch:
-            for name in _BRANCH_FIELD_RULES:
+        for name in _BRANCH_FIELD_RULES:
+            if out[name] is None:
                 del out[name]
         return out
 
@@ -205,11 +213,13 @@ class Experiment:
                 check(f"experiment {eid}: field {name!r}", d.get(name), rule)
             except (TypeError, ValueError, OverflowError) as exc:  # a bad record in a file: a ValueError
                 raise ValueError(str(exc)) from None
+        for key in ("trunk_id", "validates"):
+            ref = d.get(key)
+            if ref is not None and not SAFE_EXPERIMENT_ID.fullmatch(ref):
+                raise ValueError(
+                    f"experiment {eid}: {key} {ref!r} is not a safe file name (ids name checkpoints)"
+                )
         trunk = d.get("trunk_id")
-        if trunk is not None and not SAFE_EXPERIMENT_ID.fullmatch(trunk):
-            raise ValueError(
-                f"experiment {eid}: trunk_id {trunk!r} is not a safe file name (it names checkpoints)"
-            )
         if (trunk is None) != (d.get("branch_step") is None):
             raise ValueError(f"experiment {eid}: a branch needs both trunk_id and branch_step, or neither")
         if d.get("branch_step") is not None and d["branch_step"] >= d["num_steps"]:

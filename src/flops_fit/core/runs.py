@@ -259,9 +259,14 @@ def completed(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def usable_mask(df: pd.DataFrame) -> np.ndarray:
-    """Completed runs whose C, N, D and loss are positive and finite: what fits and log plots can use."""
+    """Completed runs whose C, N, D and loss are positive and finite: what fits and log plots can use. A
+    WSD sweep's validation runs (``validates``: the branch they retrain from scratch) repeat a point of
+    the sweep and are compared with it, never fitted."""
     vals = df[["compute_budget", "num_params", "num_tokens", "final_loss"]].to_numpy(float)
-    return (df["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
+    ok = (df["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
+    if "validates" in df:
+        ok &= ~df["validates"].map(lambda v: isinstance(v, str)).to_numpy(bool)
+    return ok
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from flops_fit.app.cli import add_design_options, design_option
 from flops_fit.app.console import PROGRESS_LOGGING, UsageError, floats
 
 
@@ -26,12 +27,7 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     )
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
-    demo.add_argument(
-        "--design",
-        choices=("isoflop", "wsd"),
-        default="isoflop",
-        help="wsd: one constant-learning-rate trunk per size, a cooldown branch per run (fewer FLOPs)",
-    )
+    add_design_options(demo)
     demo.add_argument(
         "--api-url", dest="api_url", help="train through a service (flops-fit serve --demo) at this URL"
     )
@@ -52,6 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError("--api-url trains on the service: drop --mock and --executor")
     if args.token_env and not args.api_url:
         raise UsageError("--token-env needs --api-url")
+    design = design_option(args)
     if args.design == "wsd" and args.api_url:
         raise UsageError("--design wsd trains its branches from shared trunks here; drop --api-url")
     run_demo(
@@ -63,6 +60,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         api_url=args.api_url,
         token_env=args.token_env,
-        design=args.design,
+        design=design,
     )
     return 0

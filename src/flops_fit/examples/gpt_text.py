@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +139,12 @@ def run_demo(
     num_model_sizes: int = NUM_MODEL_SIZES,
     api_url: str | None = None,
     token_env: str | None = None,
-    design: str = "isoflop",
+    design: str | Mapping[str, Any] = "isoflop",
 ) -> Any:
     """Run (or resume) the sweep, fit the laws, write the plots and report into ``out``; return the Result.
 
-    ``design="wsd"`` trains the sweep as cooldown branches of one constant-learning-rate trunk per size.
+    ``design="wsd"`` (or ``{"kind": "wsd", "validate": 2, ...}``) trains the sweep as cooldown branches of
+    one constant-learning-rate trunk per size (:class:`~flops_fit.plan.wsd.WSDDesign`).
 
     ``api_url`` sends every experiment to a training service (``flops-fit serve --demo``, docs/api.md) with
     the token from the environment variable ``token_env`` (default ``FLOPS_FIT_API_TOKEN``).
@@ -172,13 +173,6 @@ def run_demo(
     logger.info("writing the HTML report (with its back-test) into %s ...", out)
     report = write_report(result, SweepDir(out).report)
     print(result.summary())
-    if result.plan is not None and result.plan.trunks:
-        plan = result.plan
-        print(
-            f"\nWSD design: {len(plan)} cooldown branches of {len(plan.trunks)} trunks trained for "
-            f"{plan.total_flops:.3g} FLOPs, {plan.total_flops / plan.equivalent_flops:.0%} of the "
-            f"{plan.equivalent_flops:.3g} the same runs cost from scratch"
-        )
     print(
         f"\nEverything is in {out.resolve()}: sweep.json, results.jsonl, scaling_laws.json, chinchilla_table.md,"
     )

@@ -99,7 +99,12 @@ class SweepPlan:
 
     def __post_init__(self) -> None:
         by_id = {t.trunk_id: t for t in self.trunks}
+        branches = {e.experiment_id for e in self.experiments if e.is_branch}
         for e in self.experiments:
+            if e.validates is not None and e.validates not in branches:
+                raise ValueError(
+                    f"experiment {e.experiment_id} validates {e.validates}, which is not a branch of this plan"
+                )
             if e.trunk_id is None:
                 continue
             trunk = by_id.get(e.trunk_id)
@@ -247,7 +252,7 @@ class SweepPlan:
         ]
         names = [f.name for f in fields(Experiment)]
         if not self.trunks:
-            names = [n for n in names if n not in ("trunk_id", "branch_step")]
+            names = [n for n in names if n not in ("trunk_id", "branch_step", "validates")]
         cols = [*names, "planned_flops", "tokens_per_param"]
         return pd.DataFrame(rows, columns=cols)
 

@@ -22,7 +22,7 @@ from flops_fit.core.experiment import Experiment
 from flops_fit.core.schedule import warmup_steps
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.core.trunk import DECAY_SHAPES, Trunk, cooldown_steps, trunk_id
-from flops_fit.core.validate import Options, Real, check
+from flops_fit.core.validate import NON_NEGATIVE_INT, Options, Real, check
 from flops_fit.plan.design import DesignContext, DesignedSweep, ExperimentFactory, IsoFLOPDesign
 from flops_fit.plan.search import Size
 
@@ -44,15 +44,22 @@ class WSDDesign(IsoFLOPDesign):
     a size's runs share one constant-learning-rate trunk, and each run is a branch whose last
     ``cooldown`` fraction of steps decays the learning rate (``decay_shape`` "linear" or "1-sqrt") to
     ``min_lr_ratio`` of its peak. Warm-up: the train_config's ``warmup_frac`` of the trunk's shortest run.
+
+    ``validate=K`` also trains K runs from scratch with the train_config's own schedule (e.g. cosine) at the
+    (N, D) of a branch: at each of the K largest budgets, the branch nearest the expected optimum. They are
+    not fitted; the result reports each one's loss against its branch's and how far Approach 2's minimum of
+    that budget moves when it replaces the branch.
     """
 
     cooldown: float = DEFAULT_COOLDOWN
     decay_shape: str = "linear"
+    validate: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "cooldown", check("cooldown", self.cooldown, _COOLDOWN))
         check("decay_shape", self.decay_shape, Options(DECAY_SHAPES))
+        check("validate", self.validate, NON_NEGATIVE_INT)
 
     def targets(self, centre: float) -> np.ndarray:
         """Target sizes (parameters): ``num_model_sizes`` consecutive points of the shared grid, starting
@@ -64,7 +71,8 @@ class WSDDesign(IsoFLOPDesign):
 
     def config(self) -> dict[str, Any]:
         """The design as plain JSON (``SweepPlanner`` records it; :func:`design_from_config` reads it)."""
-        return {"kind": "wsd", "cooldown": self.cooldown, "decay_shape": self.decay_shape}
+        out = {"kind": "wsd", "cooldown": self.cooldown, "decay_shape": self.decay_shape}
+        return {**out, "validate": self.validate} if self.validate else out
 
     def experiments(self, context: DesignContext) -> DesignedSweep:
         """The IsoFLOP runs on the shared grid, turned into branches of one trunk per size."""
@@ -80,7 +88,25 @@ class WSDDesign(IsoFLOPDesign):
             trunks.append(trunk)
             branches.update(made)
         out = tuple(branches[e.experiment_id] for e in grid.experiments)
-        return DesignedSweep(out, grid.expected_optimum, tuple(trunks))
+        checks = self._validation_runs(grid, branches)
+        return DesignedSweep(out + checks, grid.expected_optimum, tuple(trunks))
+
+    def _validation_runs(
+        self, grid: DesignedSweep, branches: Mapping[str, Experiment]
+    ) -> tuple[Experiment, ...]:
+        """The IsoFLOP run (from scratch) of the branch nearest N* at each of the ``validate`` largest budgets."""
+        centres = sorted(grid.expected_optimum, reverse=True)
+        if self.validate > len(centres):
+            raise ValueError(
+                f"validate={self.validate} asks for more validation runs than the {len(centres)} budgets "
+                "(one per budget, from the largest down)"
+            )
+        out = []
+        for budget, centre in centres[: self.validate]:
+            runs = [e for e in grid.experiments if e.compute_budget == budget]
+            run = min(runs, key=lambda e: abs(math.log(e.num_params / centre)))
+            out.append(dataclasses.replace(run, validates=branches[run.experiment_id].experiment_id))
+        return tuple(out)
 
     def _trunk(
         self, runs: list[Experiment], make: ExperimentFactory, warmup_frac: float
@@ -136,16 +162,16 @@ def _check_train_config(train_config: Mapping[str, Any], decay_shape: str) -> No
 
 def design_from_config(value: Any, num_model_sizes: Any, size_span: Any) -> IsoFLOPDesign:
     """A design named in a configuration: None or ``"isoflop"`` (the IsoFLOP grid), ``"wsd"``, or a mapping
-    ``{"kind": "wsd", "cooldown": ..., "decay_shape": ...}``; sizes and span from the planner's keys."""
+    ``{"kind": "wsd", "cooldown": ..., "decay_shape": ..., "validate": ...}``; sizes and span from the planner's keys."""
     if value is None or value == "isoflop":
         return IsoFLOPDesign(num_model_sizes, size_span)
     if value == "wsd":
         value = {"kind": "wsd"}
     if isinstance(value, Mapping) and value.get("kind") == "wsd":
-        unknown = sorted(set(value) - {"kind", "cooldown", "decay_shape"})
+        unknown = sorted(set(value) - {"kind", "cooldown", "decay_shape", "validate"})
         if unknown:
             raise ValueError(
-                f"design has unknown key(s) {unknown}; the WSD design takes cooldown and decay_shape"
+                f"design has unknown key(s) {unknown}; the WSD design takes cooldown, decay_shape and validate"
             )
         options = {k: v for k, v in value.items() if k != "kind"}
         return WSDDesign(num_model_sizes, size_span, **options)

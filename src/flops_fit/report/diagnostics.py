@@ -17,7 +17,7 @@ import pandas as pd
 
 from flops_fit.analysis.annealing import held_out_branches
 from flops_fit.analysis.approaches import APPROACH_LABELS, Fit, label
-from flops_fit.analysis.isoflop import MIN_POINTS_PER_BUDGET, IsoFLOPFit, describe_flagged
+from flops_fit.analysis.isoflop import MIN_POINTS_PER_BUDGET, IsoFLOPFit, describe_flagged, fit_profile
 from flops_fit.analysis.layout import DESIGN_LABELS
 from flops_fit.analysis.parametric import ParametricFit
 from flops_fit.core.runs import FLOPS_PER_PARAM_TOKEN
@@ -262,6 +262,7 @@ def wsd_lines(plan: Any, runs: pd.DataFrame) -> list[str]:
             held = held_out_branches(runs.to_dict("records"))
         except ValueError:  # a record without a usable curve (e.g. a mock sweep's)
             held = []
+    lines += validation_lines(runs)
     if held:
         err = np.abs([r["rel_error"] for r in held])
         lines.append(
@@ -269,3 +270,34 @@ def wsd_lines(plan: Any, runs: pd.DataFrame) -> list[str]:
             f"endpoint(s) within {err.mean():.2%} on average (largest {err.max():.2%})"
         )
     return lines
+
+
+def validation_lines(runs: pd.DataFrame) -> list[str]:
+    """Per validation run of a WSD sweep (``validates`` a branch): its loss trained from scratch against the
+    branch's, and how far the budget's IsoFLOP minimum moves when it replaces the branch."""
+    if "validates" not in runs:
+        return []
+    done = runs[runs["status"] == "completed"]
+    by_id = done.set_index("experiment_id")
+    out = []
+    for v in done[done["validates"].map(lambda x: isinstance(x, str))].itertuples(index=False):
+        if v.validates not in by_id.index:
+            continue
+        branch = by_id.loc[v.validates]
+        slice_ = done[
+            (done["compute_budget"] == v.compute_budget) & done["trunk_id"].map(lambda x: isinstance(x, str))
+        ]
+        n, loss = slice_["num_params"].to_numpy(float), slice_["final_loss"].to_numpy(float)
+        swapped = np.where(slice_["experiment_id"].to_numpy() == v.validates, v.final_loss, loss)
+        moved = ""
+        if len(n) >= MIN_POINTS_PER_BUDGET:
+            a, b = fit_profile(n, loss), fit_profile(n, swapped)
+            moved = (
+                f"; the budget's IsoFLOP minimum moves {b.optimal_params / a.optimal_params - 1:+.1%} with it"
+            )
+        out.append(
+            f"  validation at C = {v.compute_budget:.3g}, N = {v.num_params:.3g}: trained from scratch "
+            f"{v.final_loss:.4f} vs branch {float(branch['final_loss']):.4f} "
+            f"({float(branch['final_loss']) / v.final_loss - 1:+.2%}){moved}"
+        )
+    return out

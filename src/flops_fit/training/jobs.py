@@ -169,6 +169,7 @@ class _JobBase:
             "flops_convention": e.flops,
             "seed": e.seed,
             **({"trunk_id": e.trunk_id, "branch_step": e.branch_step} if e.is_branch else {}),
+            **({"validates": e.validates} if e.validates is not None else {}),
             "mode": self.mode,
         }
 
