@@ -201,3 +201,10 @@ def test_validation_runs_retrain_the_branch_nearest_the_optimum_of_the_largest_b
         _plan(design={"kind": "wsd", "validate": 5})
     with pytest.raises(ValueError, match="not a branch of this plan"):
         SweepPlan(experiments=checks, flops=plan.flops, param_count=plan.param_count)
+
+
+def test_cost_estimate_counts_what_the_design_trains() -> None:
+    plan = _plan()
+    cost = plan.estimate_cost(flops_per_second=1e12)
+    assert math.isclose(cost.total_flops, plan.total_flops) and cost.total_flops < plan.equivalent_flops
+    assert math.isclose(cost.total_seconds, plan.total_flops / 1e12)

@@ -12,7 +12,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,8 +86,8 @@ class CostEstimate:
         return f"{head}, {where} (calibrated over {steps} steps each; {pts})"
 
 
-def _cost_frame(experiments: Sequence[Experiment]) -> pd.DataFrame:
-    """One row per experiment with its planned FLOPs."""
+def _cost_frame(experiments: Sequence[Experiment], flops: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per experiment with the FLOPs it costs to train (``flops`` by id; default its planned FLOPs)."""
     return pd.DataFrame(
         {
             "experiment_id": [e.experiment_id for e in experiments],
@@ -96,7 +96,7 @@ def _cost_frame(experiments: Sequence[Experiment]) -> pd.DataFrame:
             "num_params": [e.num_params for e in experiments],
             "num_tokens": [e.num_tokens for e in experiments],
             "num_steps": [e.num_steps for e in experiments],
-            "flops": [e.planned_flops for e in experiments],
+            "flops": [e.planned_flops if flops is None else flops[e.experiment_id] for e in experiments],
         }
     )
 
@@ -111,13 +111,15 @@ def estimate_cost(
     flops_per_second: float | None = None,
     steps: int = 3,
     warmup: int = 1,
+    flops: Mapping[str, float] | None = None,
 ) -> CostEstimate:
-    """Total and per-experiment FLOPs of a plan's ``experiments``, and wall time when it can be known by
-    training a few steps of its ``model`` (see :meth:`flops_fit.plan.sweep.SweepPlan.estimate_cost`)."""
+    """Total and per-experiment FLOPs of a plan's ``experiments`` (``flops``: what each costs to train, by id,
+    e.g. a WSD branch's share; default its planned FLOPs), and wall time when it can be known by training a
+    few steps of its ``model`` (see :meth:`flops_fit.plan.sweep.SweepPlan.estimate_cost`)."""
     check("steps", steps, POSITIVE_INT)
     check("warmup", warmup, NON_NEGATIVE_INT)
     check("flops_per_second", flops_per_second, Nullable(POSITIVE))
-    frame = _cost_frame(experiments)
+    frame = _cost_frame(experiments, flops)
     total = float(math.fsum(frame["flops"]))
     if flops_per_second is not None:
         frame["seconds"] = frame["flops"] / float(flops_per_second)

@@ -319,6 +319,7 @@ class SweepPlan:
             flops_per_second=flops_per_second,
             steps=steps,
             warmup=warmup,
+            flops=self.training_flops,
         )
 
 
