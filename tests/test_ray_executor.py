@@ -665,7 +665,7 @@ def test_wsd_sweep_on_ray_matches_local_and_runs_each_trunk_in_order(tmp_path, c
 
     def runner(out, **kw):
         return TrainingRunner(
-            "local", plan=wsd_plan(), output_dir=out, dataset=WSDData(), loss_fn=wsd_loss,
+            "local", plan=wsd_plan(), output_dir=out, dataset=WSDData(2048), loss_fn=wsd_loss,
             train_config=WSD_CFG, device="cpu", progress=False, **kw,
         )  # fmt: skip
 

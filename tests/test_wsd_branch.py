@@ -9,7 +9,6 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -19,6 +18,9 @@ from flops_fit.training import Callback, load_checkpoint, train
 from flops_fit.training.branching import run_fingerprint
 from flops_fit.training.jobs import _result_settings
 from flops_fit.training.optim import build_optimizer
+from test_runner import CountingLM as _CountingLM
+from test_runner import TinyLM as _TinyLM
+from test_runner import lm_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
 
@@ -171,35 +173,12 @@ def test_checkpoint_fingerprints_keep_their_keys_at_the_defaults():
 # -------------------------------------------------------------------------------------------------- the loop
 
 
-class CountingLM(Dataset):
-    """Windows of a counting sequence modulo VOCAB: the next token is the current one plus one."""
-
-    def __init__(self, n: int = 512):
-        start = torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(0))
-        windows = (start[:, None] + torch.arange(SEQ + 1)) % VOCAB
-        self.x, self.y = windows[:, :-1], windows[:, 1:]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
+def CountingLM() -> Dataset:
+    return _CountingLM(512)
 
 
-class TinyLM(nn.Module):
-    """Dropout makes the result depend on the random streams, which a branch must take over from its trunk."""
-
-    def __init__(self, d: int = 16):
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, d)
-        self.body = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(0.2), nn.Linear(d, VOCAB))
-
-    def forward(self, x):
-        return self.body(self.emb(x))
-
-
-def lm_loss(logits, y):
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+def TinyLM() -> nn.Module:
+    return _TinyLM(16, dropout=0.2)
 
 
 BASE = {

@@ -7,10 +7,6 @@ import math
 import warnings
 
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import Dataset
 
 import flops_fit.training.trunks as trunks_mod
 from flops_fit import SweepPlanner
@@ -19,40 +15,10 @@ from flops_fit.core.outcome import TrainOutcome
 from flops_fit.plan.spec import ModelSpec
 from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig, TrainingRunner
+from test_runner import CountingLM, TinyLM, lm_loss
 
 VOCAB, SEQ, BATCH = 11, 16, 8
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest.py
-
-
-class CountingLM(Dataset):
-    """Windows of a counting sequence modulo VOCAB."""
-
-    def __init__(self, n: int = 2048):
-        start = torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(0))
-        windows = (start[:, None] + torch.arange(SEQ + 1)) % VOCAB
-        self.x, self.y = windows[:, :-1], windows[:, 1:]
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def __getitem__(self, i: int):
-        return self.x[i], self.y[i]
-
-
-class TinyLM(nn.Module):
-    def __init__(self, width: int = 16):
-        super().__init__()
-        self.emb = nn.Embedding(VOCAB, width)
-        self.body = nn.Sequential(
-            nn.Linear(width, width), nn.GELU(), nn.Dropout(0.1), nn.Linear(width, VOCAB)
-        )
-
-    def forward(self, x):
-        return self.body(self.emb(x))
-
-
-def lm_loss(logits, y):
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
 
 CFG = TrainConfig(
@@ -78,7 +44,7 @@ def wsd_plan(validate: int = 0):
 
 def run(out, plan=None, **kw):
     runner = TrainingRunner(
-        "local", plan=plan or wsd_plan(), output_dir=out, dataset=CountingLM(), loss_fn=lm_loss, train_config=CFG,
+        "local", plan=plan or wsd_plan(), output_dir=out, dataset=CountingLM(2048), loss_fn=lm_loss, train_config=CFG,
         device="cpu", progress=False, **kw,
     )  # fmt: skip
     return runner, runner.run_sweep()
