@@ -89,4 +89,6 @@ def test_mock_demo_with_the_wsd_design_says_what_it_saved(tmp_path):
     assert r.returncode == 0, r.stderr
     assert all(LOG_LINE.match(line) for line in r.stderr.splitlines()), r.stderr
     (line,) = [x for x in r.stdout.splitlines() if x.startswith("WSD design:")]
-    assert re.search(r"20 cooldown branches of \d+ constant-learning-rate trunks, \S+ FLOPs trained \(\d+% of", line), line
+    assert re.search(
+        r"20 cooldown branches of \d+ constant-learning-rate trunks, \S+ FLOPs trained \(\d+% of", line
+    ), line

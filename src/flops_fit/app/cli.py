@@ -217,6 +217,7 @@ def _executor_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "ray_address": args.ray_address,
         "resources": _resources(args.resources),
         "max_retries": args.max_retries,
+        "workers": args.workers,
         "checkpoint_dir": args.checkpoint_dir,
     }
 
@@ -630,10 +631,11 @@ def _add_local_training_args(train: argparse.ArgumentParser) -> None:
 
 
 def _add_ray_args(train: argparse.ArgumentParser) -> None:
-    """``flops-fit train``'s executor options (Ray)."""
+    """``flops-fit train``'s executor options (local worker processes, Ray)."""
     train.add_argument(
         "--executor", default="local", help="local (one after another here) or ray (a cluster)"
     )
+    add_workers_option(train)
     train.add_argument(
         "--ray-address",
         dest="ray_address",
@@ -649,6 +651,17 @@ def _add_ray_args(train: argparse.ArgumentParser) -> None:
         type=int,
         default=3,
         help="--executor ray: re-runs of an experiment whose worker died (it resumes from its checkpoint)",
+    )
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers K`` (train and demo)."""
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="--executor local: experiments at once, each in a process of its own (small models on CPU "
+        "cores; at most the number of cores; default 1)",
     )
 
 

@@ -36,7 +36,7 @@ from flops_fit.training.device import resolve_device
 from flops_fit.training.jobs import Job
 from flops_fit.training.kinds import MODES, job_for_mode
 from flops_fit.training.ray_executor import RayOptions
-from flops_fit.training.runner import EXECUTORS, check_executor, executor_settings
+from flops_fit.training.runner import EXECUTORS, check_executor, check_workers, executor_settings
 
 logger = logging.getLogger(__name__)
 #: Keywords of find_optimal that go on to ModelSpec, and (with these) to SweepPlanner.
@@ -119,6 +119,7 @@ def find_optimal(
     ray_address: str | None = None,
     resources: Mapping[str, float] | None = None,
     max_retries: int = 3,
+    workers: int = 1,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     api_url: str | None = None,
     token_env: str | None = None,
@@ -136,25 +137,24 @@ def find_optimal(
     where an approach has them).
     With ``train=False`` it returns the :class:`~flops_fit.plan.sweep.SweepPlan` to inspect (``summary()``;
     ``estimate_cost()``: FLOPs and a calibrated wall time). ``executor`` is ``"local"`` (experiments one after
-    another on this machine; multi-GPU through ``accelerate launch``/``torchrun``) or ``"ray"`` (each
-    experiment a Ray task on a cluster, ``pip install "flops-fit[ray]"``; see docs/cluster.md):
-    ``ray_address`` names the cluster (default ``RAY_ADDRESS``, else a local one), ``resources`` what each
-    experiment asks for in Ray resource names (default one GPU where the cluster has GPUs, else one CPU)
-    and ``max_retries`` how often an experiment whose worker died is re-run (it resumes from its checkpoint
-    in ``checkpoint_dir``, default ``output_dir/checkpoints``, which must be storage all nodes share on a
-    multi-node cluster); ``executor=RayOptions(address=..., resources=..., max_retries=...)`` says the same.
-    Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit uses this plan's
-    runs only: runs of an earlier plan in the same folder stay in its ledger but are left out (warned).
+    another here, or ``workers=k`` at once in processes of their own, for small models on CPU cores; multi-GPU
+    through ``accelerate launch``/``torchrun``) or ``"ray"`` (each experiment a Ray task,
+    ``pip install "flops-fit[ray]"``; docs/cluster.md): ``ray_address`` names the cluster (default
+    ``RAY_ADDRESS``, else a local one), ``resources`` what each experiment asks for in Ray resource names
+    (default one GPU where the cluster has GPUs, else one CPU), ``max_retries`` how often an experiment whose
+    worker died is re-run (it resumes from its checkpoint in ``checkpoint_dir``, default
+    ``output_dir/checkpoints``: storage all nodes share on a multi-node cluster); ``executor=RayOptions(...)``
+    says the same. Outputs go to ``output_dir`` (default ``./flops_fit_out``); re-running resumes. The fit
+    uses this plan's runs only: an earlier plan's runs in the same folder stay in its ledger, left out (warned).
     Extra keywords (``size_span``, ``lr_rule``, ``size_values``, ``design="wsd"``: :mod:`flops_fit.plan.wsd`)
     go to the planner / model spec (``model_size_param``: the deprecated old name of ``size_param``).
     """
-
     request = _checked_request(
         compute_budgets, mode, seed, train, (approach, bootstrap), train_config, output_dir, resume,
         _Training(
             mode, dataset, eval_dataset, loss_fn, train_fn, seed, device, tuple(callbacks), api_url, token_env
         ),
-        _Execution(*executor_settings(executor, ray_address, resources, max_retries), checkpoint_dir),
+        _Execution(*executor_settings(executor, ray_address, resources, max_retries), checkpoint_dir, workers),
         planner_kwargs,
     )  # fmt: skip
     size_param = _size_param(size_param, model_size_param)
@@ -212,6 +212,7 @@ class _Execution:
     resources: Mapping[str, float] | None
     max_retries: int
     checkpoint_dir: str | os.PathLike[str] | None
+    workers: int = 1  # local: experiments at once, each in a worker process
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def _checked_request(
     ex = execution
     _check_choice("executor", ex.executor, EXECUTORS)
     check_executor(ex.executor, ex.ray_address, ex.resources, ex.max_retries, training.device)
+    check_workers(ex.workers, ex.executor, mode)
     _check_data(training, train)
     if ex.executor == "local" and mode == "local" and train:
         resolve_device(training.device)  # a Ray sweep resolves it on its workers; planning and mock need none
@@ -448,6 +450,7 @@ def _train(request: _Request, plan: SweepPlan) -> Any:
         ray_address=ex.ray_address,
         resources=ex.resources,
         max_retries=ex.max_retries,
+        workers=ex.workers,
         checkpoint_dir=ex.checkpoint_dir,
     )
     return plan.select_runs(runner.run_sweep(), request.out.results)

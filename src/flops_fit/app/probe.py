@@ -43,14 +43,18 @@ class Sample:
 
     def sample_fn(self) -> Callable[[int], Any] | None:
         """``sample_fn(batch_size)`` repeating this item (for measured FLOPs), or None for a loader's batch."""
-        if self.batched:
-            return None
-        item = self.item
+        return None if self.batched else RepeatedItem(self.item)
 
-        def sample_fn(batch_size: int) -> Any:
-            return torch.utils.data.default_collate([item] * batch_size)
 
-        return sample_fn
+@dataclass(frozen=True, eq=False)
+class RepeatedItem:
+    """``sample_fn(batch_size)``: a batch of one dataset item repeated; a module-level class, so a model spec
+    holding it can be pickled to worker processes (``workers=k``)."""
+
+    item: Any
+
+    def __call__(self, batch_size: int) -> Any:
+        return torch.utils.data.default_collate([self.item] * batch_size)
 
 
 def first_item(dataset: Any) -> tuple[Any, bool]:

@@ -228,6 +228,7 @@ def run_train(data: Mapping[str, Any]) -> Any:
             "ray_address",
             "resources",
             "max_retries",
+            "workers",
             "checkpoint_dir",
             "api_url",
             "token_env",

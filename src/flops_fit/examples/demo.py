@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from flops_fit.app.cli import add_design_options, design_option
+from flops_fit.app.cli import add_design_options, add_workers_option, design_option
 from flops_fit.app.console import PROGRESS_LOGGING, UsageError, floats
 
 
@@ -17,6 +17,7 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
         "run the main job: a real GPT sweep on the bundled text, fitted and reported",
         "  flops-fit demo\n  flops-fit demo --out runs/demo --budgets 1e11,2e11,4e11\n  flops-fit demo --mock\n"
         "  flops-fit demo --design wsd   # cooldown branches of shared trunks\n"
+        "  flops-fit demo --workers 2    # two experiments at once, one per CPU core\n"
         "  flops-fit demo --api-url http://127.0.0.1:8765   # through `flops-fit serve --port 8765 --demo`",
     )
     demo.add_argument("--out", default="flops_fit_demo", help="output directory (re-running resumes)")
@@ -25,6 +26,7 @@ def register(sub_parser: Callable[[str, str, str], argparse.ArgumentParser]) -> 
     demo.add_argument(
         "--ray-address", dest="ray_address", help="--executor ray: the cluster (default: RAY_ADDRESS)"
     )
+    add_workers_option(demo)
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     demo.add_argument("--mock", action="store_true", help="synthetic losses instead of training (seconds)")
     add_design_options(demo)
@@ -58,6 +60,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         executor=args.executor,
         ray_address=args.ray_address,
+        workers=args.workers,
         api_url=args.api_url,
         token_env=args.token_env,
         design=design,

@@ -137,6 +137,7 @@ def run_demo(
     executor: str = "local",
     ray_address: str | None = None,
     num_model_sizes: int = NUM_MODEL_SIZES,
+    workers: int = 1,
     api_url: str | None = None,
     token_env: str | None = None,
     design: str | Mapping[str, Any] = "isoflop",
@@ -150,7 +151,8 @@ def run_demo(
     the token from the environment variable ``token_env`` (default ``FLOPS_FIT_API_TOKEN``).
 
     ``executor="ray"`` runs each experiment as a Ray task (on the cluster at ``ray_address``, default
-    ``RAY_ADDRESS``, else a local one); see docs/cluster.md.
+    ``RAY_ADDRESS``, else a local one); see docs/cluster.md. ``workers=k`` (local executor) trains k
+    experiments at once, each in a process of its own (the demo's small models keep about one core each).
     """
     from flops_fit.report.html import write_report
 
@@ -167,6 +169,7 @@ def run_demo(
             token_env=token_env,
             executor=executor,
             ray_address=ray_address,
+            workers=workers,
             device=device,
             design=design,
         )

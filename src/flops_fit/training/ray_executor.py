@@ -22,22 +22,28 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from flops_fit.core.experiment import Experiment
-from flops_fit.core.outcome import RunInfo
 from flops_fit.core.validate import Real, check
 from flops_fit.training.callbacks import Callback, format_count
 from flops_fit.training.jobs import Job
 from flops_fit.training.kinds import job_kind
+from flops_fit.training.parallel import (
+    TokenReporter,
+    Work,
+    WorkersLostError,
+    check_sendable,
+    run_experiment,
+    submission_order,
+    worker_logging,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +72,6 @@ REPORT_EVERY_S = 2.0
 PROBE_TIMEOUT_S = 60.0
 #: Ray resource names with their own ``.options`` keyword; any other name is a custom resource.
 _BUILTIN = {"CPU": "num_cpus", "GPU": "num_gpus", "memory": "memory"}
-
-
-class WorkersLostError(RuntimeError):
-    """Experiments whose Ray worker died more than ``max_retries`` times; their checkpoints are kept and
-    running the sweep again resumes them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,104 +166,37 @@ def fresh_process(mode: str | Job, resources: Mapping[str, float]) -> bool:
     return job_kind(mode).trains or resources.get("GPU", 0.0) > 0
 
 
-def submission_order(experiments: Iterable[Experiment]) -> list[Experiment]:
-    """Largest planned FLOPs first (the longest runs start first: a shorter makespan); ties by id. The
-    branches of one trunk (WSD design) go in the order they leave it (branch points ascending), after
-    their trunk's longest run would have gone, since each waits for the one before (see :func:`_submit`)."""
-    runs = list(experiments)
-    chains: dict[str, list[Experiment]] = {}
-    for e in runs:
-        if e.trunk_id is not None:
-            chains.setdefault(e.trunk_id, []).append(e)
-    lead = {tid: max(c, key=lambda e: e.planned_flops).planned_flops for tid, c in chains.items()}
-    return sorted(
-        runs,
-        key=lambda e: (
-            (-lead[e.trunk_id], e.trunk_id, e.branch_step, e.experiment_id)
-            if e.trunk_id is not None
-            else (-e.planned_flops, "", 0, e.experiment_id)
-        ),
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # worker side
 
 
-class _BoardReporter(Callback):
-    """Worker side: sends the tokens seen to the driver's board, at most every REPORT_EVERY_S seconds."""
-
-    def __init__(self, board: Any, experiment_id: str, attempt: str, where: str) -> None:
-        self.board, self.experiment_id, self.attempt, self.where = board, experiment_id, attempt, where
-        self.tokens0 = 0
-        self._last = -math.inf
-
-    def send(self, tokens: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < REPORT_EVERY_S:
-            return
-        self._last = now
-        try:  # fire and forget: progress display must never fail a run
-            self.board.report.remote(self.experiment_id, self.attempt, tokens, self.tokens0, self.where)
-        except Exception:
-            logger.debug("progress report failed", exc_info=True)
-
-    def on_train_start(self, info: RunInfo) -> None:
-        self.tokens0 = info.start_step * info.tokens_per_step
-        self.send(self.tokens0, force=True)
-
-    def on_log(self, step: int, tokens: int, train_loss: float, lr: float) -> None:
-        self.send(tokens)
-
-
-def _worker_logging(level: int) -> None:
-    """Send the library's log lines to the worker's stderr (Ray's worker log, streamed to the driver)."""
-    lib = logging.getLogger("flops_fit")
-    lib.setLevel(level)
-    if not any(getattr(h, "_flops_fit_worker", False) for h in lib.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._flops_fit_worker = True  # type: ignore[attr-defined]
-        lib.addHandler(handler)
-        lib.propagate = False
-
-
-@dataclasses.dataclass(frozen=True)
-class _Work:
-    """What every task of a sweep shares, put in Ray's object store once: the job and the callbacks."""
-
-    job: Job
-    callbacks: tuple[Callback, ...] = ()
-
-
 def _execute(
-    work: _Work, e: Experiment, checkpoint_path: str | None, board: Any, log_level: int, after: Any = None
+    work: Work, e: Experiment, checkpoint_path: str | None, board: Any, log_level: int, after: Any = None
 ) -> dict[str, Any]:
     """The Ray task of one experiment: run it on this worker and return its record (never the ledger).
     ``after``: the result of the task it waited for (a WSD branch waits for the branch before it on its
     trunk, which advanced the trunk to where this one starts); unused."""
     import ray
 
-    _worker_logging(log_level)
+    worker_logging(log_level)
     ip, pid = ray.util.get_node_ip_address(), os.getpid()
     where = f"{ip} (pid {pid})"
-    callbacks: list[Callback] = list(work.callbacks)
+    extra: list[Callback] = []
     if board is not None:
-        reporter = _BoardReporter(board, e.experiment_id, uuid.uuid4().hex[:12], where)
+        attempt, eid = uuid.uuid4().hex[:12], e.experiment_id
+
+        def report(tokens: int, tokens0: int) -> None:
+            board.report.remote(eid, attempt, tokens, tokens0, where)
+
+        reporter = TokenReporter(report, REPORT_EVERY_S)
         reporter.send(0, force=True)
-        callbacks.append(reporter)
+        extra.append(reporter)
     logger.info("experiment %s running on %s", e.experiment_id, where)
-    for cb in work.callbacks:
-        cb.on_experiment_start(e)
-    path = None
-    if checkpoint_path is not None:
-        path = Path(checkpoint_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-    record, trained = work.job.run(e, path, callbacks, None)  # the job makes its own single process
+    out = run_experiment(work, e, checkpoint_path, extra)  # the job makes its own single process
     if not work.job.simulated:  # simulated records stay identical to the local executor's
-        record.setdefault("ray_node_ip", ip)
-        record.setdefault("ray_worker_pid", pid)
-    return {"record": record, "trained_flops": trained}
+        out["record"].setdefault("ray_node_ip", ip)
+        out["record"].setdefault("ray_worker_pid", pid)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,31 +355,15 @@ def _unshared_nodes(ray: ModuleType, directory: Path, timeout_s: float = PROBE_T
         marker.unlink(missing_ok=True)
 
 
-def _put_work(ray: ModuleType, work: _Work) -> Any:
+def _put_work(ray: ModuleType, work: Work) -> Any:
     """``ray.put`` the job and callbacks once; if they cannot be pickled, say which argument is at fault."""
     try:
         return ray.put(work)
     except Exception as exc:
         from ray import cloudpickle
 
-        job = work.job
-        parts = (
-            [(f.name, getattr(job, f.name)) for f in dataclasses.fields(job)] if _is_dataclass(job) else []
-        )
-        for name, value in [*parts, ("callbacks", work.callbacks)]:
-            try:
-                cloudpickle.dumps(value)
-            except Exception as inner:
-                raise TypeError(
-                    f"{name} cannot be sent to Ray workers ({type(inner).__name__}: {inner}); make it "
-                    "picklable: define classes and functions at module level, and open files or connections "
-                    "lazily (in __getitem__ / forward), not in __init__"
-                ) from inner
+        check_sendable(work, cloudpickle.dumps, "Ray workers")
         raise TypeError(f"the sweep cannot be sent to Ray workers: {type(exc).__name__}: {exc}") from exc
-
-
-def _is_dataclass(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def _remote_error(e: Experiment, exc: BaseException) -> BaseException:
@@ -606,7 +524,7 @@ def run_on_ray(
         board = _start_board(ray) if not job.simulated else None
         driver = _Driver(ray, display, record, board, graceful=not job.simulated)
         try:
-            _submit(ray, driver, _Work(job, tuple(callbacks)), todo, checkpoint_path, options, request)
+            _submit(ray, driver, Work(job, tuple(callbacks)), todo, checkpoint_path, options, request)
             driver.loop()
         except KeyboardInterrupt:
             running = len(driver.pending)
@@ -668,7 +586,7 @@ def _prepare_cluster(
 def _submit(
     ray: ModuleType,
     driver: _Driver,
-    work: _Work,
+    work: Work,
     todo: list[Experiment],
     checkpoint_path: Callable[[str], Path],
     options: RayOptions,

@@ -24,9 +24,10 @@ Jobs: :class:`~flops_fit.training.jobs.LocalJob` trains with :func:`~flops_fit.t
 ``TrainingRunner(plan, job=MockJob(seed=3))``; the keyword form ``TrainingRunner("mock", plan=plan, seed=3)``
 builds the same job from ``mode`` and its keywords.
 
-Executors: ``"local"`` runs the experiments one after another in this process; ``"ray"`` runs each as a
-Ray task on a cluster (:mod:`flops_fit.training.ray_executor`, docs/cluster.md). Either way this process
-is the only writer of the ledger.
+Executors: ``"local"`` runs the experiments one after another in this process (or, with ``workers=k``,
+k at a time in worker processes on this machine: :mod:`flops_fit.training.worker_pool`); ``"ray"`` runs
+each as a Ray task on a cluster (:mod:`flops_fit.training.ray_executor`, docs/cluster.md). Either way this
+process is the only writer of the ledger.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from flops_fit.training.kinds import MODES, check_mode, job_for_mode
 from flops_fit.training.mock import MockLaw
 from flops_fit.training.progress import SweepProgress
 from flops_fit.training.ray_executor import RayOptions
+from flops_fit.training.worker_pool import check_workers
 
 #: Modes that train a WSD plan's branches from their trunks (a mock job only draws their losses).
 BRANCHING_MODES = ("local", "mock")
@@ -72,6 +74,7 @@ __all__ = [
     "RAY_DEVICES",
     "TrainingRunner",
     "check_executor",
+    "check_workers",
     "executor_settings",
     "latest_records",
     "load_results",
@@ -242,6 +245,14 @@ class TrainingRunner:
         max_retries: executor="ray": how often Ray re-runs an experiment whose worker process or node
             died (the retry resumes from its checkpoint). Exceptions inside training are not retried: they
             are recorded as failed runs, as locally.
+        workers: executor="local": how many experiments run at once, each in a worker process of its own
+            on this machine (default 1: one after another in this process). For small models bound by
+            per-step overhead rather than matmuls (one process keeps about one core busy); each worker gets
+            ``cores // workers`` torch threads unless ``TrainConfig.threads`` is a number. The job and
+            ``callbacks`` are pickled to the workers (so what they hold must be importable by module) and
+            callbacks run there; this process still writes the ledger. At most ``os.cpu_count()``; not with
+            ``mode="api"`` or under torchrun/accelerate launch. A worker that dies loses its experiment
+            (not recorded, checkpoint kept): the others go on, and ``WorkersLostError`` lists it at the end.
         checkpoint_dir: folder of the checkpoints of experiments in flight (default
             ``output_dir/checkpoints``). With Ray on several nodes it must be storage every node reaches at
             the same path (NFS, Lustre, a mounted bucket), so that a retry on another node resumes.
@@ -281,6 +292,7 @@ class TrainingRunner:
         ray_address: str | None = None,
         resources: Mapping[str, float] | None = None,
         max_retries: int = 3,
+        workers: int = 1,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         api_url: str | None = None,
         token_env: str | None = None,
@@ -311,6 +323,7 @@ class TrainingRunner:
             executor, ray_address, resources, max_retries
         )
         check_executor(executor, ray_address, resources, max_retries, device)
+        self.workers = check_workers(workers, executor, job.mode if job is not None else mode)
         self._set_executor(executor, ray_address, resources, max_retries)
         self._set_folders(output_dir, checkpoint_dir)
         self.plan = _trusted(self._load_plan(plan, sweep_path), check_flag("trust_plan", trust_plan))
@@ -327,6 +340,7 @@ class TrainingRunner:
                 "with the IsoFLOP design (design='isoflop')"
             )
         self.job: Job = job.prepare(self.plan, executor)
+        check_workers(self.workers, executor, self.job.mode, concurrent=isinstance(self.job, ConcurrentJob))
         _make_folder("output_dir", self.output_dir)
         _make_folder("checkpoint_dir", self._checkpoint_root)
 
@@ -509,8 +523,9 @@ class TrainingRunner:
             KeyboardInterrupt: on Ctrl-C, after ``train`` checkpointed the experiment(s) in flight; nothing
                 partial is written to the ledger. Running again resumes.
             flops_fit.training.ray_executor.WorkersLostError: executor="ray": some experiments lost their
-                worker more than ``max_retries`` times (after every other experiment finished and was
-                recorded); their checkpoints are kept and running again resumes them.
+                worker more than ``max_retries`` times; ``workers`` > 1: some lost their worker process
+                (raised after every other experiment finished and was recorded); their checkpoints are kept
+                and running again resumes them.
             OSError: another runner is writing to ``output_dir`` (errno EBUSY).
         """
         if int(os.environ.get("RANK", "0")) != 0:  # data-parallel ranks follow rank 0, which holds the lock
@@ -543,6 +558,9 @@ class TrainingRunner:
         if self.executor == "ray":
             if todo:
                 self._run_on_ray(todo, records, display)
+        elif self.workers > 1:
+            if todo:
+                self._run_in_workers(todo, records, display)
         elif isinstance(self.job, ConcurrentJob):
             self._run_many(self.job, todo, records, display)
         else:
@@ -610,6 +628,22 @@ class TrainingRunner:
 
         with display:
             run_on_ray(self.job, todo, self._checkpoint_path, options, display, record, self.callbacks)
+
+    def _run_in_workers(
+        self, todo: list[Experiment], records: list[dict[str, Any]], display: SweepProgress
+    ) -> None:
+        """The local executor with ``workers`` > 1: that many worker processes; this process records."""
+        from flops_fit.training.worker_pool import run_in_workers
+
+        def record(e: Experiment, rec: dict[str, Any], trained_flops: float) -> None:
+            self._record(e, rec, trained_flops, records, display, is_main=True)
+
+        config = self.train_config
+        threads = config.threads if isinstance(config, TrainConfig) else "auto"
+        with display:
+            run_in_workers(
+                self.job, todo, self._checkpoint_path, self.workers, display, record, self.callbacks, threads
+            )
 
     def _record(
         self,
