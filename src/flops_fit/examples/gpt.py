@@ -46,6 +46,8 @@ import torch.nn.functional as F
 import unit_scaling as uu
 import unit_scaling.functional as U
 from torch import Tensor, nn
+from unit_scaling.core.functional import logarithmic_interpolation
+from unit_scaling.scale import scale_bwd, scale_fwd
 
 from flops_fit.core.validate import POSITIVE, Real, check
 from flops_fit.examples import DROPOUT, _check_positive_int, default_num_heads
@@ -183,12 +185,45 @@ def rope_cache(
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate ``x`` of shape ``(batch, heads, seq, head_dim)`` by position (half-split convention)."""
+    """Rotate ``x`` of shape ``(..., seq, head_dim)`` by position (half-split convention)."""
     seq_len = x.shape[-2]
     cos = cos[:seq_len].to(x.dtype)
     sin = sin[:seq_len].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _rope_qk(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`apply_rope` of q and k as one autograd node in eager mode; under ``torch.compile`` the plain
+    formula, which inductor fuses."""
+    if torch.compiler.is_compiling() or cos.requires_grad or sin.requires_grad:
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    seq_len = q.shape[-2]
+    return _RotaryQK.apply(q, k, cos[:seq_len].to(q.dtype), sin[:seq_len].to(q.dtype))
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """``cat(x1 cos - x2 sin, x2 cos + x1 sin)`` written into one output, without temporaries."""
+    out = torch.empty_like(x)
+    x1, x2 = x.chunk(2, dim=-1)
+    out1, out2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1.0)
+    torch.mul(x2, cos, out=out2).addcmul_(x1, sin)
+    return out
+
+
+class _RotaryQK(torch.autograd.Function):
+    """Rotary embedding of queries and keys: the backward rotates the gradients by minus the angle."""
+
+    @staticmethod
+    def forward(ctx: Any, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+    @staticmethod
+    def backward(ctx: Any, grad_q: Tensor, grad_k: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad_q, cos, -sin), _rotate(grad_k, cos, -sin), None, None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -217,7 +252,7 @@ class CausalSelfAttention(nn.Module):
         batch, seq_len, width = x.shape
         qkv = self.qkv(x).view(batch, seq_len, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (batch, heads, seq, head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = _rope_qk(q, k, cos, sin)
         if self.unit_scaled:
             y = U.scaled_dot_product_attention(q, k, v, is_causal=True)  # μP 1/d_head scale, unit output
         else:
@@ -225,8 +260,38 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(batch, seq_len, width))
 
 
+class GateUp(nn.Module):
+    """SwiGLU's gate and up projections as one ``(2 d_ff, d_model)`` weight (rows ``[:d_ff]`` gate, then up),
+    one matmul; ``forward`` returns ``[gate(x), up(x)]`` on the last axis. Initialised half by half like
+    the two layers it replaces (``uu.Linear``: unit normal; ``nn.Linear``: its uniform), so seeded models
+    are unchanged; in u-μP each half keeps ``uu.Linear(constraint=None)``'s scales: output
+    ``1/sqrt(d_model)``, input gradient ``1/sqrt(d_ff)``, weight gradient ``1/sqrt(tokens)``."""
+
+    def __init__(self, d_model: int, d_ff: int, unit_scaled: bool) -> None:
+        super().__init__()
+        self.d_ff = d_ff
+        self.unit_scaled = unit_scaled
+        weight = torch.empty(2 * d_ff, d_model)
+        self.weight = uu.Parameter(weight, mup_type="weight") if unit_scaled else nn.Parameter(weight)
+        self.reset_parameters()
+
+    def halves(self) -> tuple[Tensor, Tensor]:  # views (d_ff, d_model): gate, up
+        return self.weight[: self.d_ff], self.weight[self.d_ff :]
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        for half in self.halves():  # unit normal (uu.Linear) or nn.Linear's default uniform
+            nn.init.normal_(half) if self.unit_scaled else nn.init.kaiming_uniform_(half, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.unit_scaled:
+            return F.linear(x, self.weight)
+        weight = scale_bwd(self.weight, (x.numel() // x.shape[-1]) ** -0.5)
+        return scale_fwd(F.linear(scale_bwd(x, self.d_ff**-0.5), weight), x.shape[-1] ** -0.5)
+
+
 class SwiGLU(nn.Module):
-    """Gated feed-forward ``down(silu(gate(x)) * up(x))`` (Shazeer 2020) with three weight matrices."""
+    """Gated feed-forward ``down(silu(gate(x)) * up(x))`` (Shazeer 2020); gate and up fused (:class:`GateUp`)."""
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -234,19 +299,46 @@ class SwiGLU(nn.Module):
         self.unit_scaled = config.parametrization == "u-mup"
         # In u-μP the forward and backward constraints of {up, gate} and down mirror each other, so the
         # matmuls may scale forward and backward independently (constraint=None), as in uu.MLP.
+        self.gate_up = GateUp(config.d_model, config.d_ff, self.unit_scaled)
         if self.unit_scaled:
-            self.gate = uu.Linear(config.d_model, config.d_ff, constraint=None)
-            self.up = uu.Linear(config.d_model, config.d_ff, constraint=None)
             self.down = uu.Linear(config.d_ff, config.d_model, constraint=None)
         else:
-            self.gate = nn.Linear(config.d_model, config.d_ff, bias=False)
-            self.up = nn.Linear(config.d_model, config.d_ff, bias=False)
             self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.unit_scaled:
-            return self.down(U.silu_glu(self.up(x), self.gate(x)))
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        y = self.gate_up(x)
+        if torch.compiler.is_compiling():  # the plain formula, which inductor fuses
+            gate, up = y.chunk(2, dim=-1)
+            return self.down(U.silu_glu(up, gate) if self.unit_scaled else F.silu(gate) * up)
+        return self.down(_SiluGLU.apply(y, SILU_GLU_SCALE if self.unit_scaled else 1.0))
+
+
+#: Output (and input-gradient) scale of ``unit_scaling.functional.silu_glu`` at ``mult=1`` (2^0.75).
+SILU_GLU_SCALE = logarithmic_interpolation(alpha=0.5, lower=2.0, upper=2.0**0.5)
+
+
+class _SiluGLU(torch.autograd.Function):
+    """``scale * silu(gate) * up`` of ``y = [gate, up]``, ``scale`` on both passes as in u-μP's ``silu_glu``
+    (SP: 1); the backward writes both gradients into one tensor shaped like ``y`` (no concatenation)."""
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor, scale: float) -> Tensor:
+        gate, up = y.chunk(2, dim=-1)
+        silu = F.silu(gate)
+        out = silu * up if scale == 1.0 else (silu * up).mul_(scale)
+        ctx.save_for_backward(y, silu)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        y, silu = ctx.saved_tensors
+        gate, up = y.chunk(2, dim=-1)
+        grad_y = torch.empty_like(y)
+        grad_gate, grad_up = grad_y.chunk(2, dim=-1)
+        torch.mul(grad, silu, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return (grad_y if ctx.scale == 1.0 else grad_y.mul_(ctx.scale)), None
 
 
 class Block(nn.Module):
@@ -337,12 +429,14 @@ class GPT(nn.Module):
             for module in self.modules():
                 if isinstance(module, (uu.Linear, uu.Embedding)):
                     nn.init.normal_(module.weight, mean=0.0, std=1.0)
+                elif isinstance(module, GateUp):
+                    module.reset_parameters()  # unit normal, half by half
         else:
             residual_std = SP_INIT_STD / math.sqrt(2 * self.config.num_layers)
             nn.init.normal_(self.token_emb.weight, mean=0.0, std=SP_INIT_STD)
             for block in self.blocks:
-                for linear in (block.attn.qkv, block.mlp.gate, block.mlp.up):
-                    nn.init.normal_(linear.weight, mean=0.0, std=SP_INIT_STD)
+                for weight in (block.attn.qkv.weight, *block.mlp.gate_up.halves()):
+                    nn.init.normal_(weight, mean=0.0, std=SP_INIT_STD)
                 for linear in (block.attn.proj, block.mlp.down):
                     nn.init.normal_(linear.weight, mean=0.0, std=residual_std)
         nn.init.zeros_(self.lm_head.weight)
@@ -488,7 +582,49 @@ def lm_loss(output: Tensor | tuple[Tensor, ...], targets: Tensor) -> Tensor:
             f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} do not match; targets must "
             "have the logits' shape without the final vocab dimension"
         )
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
+    if torch.compiler.is_compiling():  # inductor fuses the up-cast into the loss kernels
+        return F.cross_entropy(logits.float(), targets)
+    with_grad = torch.is_grad_enabled() and logits.requires_grad
+    return _CrossEntropy.apply(logits, targets, with_grad)
+
+
+#: Eager cross-entropy chunks on a CPU: about 8 MiB of fp32 logits (>= 8 rows); few, since each op costs a
+#: thread wake-up on a busy machine. Other devices take all rows at once.
+_CE_CHUNK_BYTES = 8 << 20
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy (float32) of ``(rows, vocab)`` logits by chunks of rows, never up-casting all of
+    them: per chunk the fp32 log-softmax (as ``F.cross_entropy`` of up-cast logits) and, for a gradient,
+    ``(softmax - one_hot) / count`` in the logits' dtype; the backward only scales that."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor, with_grad: bool) -> Tensor:
+        rows, vocab = logits.shape
+        valid = targets != -100
+        safe = torch.where(valid, targets, 0).unsqueeze(1)
+        count = valid.sum()
+        step = max(8, _CE_CHUNK_BYTES // (4 * vocab)) if logits.device.type == "cpu" else max(rows, 1)
+        grad = torch.empty_like(logits) if with_grad else None
+        losses = torch.empty(rows, dtype=torch.float32, device=logits.device)
+        for start in range(0, rows, step):
+            chunk = slice(start, start + step)
+            logp = torch.log_softmax(logits[chunk].float(), dim=-1)
+            losses[chunk] = logp.gather(1, safe[chunk]).squeeze(1).neg()
+            if grad is not None:
+                keep = valid[chunk].unsqueeze(1)
+                probs = logp.exp_().scatter_add_(1, safe[chunk], keep.float().neg())
+                grad[chunk] = probs.mul_(keep / count)
+        ctx.save_for_backward(grad)
+        return torch.where(valid, losses, 0.0).sum() / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        if grad_output.device.type == "cpu" and grad_output.item() == 1.0:
+            return grad, None, None
+        return grad * grad_output.to(grad.dtype), None, None
 
 
 def transformer_shape(model: GPT) -> TransformerShape:
