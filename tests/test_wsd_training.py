@@ -3,6 +3,7 @@ anywhere, are recorded one per endpoint, and fail with their trunk's reason."""
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
@@ -13,6 +14,7 @@ from flops_fit import SweepPlanner
 from flops_fit.core.ledger import read_records
 from flops_fit.core.outcome import TrainOutcome
 from flops_fit.plan.spec import ModelSpec
+from flops_fit.report.analyzer import ScalingLawAnalyzer
 from flops_fit.report.result import Result
 from flops_fit.training import Callback, TrainConfig, TrainingRunner
 from test_runner import CountingLM, TinyLM, lm_loss
@@ -155,7 +157,7 @@ def test_mock_wsd_sweep_fits(tmp_path) -> None:
     assert math.isfinite(result.predict(1e11)["optimal_params"])
 
 
-def test_validation_runs_train_from_scratch_are_not_fitted_and_are_reported(tmp_path) -> None:
+def test_validation_runs_train_from_scratch_are_not_fitted_and_are_reported(tmp_path, caplog) -> None:
     plan = wsd_plan(validate=1)
     (check,) = [e for e in plan if e.validates is not None]
     assert check.trunk_id is None and plan.get(check.validates).num_params == check.num_params
@@ -172,3 +174,12 @@ def test_validation_runs_train_from_scratch_are_not_fitted_and_are_reported(tmp_
     (line,) = [x for x in result.summary().splitlines() if "validation at C" in x]
     assert f"{mine['final_loss']:.4f} vs branch {records[check.validates]['final_loss']:.4f}" in line
     assert "IsoFLOP minimum moves" in line
+    analyzer = ScalingLawAnalyzer(
+        tmp_path / "results.jsonl", tmp_path / "fit", plan=tmp_path / "sweep.json", approach="all"
+    )
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        analyzer.analyze()
+    summary = analyzer.result_.summary()  # flops-fit analyze prints this
+    assert f"WSD design: {len(plan) - 1} cooldown branches" in summary and "validation at C" in summary
+    assert check.experiment_id not in caplog.text  # left out of the fits as a check, not as a bad value

@@ -21,7 +21,7 @@ from flops_fit.analysis.fit import Fit
 from flops_fit.analysis.isoflop import IsoFLOPFit, fit_isoflop
 from flops_fit.analysis.layout import Layout, classify_runs
 from flops_fit.analysis.parametric import ParametricFit, fit_parametric
-from flops_fit.core.runs import list_ids, usable_mask, validate_runs
+from flops_fit.core.runs import list_ids, usable_mask, validate_runs, validation_mask
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def usable_rows(runs: pd.DataFrame, what: str) -> np.ndarray:
     is a ValueError saying how many runs completed, failed or diverged.
     """
     usable = usable_mask(runs)
-    invalid = (runs["status"] == "completed").to_numpy() & ~usable
+    invalid = (runs["status"] == "completed").to_numpy() & ~usable & ~validation_mask(runs)  # those: reported
     if invalid.any():
         logger.warning(
             "%s: left out %d completed run(s) whose compute_budget, num_params, num_tokens or final_loss is "

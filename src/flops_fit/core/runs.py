@@ -264,9 +264,14 @@ def usable_mask(df: pd.DataFrame) -> np.ndarray:
     the sweep and are compared with it, never fitted."""
     vals = df[["compute_budget", "num_params", "num_tokens", "final_loss"]].to_numpy(float)
     ok = (df["status"] == "completed").to_numpy() & np.all(np.isfinite(vals) & (vals > 0), axis=1)
-    if "validates" in df:
-        ok &= ~df["validates"].map(lambda v: isinstance(v, str)).to_numpy(bool)
-    return ok
+    return ok & ~validation_mask(df)
+
+
+def validation_mask(df: pd.DataFrame) -> np.ndarray:
+    """The rows of a WSD sweep's validation runs (``validates`` names a branch)."""
+    if "validates" not in df:
+        return np.zeros(len(df), dtype=bool)
+    return df["validates"].map(lambda v: isinstance(v, str)).to_numpy(bool)
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:

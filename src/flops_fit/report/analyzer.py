@@ -133,6 +133,8 @@ class ScalingLawAnalyzer:
             seed=self.seed,
             exclude_outliers=self.exclude_outliers,
             budget_rtol=self.budget_rtol,
+            plan=self.plan,  # what the summary says of its design (e.g. a WSD sweep's trunks)
+            trust_plan=False,  # a plan read from a file names code: never imported here
         )
         self.approach = result.primary  # chosen by back-test when several were fitted
         analysis = result.to_analysis()

@@ -252,7 +252,8 @@ def wsd_lines(plan: Any, runs: pd.DataFrame) -> list[str]:
     if plan is None or not getattr(plan, "trunks", ()):
         return []
     lines = [
-        f"WSD design: {len(plan)} cooldown branches of {len(plan.trunks)} constant-learning-rate trunks, "
+        f"WSD design: {sum(e.is_branch for e in plan)} cooldown branches of {len(plan.trunks)} "
+        "constant-learning-rate trunks, "
         f"{plan.total_flops:.3g} FLOPs trained ({plan.total_flops / plan.equivalent_flops:.0%} of the "
         f"{plan.equivalent_flops:.3g} the same runs cost from scratch)"
     ]

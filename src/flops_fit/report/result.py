@@ -322,6 +322,7 @@ class Result:
         output_dir: str | os.PathLike[str] | None = None,
         budget_rtol: float | None = None,
         variants: bool | None = None,
+        trust_plan: bool = True,
     ) -> Result:
         """Fit ``approach`` (a name, a list, or ``"all"``) to ``runs`` (a table or a results file). A
         variant's name (``"parametric:alpha=beta"``, see :data:`~flops_fit.analysis.approaches.VARIANTS`)
@@ -374,6 +375,7 @@ class Result:
             runs,
             fits,
             plan=plan,
+            trust_plan=trust_plan,
             primary=primary,
             output_dir=output_dir,
             budget_rtol=budget_rtol,
