@@ -150,9 +150,15 @@ def branch_point_file(checkpoint_dir: str | os.PathLike[str], trunk_id: str, ste
     return Path(checkpoint_dir) / f"{trunk_id}.b{int(step)}{CHECKPOINT_SUFFIX}"
 
 
-def trunk_files(checkpoint_dir: str | os.PathLike[str], trunk_id: str) -> list[Path]:
-    """Every checkpoint file of trunk ``trunk_id``: its own (in flight) and its branch points."""
+def branch_points(checkpoint_dir: str | os.PathLike[str], trunk_id: str) -> dict[int, Path]:
+    """The branch-point files of trunk ``trunk_id`` present in ``checkpoint_dir``, by optimiser step (the
+    inverse of :func:`branch_point_file`)."""
     folder = Path(checkpoint_dir)
-    own = checkpoint_file(folder, trunk_id)
-    points = sorted(folder.glob(f"{trunk_id}.b*{CHECKPOINT_SUFFIX}")) if folder.is_dir() else []
-    return [own, *(p for p in points if p.name[len(trunk_id) + 2 : -len(CHECKPOINT_SUFFIX)].isdigit())]
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.glob(f"{trunk_id}.b*{CHECKPOINT_SUFFIX}"):
+        step = path.name[len(trunk_id) + 2 : -len(CHECKPOINT_SUFFIX)]
+        if step.isdigit():
+            found[int(step)] = path
+    return found

@@ -48,7 +48,7 @@ from flops_fit.core.experiment import SAFE_EXPERIMENT_ID, Experiment
 from flops_fit.core.io import remove_temporaries
 from flops_fit.core.ledger import append_record, exclusive_folder, latest_records, load_results
 from flops_fit.core.runs import list_ids, runs_from_records
-from flops_fit.core.sweepdir import CHECKPOINT_SUFFIX, PLAN_FILE, SweepDir, checkpoint_file, trunk_files
+from flops_fit.core.sweepdir import PLAN_FILE, SweepDir, branch_points, checkpoint_file
 from flops_fit.core.train_config import TrainConfig
 from flops_fit.core.validate import NON_NEGATIVE_INT, Instance, check, check_flag
 from flops_fit.plan.spec import ModelSpec
@@ -505,14 +505,14 @@ class TrainingRunner:
         finished, else those of finished branches except the latest (where the trunk goes on from)."""
         branches = [e for e in self.plan if e.trunk_id == trunk_id]
         pending = {e.branch_step for e in branches if e.experiment_id not in finished}
-        files = trunk_files(self.checkpoint_dir, trunk_id)
-        points = {int(p.name[len(trunk_id) + 2 : -len(CHECKPOINT_SUFFIX)]): p for p in files[1:]}
+        points = branch_points(self.checkpoint_dir, trunk_id)
         keep = set() if not pending else pending | {max(points, default=0)}
         for step, path in points.items():
             if step not in keep:
                 discard_checkpoint(path)
-        if not pending and files[0].exists():
-            discard_checkpoint(files[0])
+        own = self._checkpoint_path(trunk_id)  # the trunk segment in flight
+        if not pending and own.exists():
+            discard_checkpoint(own)
 
     # -- running ---------------------------------------------------------------------------------------
 
